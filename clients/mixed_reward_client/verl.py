@@ -1,0 +1,152 @@
+"""verl (0.9.x): ``compute_score`` for ``reward.custom_reward_function``.
+
+    reward.custom_reward_function.path=pkg://mixed_reward_client.verl
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.url=http://rm-a:8000,http://rm-b:8000
+
+verl's reward loop awaits ``compute_score(data_source, solution_str, ground_truth, extra_info)``
+once per sample, about a thousand at a time per worker, all on the worker's event loop. Sending
+one HTTP request per sample would waste the server's batching, so concurrent calls are
+coalesced: they queue here and go out as one ``POST /score`` when ``max_batch`` samples are
+waiting or ``flush_ms`` milliseconds after the first one arrived, whichever comes first.
+
+Every sample returns the same keys, ``score``, ``accuracy`` and ``format`` (verl stacks each key
+across the batch, so a key missing for one sample would break the step); all are finite.
+If the service cannot be reached after the retries, the call raises and verl's step fails with
+that error: a failure is never silently scored 0 unless ``on_failure="zero"`` was set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mixed_reward_client._config import check_on_failure, per_loop, resolve
+from mixed_reward_client.client import AsyncRewardClient
+from mixed_reward_client.errors import RewardClientError, ServerUnavailable
+
+log = logging.getLogger("mixed_reward_client.verl")
+
+COMPONENTS = ("accuracy", "format")
+
+
+class Coalescer:
+    """Gathers concurrent single-sample calls on one event loop into batched requests."""
+
+    def __init__(self, client: AsyncRewardClient, flush_s: float, max_batch: int) -> None:
+        self.client = client
+        self.flush_s = flush_s
+        self.max_batch = max(1, max_batch)
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.requests = 0  # batched requests sent, for tests and logs
+
+    async def score(self, item: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append((item, future))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.flush_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            self.requests += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._inflight.add(task)  # keep a reference: the loop only holds weak ones
+            task.add_done_callback(self._inflight.discard)
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
+        try:
+            answer = await self.client.score([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting sample, which re-raises it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), row in zip(batch, answer.results):
+            if not future.done():
+                future.set_result(row)
+
+
+def task_type_of(extra_info: Any, data_source: Any, default: str | None) -> str:
+    """Per-sample ``extra_info["task_type"]`` wins, then the fixed ``task_type`` reward kwarg, then
+    ``data_source`` (the server rejects a data source that is not a task type, naming the valid ones)."""
+    if isinstance(extra_info, Mapping) and extra_info.get("task_type") is not None:
+        return str(extra_info["task_type"])
+    if default:
+        return str(default)
+    if data_source is None:
+        raise RewardClientError("no task type: set extra_info.task_type, reward_kwargs.task_type or data_source")
+    return str(data_source)
+
+
+async def compute_score(
+    data_source: Any,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any = None,
+    *,
+    url: str | list[str] | None = None,
+    token: str | None = None,
+    task_type: str | None = None,
+    format_weight: float | None = None,
+    bmas_reduction: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    backoff: float | None = None,
+    flush_ms: float = 5.0,
+    max_batch: int = 1024,
+    on_failure: str = "raise",
+    **_verl_kwargs: Any,
+) -> dict[str, float]:
+    """Score one sample through the shared per-loop batcher. Extra keyword arguments verl passes
+    (``reward_router_address``, ``reward_model_tokenizer``) are accepted and ignored."""
+    mode = check_on_failure(on_failure)
+    if mode == "none":
+        raise ValueError("verl needs a number for every sample: on_failure must be 'raise' or 'zero'")
+    settings = resolve(
+        url,
+        token=token,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        backoff=backoff,
+        format_weight=format_weight,
+        bmas_reduction=bmas_reduction,  # type: ignore[arg-type]
+    )
+    coalescer = per_loop(
+        ("verl", settings, float(flush_ms), int(max_batch)),
+        lambda: Coalescer(
+            AsyncRewardClient(list(settings.urls), **settings.client_kwargs()), flush_ms / 1000.0, max_batch
+        ),
+    )
+    item = {
+        "response": solution_str,
+        "ground_truth": ground_truth,
+        "task_type": task_type_of(extra_info, data_source, task_type),
+    }
+    try:
+        row = await coalescer.score(item)
+    except ServerUnavailable as exc:
+        if mode == "raise":
+            raise
+        log.warning("reward service unavailable, scoring this sample 0 because on_failure=%r: %s", mode, exc)
+        return {"score": 0.0, **{name: 0.0 for name in COMPONENTS}}
+    out = {"score": float(row["reward"]), **{name: float(row[name]) for name in COMPONENTS}}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise RewardClientError(f"the server returned a non-finite score {out} for task {item['task_type']}")
+    return out

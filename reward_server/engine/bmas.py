@@ -1,0 +1,279 @@
+"""The BMAS kernel (SPEC §6): Bidirectional Max-Average Similarity over input-embedding rows.
+
+    BMAS = (1/N) Σ_i max_j S_ij  +  (1/M) Σ_j max_i S_ij,     S = R Gᵀ (cosines)
+
+The table is static, so a cosine depends only on the two token *ids*. That gives the kernel its
+shape: for one ground truth (a GRPO group shares one) we compute similarities only between the
+*distinct* tokens of all its responses and the *distinct* tokens of the truth, once, and map them
+back to every response by occurrence counts:
+
+* forward term  ``max_j S_ij`` depends only on response token i's id, so it is a row max of the
+  distinct-token matrix, weighted by how often each id occurs in each response;
+* backward term ``max_i S_ij`` depends on which ids response k contains, so it is a segment max
+  (``scatter_reduce(amax)``) over the rows of the ids each response contains, weighted by how often
+  each truth id occurs in the truth.
+
+Responses mostly reuse the truth's own words, so a truth also carries (cached, see
+:class:`TruthState`) its truth×truth block ``G Gᵀ``: the row of a response token that occurs in
+the truth is a row of that block, and only the *novel* response tokens need a matmul.
+
+Memory is bounded by ``budget_bytes`` whatever the text lengths or the batch size: responses of a
+group are split into sub-groups of bounded token count, truth columns and response rows are
+processed in chunks, and the float buffers of one chunk are sized from the budget. Nothing is ever
+padded, so there is nothing to mask: a max only ever sees real cosines (the property the spec's
+"-inf padding" rule protects; the running maxima start at -inf, never 0).
+
+This module is torch only: no HTTP, no tokenizer, device-agnostic (CPU float32, CUDA bf16: the
+matmul runs in the table's dtype, every reduction in float32). No per-item Python loop, no
+``.item()``/``.tolist()`` per item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class GroupInput:
+    """One ground truth and the responses scored against it.
+
+    ``response_ids`` is the concatenation of every response's token ids and ``response_lengths``
+    their lengths, so a group travels as two flat tensors instead of K small ones.
+    """
+
+    truth_ids: torch.Tensor  # (M,) int64
+    response_ids: torch.Tensor  # (sum N_k,) int64
+    response_lengths: torch.Tensor  # (K,) int64
+    truth: TruthState | None = None  # prepared truth (cached across batches); built if absent
+
+
+@dataclass
+class TruthState:
+    """What the kernel needs of one ground truth, computed once and reused across batches.
+
+    ``block`` (m'×m', float32, clamped, exact 1.0 on the diagonal for non-zero rows) is filled
+    lazily by the kernel when it fits ``block_limit_bytes``; ``block_bytes`` is what it costs.
+    """
+
+    uniq: torch.Tensor  # (m',) sorted distinct truth ids
+    counts: torch.Tensor  # (m',) float32 occurrences of each
+    total: int  # M, the truth's length in tokens
+    block: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def block_bytes(self) -> int:
+        return 0 if self.block is None else self.block.numel() * self.block.element_size()
+
+
+def prepare_truth(truth_ids: torch.Tensor) -> TruthState:
+    """Distinct ids and counts of a truth (no block yet)."""
+    uniq, counts = torch.unique(truth_ids, return_counts=True)
+    return TruthState(uniq=uniq, counts=counts.float(), total=int(truth_ids.numel()))
+
+
+def bmas_reference(weight: torch.Tensor, response_ids: list[int], truth_ids: list[int]) -> tuple[float, float]:
+    """The definition, one pair at a time: the yardstick the batched kernel must equal (1e-5).
+
+    Returns the two directional averages (forward: response→truth, backward: truth→response);
+    BMAS with the paper's ``sum`` reduction is their sum. ``weight`` rows must already be unit-norm.
+    """
+    if not response_ids or not truth_ids:
+        return 0.0, 0.0
+    r = weight[torch.as_tensor(response_ids, device=weight.device)].float()
+    g = weight[torch.as_tensor(truth_ids, device=weight.device)].float()
+    sim = r @ g.T
+    return float(sim.amax(dim=1).mean()), float(sim.amax(dim=0).mean())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Chunk sizes derived from the byte budget for one truth (see module docstring)."""
+
+    cols: int  # truth columns per chunk
+    tokens: int  # response tokens per sub-group
+    rows: int  # distinct response rows per chunk
+
+
+def _plan(distinct_truth: int, dim: int, budget_bytes: int) -> _Plan:
+    """Split ``budget_bytes`` as: truth rows ≤ 1/4, per-response column maxima ≤ 1/4, a row chunk
+    (its similarities, their gathered copy and its embedding rows) ≤ 1/2."""
+    quarter = max(1, budget_bytes // 4)
+    cols = max(1, min(distinct_truth, quarter // (FLOAT_BYTES * dim)))
+    tokens = max(1, quarter // (FLOAT_BYTES * cols))  # K ≤ tokens, so K×cols floats ≤ 1/4
+    rows = max(1, (budget_bytes // 2) // (FLOAT_BYTES * (2 * cols + dim)))
+    return _Plan(cols=cols, tokens=tokens, rows=rows)
+
+
+def _similarity(weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Cosines of two unit-row sets in float32: matmul in the table's dtype, clamped to [-1, 1]."""
+    return (weight[rows] @ weight[cols].T).float().clamp_(-1.0, 1.0)
+
+
+def truth_block(weight: torch.Tensor, nonzero_rows: torch.Tensor, uniq: torch.Tensor) -> torch.Tensor:
+    """G Gᵀ over a truth's distinct ids, exact 1.0 on the diagonal for non-zero rows.
+
+    The diagonal is a token's similarity with itself: 1 by the maths, 0.9999999 by float rounding;
+    writing the exact value is what makes identical texts score exactly 2.0.
+    """
+    block = _similarity(weight, uniq, uniq)
+    diag = torch.where(nonzero_rows[uniq], 1.0, block.diagonal())
+    block.diagonal().copy_(diag)
+    return block
+
+
+def _set_self_similarity(
+    sim: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor, nonzero_rows: torch.Tensor
+) -> None:
+    """Write an exact 1.0 where a row's id equals a column's id (``col_ids`` sorted)."""
+    pos = torch.searchsorted(col_ids, row_ids).clamp_(max=col_ids.numel() - 1)
+    hit = (col_ids[pos] == row_ids) & nonzero_rows[row_ids]
+    sim[hit, pos[hit]] = 1.0
+
+
+def score_group(
+    weight: torch.Tensor,
+    nonzero_rows: torch.Tensor,
+    group: GroupInput,
+    *,
+    budget_bytes: int = 256 << 20,
+    block_limit_bytes: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward BMAS terms, shape (K,) float32, for every response of one group.
+
+    ``nonzero_rows`` (vocab,) bool marks rows with a non-zero norm (a token's similarity with
+    itself is exactly 1 for those). An empty response or an empty truth scores 0 in both
+    directions (SPEC §6). If ``block_limit_bytes`` allows and the truth fits one column chunk, the
+    truth×truth block is computed (once; it is stored on ``group.truth`` for the caller to cache).
+    """
+    device = weight.device
+    lengths = group.response_lengths.to(device)
+    k = lengths.numel()
+    truth = group.truth if group.truth is not None else prepare_truth(group.truth_ids.to(device))
+    if truth.total == 0 or group.response_ids.numel() == 0:
+        zeros = torch.zeros(k, dtype=torch.float32, device=device)
+        return zeros, zeros.clone()
+    plan = _plan(truth.uniq.numel(), weight.shape[1], budget_bytes)
+    ids = group.response_ids.to(device)
+    fits = plan.cols >= truth.uniq.numel() and truth.uniq.numel() ** 2 * FLOAT_BYTES <= block_limit_bytes
+    if truth.block is None and fits:
+        truth.block = truth_block(weight, nonzero_rows, truth.uniq)
+
+    # Sub-groups of whole responses holding at most plan.tokens tokens (one response may exceed it
+    # alone: then only its own index arrays grow, the float buffers stay chunked).
+    if int(ids.numel()) <= plan.tokens or k == 1:
+        return _score_subgroup(weight, nonzero_rows, truth, ids, lengths, plan)
+    host_lengths = group.response_lengths.cpu()
+    forwards, backwards = [], []
+    start_item = start_token = 0
+    while start_item < k:
+        stop_item, tokens = start_item, 0
+        while stop_item < k and (stop_item == start_item or tokens + int(host_lengths[stop_item]) <= plan.tokens):
+            tokens += int(host_lengths[stop_item])
+            stop_item += 1
+        f, b = _score_subgroup(
+            weight, nonzero_rows, truth, ids[start_token : start_token + tokens],
+            lengths[start_item:stop_item], plan,
+        )
+        forwards.append(f)
+        backwards.append(b)
+        start_item, start_token = stop_item, start_token + tokens
+    return torch.cat(forwards), torch.cat(backwards)
+
+
+def _score_subgroup(
+    weight: torch.Tensor,
+    nonzero_rows: torch.Tensor,
+    truth: TruthState,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    plan: _Plan,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    device = weight.device
+    k = lengths.numel()
+    vocab = weight.shape[0]
+    owner = torch.repeat_interleave(torch.arange(k, device=device), lengths)
+    # Distinct (response, token) pairs with their counts; then the distinct tokens of the sub-group.
+    pair_key, pair_count = torch.unique(owner * vocab + ids, return_counts=True)
+    pair_owner = pair_key // vocab
+    distinct, pair_row = torch.unique(pair_key - pair_owner * vocab, return_inverse=True)
+    n = distinct.numel()
+    m = truth.uniq.numel()
+
+    # Rows of response tokens that occur in the truth come from the cached block; put them first so
+    # every row chunk has a single source (block gather, or a matmul for novel tokens).
+    block = truth.block if plan.cols >= m else None
+    if block is not None:
+        pos = torch.searchsorted(truth.uniq, distinct).clamp_(max=m - 1)
+        in_truth = truth.uniq[pos] == distinct
+        order = torch.argsort((~in_truth).to(torch.int8), stable=True)
+        distinct, pos = distinct[order], pos[order]
+        n_known = in_truth.sum()
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n, device=device)
+        pair_row = inverse[pair_row]
+    else:
+        pos = None
+        n_known = torch.zeros((), dtype=torch.int64, device=device)
+
+    # Pairs ordered by row, so that each row chunk owns one contiguous slice of pairs.
+    by_row = torch.argsort(pair_row, stable=True)
+    rows_sorted = pair_row[by_row]
+    owners_sorted = pair_owner[by_row]
+
+    row_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+    backward = torch.zeros(k, dtype=torch.float32, device=device)
+    known = 0 if block is None else int(n_known)
+    # Row chunks: known rows [0, known), novel rows [known, n), each cut every plan.rows.
+    starts = list(range(0, known, plan.rows)) + list(range(known, n, plan.rows))
+    stops = starts[1:] + [n]
+    if len(starts) == 1:
+        bounds = [0, rows_sorted.numel()]  # the common case: no device sync needed
+    else:
+        edges = torch.tensor(starts + [n], device=device)
+        bounds = torch.searchsorted(rows_sorted, edges).tolist()
+
+    for c0 in range(0, m, plan.cols):
+        c1 = min(c0 + plan.cols, m)
+        cols = truth.uniq[c0:c1]
+        col_max = torch.full((k, c1 - c0), float("-inf"), dtype=torch.float32, device=device)
+        for index, (r0, r1) in enumerate(zip(starts, stops)):
+            if block is not None and r0 < known:
+                sim = block[pos[r0:r1]]  # a full-width block: plan.cols >= m here
+            else:
+                sim = _similarity(weight, distinct[r0:r1], cols)
+                if block is None:
+                    _set_self_similarity(sim, distinct[r0:r1], cols, nonzero_rows)
+            torch.maximum(row_max[r0:r1], sim.amax(dim=1), out=row_max[r0:r1])
+            lo, hi = bounds[index], bounds[index + 1]
+            for p in range(lo, hi, plan.rows):  # slice pairs too: the gathered copy stays in budget
+                q = min(p + plan.rows, hi)
+                gathered = sim[rows_sorted[p:q] - r0]
+                col_max.scatter_reduce_(0, owners_sorted[p:q, None].expand(-1, c1 - c0), gathered, "amax")
+        # Every response here has ≥1 token (empty ones own no pair): replace its -inf by 0 anyway
+        # so an empty response contributes 0, never -inf·0.
+        col_max = torch.where(lengths[:, None] > 0, col_max, torch.zeros((), device=device))
+        backward += col_max @ truth.counts[c0:c1]
+
+    safe_lengths = lengths.clamp(min=1).float()
+    forward = torch.zeros(k, dtype=torch.float32, device=device)
+    forward.index_add_(0, pair_owner, pair_count.float() * row_max[pair_row])
+    return forward.div_(safe_lengths), backward.div_(float(truth.total))
+
+
+def score_groups(
+    weight: torch.Tensor,
+    nonzero_rows: torch.Tensor,
+    groups: list[GroupInput],
+    *,
+    budget_bytes: int = 256 << 20,
+    block_limit_bytes: int = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Score many groups; one device computation per group, no per-item Python loop."""
+    return [
+        score_group(weight, nonzero_rows, g, budget_bytes=budget_bytes, block_limit_bytes=block_limit_bytes)
+        for g in groups
+    ]

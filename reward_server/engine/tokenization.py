@@ -1,0 +1,120 @@
+"""Tokenization stage: answer spans to token ids, with ground truths cached across batches.
+
+Ground truths repeat (every response of a GRPO group shares one, and the same prompts come back
+every epoch), so their ids — and the kernel's per-truth state, including the truth×truth
+similarity block — are cached; responses never repeat, so they are tokenized every time in one
+``encode_batch`` call, which the Rust tokenizer runs on all cores without holding the GIL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from reward_server.embeddings.table import EmbeddingTable
+from reward_server.engine.bmas import TruthState, prepare_truth
+
+
+def encode_flat(table: EmbeddingTable, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize ``texts`` at once; returns all ids concatenated (int64) and each text's length."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    tokenizer = table.tokenizer
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    id_lists = [enc.ids for enc in encode(list(texts), add_special_tokens=False)]
+    lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    flat = np.array([i for ids in id_lists for i in ids], dtype=np.int64) if id_lists else np.zeros(0, np.int64)
+    return flat, lengths
+
+
+class _Entry:
+    __slots__ = ("ids", "state")
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+        self.state: TruthState | None = None
+
+
+class TruthTokenCache:
+    """LRU cache of ground-truth text -> token ids and kernel state, for one table.
+
+    Two bounds: ``max_entries`` texts, and ``max_block_bytes`` for the truth×truth similarity
+    blocks (the only large part; ids and distinct-id tensors are a few bytes per token). Blocks
+    of the least recently used truths are dropped first; the truth itself may stay.
+    """
+
+    def __init__(self, table: EmbeddingTable, max_entries: int = 65536, max_block_bytes: int = 256 << 20) -> None:
+        self._table = table
+        self._max_entries = max_entries
+        self.max_block_bytes = max_block_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _lookup(self, texts: Sequence[str]) -> list[_Entry]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        fresh: dict[str, _Entry] = {}
+        if missing:
+            flat, lengths = encode_flat(self._table, missing)
+            for text, ids in zip(missing, np.split(flat, np.cumsum(lengths)[:-1])):
+                fresh[text] = self._entries[text] = _Entry(ids)
+        result = []
+        for text in texts:
+            entry = self._entries.get(text) or fresh[text]
+            if text in self._entries:
+                self._entries.move_to_end(text)
+            result.append(entry)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return result
+
+    def get_many(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids for each text, tokenizing every missing text in one batch call."""
+        with self._lock:
+            return [entry.ids for entry in self._lookup(texts)]
+
+    def states(self, texts: Sequence[str], device: torch.device) -> list[TruthState]:
+        """Kernel state (distinct ids, counts, maybe a block) for each text; built once per truth."""
+        with self._lock:
+            states = []
+            for entry in self._lookup(texts):
+                if entry.state is None:
+                    entry.state = prepare_truth(torch.from_numpy(entry.ids).to(device))
+                states.append(entry.state)
+            return states
+
+    def block_allowance(self, batch_states: Sequence[TruthState], dim_bytes: int = 4) -> int:
+        """Bytes that new blocks may take in this batch, never more than ``max_block_bytes`` in all.
+
+        Frees room first by dropping the blocks of the least recently used truths that are not in
+        this batch, as much as this batch's truths without a block would need. The caller spends the
+        allowance as it builds blocks, so memory stays bounded however many truths a batch has.
+        """
+        with self._lock:
+            in_batch = {id(s) for s in batch_states}
+            need = sum(int(s.uniq.numel()) ** 2 * dim_bytes for s in batch_states if s.block is None)
+            total = sum(e.state.block_bytes for e in self._entries.values() if e.state is not None)
+            for entry in self._entries.values():  # least recently used first
+                if self.max_block_bytes - total >= need:
+                    break
+                state = entry.state
+                if state is not None and state.block is not None and id(state) not in in_batch:
+                    total -= state.block_bytes
+                    state.block = None
+            return max(0, self.max_block_bytes - total)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes held by cached truth×truth blocks."""
+        with self._lock:
+            return sum(e.state.block_bytes for e in self._entries.values() if e.state is not None)

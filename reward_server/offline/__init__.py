@@ -1,0 +1,1 @@
+"""Offline scoring and the data engine: score, filter and report rollout files."""

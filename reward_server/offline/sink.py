@@ -1,0 +1,270 @@
+"""Output that is never half-written and survives interruption.
+
+A run writes to ``OUT.partial`` (and ``OUT.rejected.jsonl.partial``) and, after every batch,
+flushes and fsyncs them and then atomically replaces ``OUT.progress.json``, which records how many
+bytes of each partial file are complete, the input position to continue from, and a fingerprint
+of the input and options. The checkpoint is only ever written *after* the data it describes is on
+disk, so on resume anything past the recorded sizes (a batch cut off by SIGKILL) is truncated
+away and the input is re-read from the recorded position: no row is lost, rescored or duplicated.
+Only a finished run renames the partial files to their final names; ``OUT.meta.json`` then
+records the fingerprint, so rerunning a finished command is a no-op instead of a rescoring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+PROGRESS_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # mkstemp creates 0600; outputs get the mode a plain open() would give
+
+
+class ResumeRefused(Exception):
+    """The partial run on disk was made from a different input or with different options."""
+
+
+class OutputExists(Exception):
+    """``OUT`` is already a finished run of something else; ``--overwrite`` replaces it."""
+
+
+def sidecar(out: Path, suffix: str) -> Path:
+    """``scored.jsonl`` + ``.meta.json`` -> ``scored.jsonl.meta.json`` (names stay greppable)."""
+    return out.with_name(out.name + suffix)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable (best effort: not every filesystem allows opening a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8"))
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file that appears at ``path`` only if the block finishes without an exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@dataclass
+class Checkpoint:
+    """Everything a resumed run needs; persisted as ``OUT.progress.json``."""
+
+    fingerprint: dict[str, Any]
+    position: int = 0  # input position to continue from (byte offset or Parquet row index)
+    lines: int = 0  # input lines consumed (so line numbers in errors stay right after a resume)
+    rows: int = 0  # rows written to OUT.partial
+    items: int = 0  # responses scored (rows with a list of responses count each response)
+    rejected: int = 0  # bad rows skipped with --skip-bad
+    out_bytes: int = 0
+    rejected_bytes: int = 0
+    complete: bool = False
+    counts: dict[str, Any] = field(default_factory=dict)  # per-task running totals for the final summary
+    version: int = PROGRESS_VERSION
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class ResumableSink:
+    """``OUT`` written batch by batch with checkpoints; see the module docstring for the protocol."""
+
+    def __init__(self, out: str | os.PathLike[str], fingerprint: dict[str, Any]) -> None:
+        self.out = Path(out)
+        self.fingerprint = fingerprint
+        self.partial = sidecar(self.out, ".partial")
+        self.rejected_path = sidecar(self.out, ".rejected.jsonl")
+        self.rejected_partial = sidecar(self.out, ".rejected.jsonl.partial")
+        self.progress_path = sidecar(self.out, ".progress.json")
+        self.meta_path = sidecar(self.out, ".meta.json")
+        self._out: IO[bytes] | None = None
+        self._rejected: IO[bytes] | None = None
+        self.checkpoint = Checkpoint(fingerprint=fingerprint)
+        self.resumed = False
+
+    # -- starting -------------------------------------------------------------------------------
+    def finished_meta(self) -> dict[str, Any] | None:
+        """The meta of a finished run of *this* fingerprint at ``OUT``, if there is one."""
+        self._recover_finish()
+        if not self.out.exists() or self.progress_path.exists():
+            return None
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if meta.get("fingerprint") == self.fingerprint else None
+
+    def _recover_finish(self) -> None:
+        """A run killed inside :meth:`finish` after the data was renamed only has its checkpoint left."""
+        if self.progress_path.exists() and not self.partial.exists() and self.out.exists():
+            try:
+                done = json.loads(self.progress_path.read_text()).get("complete") is True
+            except (OSError, ValueError):
+                done = False
+            if done:
+                self.progress_path.unlink(missing_ok=True)
+
+    def start(self, *, restart: bool = False, overwrite: bool = False) -> Checkpoint:
+        """Open for writing: resume a matching partial run, or start afresh; refuse a mismatch."""
+        if restart:
+            self.discard_partial()
+        if self.progress_path.exists():
+            saved = self._load_progress()
+            if saved.fingerprint != self.fingerprint:
+                diff = "; ".join(fingerprint_diff(saved.fingerprint, self.fingerprint))
+                raise ResumeRefused(
+                    f"{self.partial} is a partial run of a different input or different options ({diff}); "
+                    "rerun with the original input and options to resume, or pass --restart to discard it"
+                )
+            self.checkpoint = saved
+            self.resumed = True
+        else:
+            if self.out.exists() and not overwrite:
+                raise OutputExists(
+                    f"{self.out} already exists and is not a finished run of this input with these options; "
+                    "pass --overwrite to replace it"
+                )
+            self.discard_partial()
+            self.checkpoint = Checkpoint(fingerprint=self.fingerprint)
+        self._out = self._open_truncated(self.partial, self.checkpoint.out_bytes)
+        if self.checkpoint.rejected_bytes or self.rejected_partial.exists():
+            self._rejected = self._open_truncated(self.rejected_partial, self.checkpoint.rejected_bytes)
+        if not self.resumed:
+            self._save_progress()
+        return self.checkpoint
+
+    def discard_partial(self) -> None:
+        for path in (self.partial, self.rejected_partial, self.progress_path):
+            path.unlink(missing_ok=True)
+
+    def _load_progress(self) -> Checkpoint:
+        try:
+            data = json.loads(self.progress_path.read_text())
+            if data.get("version") != PROGRESS_VERSION:
+                raise ValueError(f"version {data.get('version')}")
+            return Checkpoint(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ResumeRefused(f"{self.progress_path} is unreadable ({exc}); pass --restart to start over") from exc
+
+    @staticmethod
+    def _open_truncated(path: Path, size: int) -> IO[bytes]:
+        """Open for appending after cutting the file back to the last checkpointed size."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "ab")  # noqa: SIM115 - stays open across batches, closed by close()
+        actual = f.seek(0, os.SEEK_END)
+        if actual < size:
+            f.close()
+            raise ResumeRefused(
+                f"{path} has {actual} bytes but the checkpoint says {size} were written; "
+                "it was modified or lost, pass --restart to start over"
+            )
+        if actual > size:
+            f.truncate(size)  # a batch written after the last checkpoint: it will be redone
+            f.seek(size)
+        return f
+
+    # -- writing --------------------------------------------------------------------------------
+    def commit(self, data: bytes, rejected: bytes, update: dict[str, Any]) -> None:
+        """Append one batch durably, then move the checkpoint past it."""
+        assert self._out is not None
+        if data:
+            self._out.write(data)
+            self._out.flush()
+        os.fsync(self._out.fileno())
+        if rejected:
+            if self._rejected is None:
+                self._rejected = self._open_truncated(self.rejected_partial, self.checkpoint.rejected_bytes)
+            self._rejected.write(rejected)
+            self._rejected.flush()
+            os.fsync(self._rejected.fileno())
+        cp = self.checkpoint
+        cp.out_bytes += len(data)
+        cp.rejected_bytes += len(rejected)
+        for key, value in update.items():
+            setattr(cp, key, value)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        atomic_write_json(self.progress_path, asdict(self.checkpoint))
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finish(self, meta: dict[str, Any]) -> None:
+        """Move everything into place: meta first, then the data, then drop the checkpoint."""
+        self.close()
+        self.checkpoint.complete = True
+        self._save_progress()
+        atomic_write_json(self.meta_path, {**meta, "fingerprint": self.fingerprint})
+        if self.checkpoint.rejected_bytes:
+            os.replace(self.rejected_partial, self.rejected_path)
+        else:
+            self.rejected_partial.unlink(missing_ok=True)
+            self.rejected_path.unlink(missing_ok=True)
+        os.replace(self.partial, self.out)
+        fsync_dir(self.out.parent)
+        self.progress_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for f in (self._out, self._rejected):
+            if f is not None and not f.closed:
+                f.close()
+
+
+__all__ = [
+    "Checkpoint",
+    "OutputExists",
+    "ResumableSink",
+    "ResumeRefused",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "sidecar",
+]

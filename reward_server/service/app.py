@@ -1,0 +1,239 @@
+"""The HTTP service (SPEC §11): FastAPI routes over one batcher that owns the reward engine.
+
+The table is loaded before the app is built (``reward-server serve`` fails fast on a bad
+checkpoint), so a running server is a ready server; ``/readyz`` turns 503 only while shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+import reward_server
+from reward_server.embeddings.loader import TableLoadError, load_table
+from reward_server.embeddings.table import EmbeddingTable
+from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
+from reward_server.engine.scorer import RewardEngine
+from reward_server.rewards.groups import summarise_groups
+from reward_server.service.body_limit import BodySizeLimit
+from reward_server.service.errors import ApiError, install_error_handlers
+from reward_server.service.metrics import ServiceMetrics
+from reward_server.service.openrlhf import router as openrlhf_router
+from reward_server.service.schemas import ErrorResponse, ScoreItem, ScoreRequest, ScoreResponse
+from reward_server.service.settings import Settings
+from reward_server.service.validation import build_items, resolve_options
+
+log = logging.getLogger("reward_server")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 503)
+}
+
+
+def build_engine(table: EmbeddingTable, settings: Settings) -> RewardEngine:
+    return RewardEngine(
+        table,
+        memory_budget_bytes=settings.memory_budget_mb << 20,
+        truth_cache_entries=settings.truth_cache_entries,
+    )
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    batcher: Batcher
+    ready: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def table(self) -> EmbeddingTable:
+        return self.batcher.engine.table
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+def _bearer_guard(token: str | None, realm: str):
+    async def guard(request: Request) -> None:
+        if token is None:
+            return
+        supplied = request.headers.get("authorization", "")
+        scheme, _, value = supplied.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
+            raise ApiError(401, "unauthorized", f"{realm} requires 'Authorization: Bearer <token>'")
+
+    return guard
+
+
+def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    state = ServiceState(
+        settings=settings,
+        batcher=Batcher(
+            build_engine(table, settings),
+            max_wait_s=settings.batch_max_wait_ms / 1000.0,
+            max_batch_items=settings.batch_max_items,
+            max_queue_items=settings.queue_max_items,
+            on_batch=metrics.observe_batch,
+        ),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.batcher.start()
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.batcher.stop()
+
+    app = FastAPI(
+        title="mixed-reward",
+        version=reward_server.__version__,
+        description="Mixed-R1 rewards (matching, chart, IoU, format, BMAS) for GRPO trainers.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.state.metrics = metrics
+    metrics.install(app, state)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    require_api_token = _bearer_guard(settings.api_token, "scoring")
+    require_admin_token = _bearer_guard(settings.admin_token, "the admin API")
+
+    def require_ready() -> None:
+        if not state.ready:
+            raise ApiError(503, "not_ready", "the reward server is not ready (starting or shutting down)")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Says nothing about the table."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz() -> dict[str, Any]:
+        """Ready: the table is loaded and the scoring worker runs."""
+        require_ready()
+        return {"status": "ready", "table": state.table.info()}
+
+    @app.get("/v1/info")
+    async def info() -> dict[str, Any]:
+        table = state.table
+        return {
+            "version": reward_server.__version__,
+            "model": table.source,
+            **table.info(),
+            "defaults": {"format_weight": settings.format_weight, "bmas_reduction": settings.bmas_reduction},
+            "limits": {
+                "max_items_per_request": settings.max_items_per_request,
+                "max_chars_per_text": settings.max_chars_per_text,
+                "max_body_bytes": settings.max_body_bytes,
+            },
+            "task_types": ["yes_no", "mcq", "chart", "grounding", "open_ended"],
+        }
+
+    async def score_items(items: list[ScoreItem], options: Any) -> tuple[list[Any], RequestOutcome | None]:
+        """Shared by /score and /get_reward: validate, queue, await the batch."""
+        require_ready()
+        built = build_items(items, resolve_options(options, settings), settings)
+        if not built:
+            return built, None
+        try:
+            return built, await state.batcher.submit(built)
+        except QueueFull as exc:
+            raise ApiError(429, "overloaded", str(exc)) from exc
+        except BatcherStopped as exc:
+            raise ApiError(503, "not_ready", str(exc)) from exc
+
+    app.state.score_items = score_items
+    app.include_router(openrlhf_router)
+
+    @app.post(
+        "/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        dependencies=[Depends(require_api_token)],
+    )
+    async def score(request: ScoreRequest) -> JSONResponse:
+        """Score a batch; one result per item, in order, plus group statistics when items carry group_id."""
+        started = time.perf_counter()
+        built, outcome = await score_items(request.items, request.options)
+        results = []
+        rewards = []
+        if outcome is not None:
+            for item, scored, prepared in zip(request.items, outcome.results, built):
+                row: dict[str, Any] = {
+                    "id": item.id,
+                    "task_type": prepared.truth.task.value,
+                    "reward": scored.reward,
+                    "accuracy": scored.accuracy,
+                    "format": scored.format,
+                }
+                if scored.bmas_forward is not None:
+                    row["bmas_forward"] = scored.bmas_forward
+                    row["bmas_backward"] = scored.bmas_backward
+                if item.group_id is not None:
+                    row["group_id"] = item.group_id
+                results.append(row)
+                rewards.append(scored.reward)
+        groups = summarise_groups(
+            [item.group_id for item in request.items], rewards, settings.zero_variance_tolerance
+        )
+        report = outcome.report if outcome else None
+        body = {
+            "results": results,
+            "groups": [g.__dict__ for g in groups],
+            "table": outcome.table if outcome else state.table.info(),
+            "timing": {
+                "queue_seconds": outcome.queue_seconds if outcome else 0.0,
+                "tokenize_seconds": report.tokenize_seconds if report else 0.0,
+                "kernel_seconds": report.kernel_seconds if report else 0.0,
+                "total_seconds": time.perf_counter() - started,
+                "batch_items": outcome.batch_items if outcome else 0,
+            },
+        }
+        return JSONResponse(body)
+
+    @app.post("/admin/reload", dependencies=[Depends(require_admin_token)], responses=_ERRORS)
+    async def reload_table(request: ReloadRequest) -> dict[str, Any]:
+        """Swap in a newer checkpoint's table without dropping a request: the batch in flight
+        finishes on the old table, every later batch uses the new one."""
+        if settings.admin_token is None:
+            raise ApiError(404, "admin_disabled", "the admin API is disabled; set REWARD_ADMIN_TOKEN to enable it")
+        if state.reload_lock.locked():
+            raise ApiError(409, "reload_in_progress", "another reload is in progress")
+        async with state.reload_lock:
+            old = state.table.info()
+            try:
+                table = await asyncio.to_thread(
+                    load_table,
+                    request.model_path,
+                    device=request.device or settings.device,
+                    dtype=request.dtype or settings.dtype,
+                )
+            except (TableLoadError, ValueError, OSError) as exc:
+                raise ApiError(
+                    422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
+                ) from exc
+            state.batcher.engine = build_engine(table, settings)
+            log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
+            return {"previous": old, "current": table.info()}
+
+    return app

@@ -1,0 +1,500 @@
+"""Prometheus metrics (SPEC §12): what the service did, how fast, and what the rewards look like.
+
+People running GRPO watch this service for two reasons: latency (is the reward model the
+bottleneck of the rollout loop?) and the rewards themselves (a reward distribution that collapses,
+or groups whose rewards are all equal, is the first sign of a broken run). So besides the usual
+request metrics there are reward-value histograms per task type and component and group
+statistics.
+
+Conventions: base units (seconds), ``_total`` counters, one ``reward_`` prefix, and label sets
+bounded by the code, never by the traffic (task type, component, endpoint template, outcome,
+error reason, batch stage, token side). Every labelled series is created at zero when the app is
+built, so dashboards and ``increase()`` see the first request instead of a series that appears
+already holding it.
+
+Each :class:`ServiceMetrics` owns its own :class:`CollectorRegistry`: tests build several apps in
+one process, and the service is one process per device by design (one scoring worker coalesces
+every request into device batches and holds the only copy of the table), so prometheus-client's
+multiprocess mode is deliberately not used; scale out with replicas, each scraped on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import threading
+import time
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import reward_server
+from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
+from reward_server.engine.scorer import BatchReport, ItemScore, ScoringItem
+from reward_server.rewards.groups import GroupSummary
+from reward_server.rewards.tasks import TaskType
+
+TASK_TYPES: tuple[str, ...] = tuple(task.value for task in TaskType)
+MIXED = "mixed"  # a group whose members have different task types
+ITEM_OUTCOMES = ("scored", "rejected", "failed")
+REQUEST_OUTCOMES = ("success", "client_error", "server_error")
+OTHER = "other"
+# The routes of SPEC §11, created at zero so that their panels have data before their first call;
+# any other route gets its series on first use.
+ENDPOINTS = ("/score", "/get_reward", "/healthz", "/readyz", "/metrics", "/v1/info", "/admin/reload", OTHER)
+
+# Every error type the service answers with (the JSON body's error.type). Any other well-formed
+# type still gets its own label (types are constants in the code, never client text); a body that
+# is not ours is counted as "other".
+ERROR_REASONS = (
+    "invalid_request",
+    "invalid_item",
+    "too_many_items",
+    "body_too_large",
+    "unauthorized",
+    "overloaded",
+    "not_ready",
+    "admin_disabled",
+    "reload_in_progress",
+    "invalid_table",
+    "http_error",
+    "internal_error",
+    OTHER,
+)
+_REASON = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_MAX_ERROR_BODY = 16 << 10
+
+# Request latency and queue wait: from about 1 ms (a one-item rule request) to 30 s (a huge batch
+# behind a deep queue).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_ITEM_BUCKETS = tuple(float(2**k) for k in range(15))  # 1 .. 16384
+BATCH_TOKEN_BUCKETS = tuple(float(4**k) for k in range(2, 12))  # 16 .. 4M
+GROUP_STD_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def _steps(lo: float, hi: float, count: int) -> tuple[float, ...]:
+    """Evenly spaced bucket bounds, rounded so the ``le`` labels read 0.1, not 0.30000000000000004."""
+    return tuple(round(float(x), 6) for x in np.linspace(lo, hi, count))
+
+
+# Reward-value buckets fit each component's range (SPEC §3-§8): [0, 1] for the binary rules,
+# IoU and format; [-1, 1] for one BMAS direction; [-2, 2] for the BMAS sum; the final reward adds
+# format_weight * format on top (weight 1 by default, larger values land in +Inf).
+UNIT_BUCKETS = _steps(0.0, 1.0, 11)
+RULE_REWARD_BUCKETS = _steps(0.0, 2.0, 21)
+BMAS_DIRECTION_BUCKETS = _steps(-1.0, 1.0, 21)
+BMAS_SUM_BUCKETS = _steps(-2.0, 2.0, 21)
+OPEN_REWARD_BUCKETS = _steps(-2.0, 3.0, 21)
+
+
+def reward_components(task_type: str) -> dict[str, tuple[float, ...]]:
+    """The components reported for a task type, each with its bucket bounds."""
+    if task_type == TaskType.OPEN_ENDED.value:
+        return {
+            "reward": OPEN_REWARD_BUCKETS,
+            "accuracy": BMAS_SUM_BUCKETS,
+            "format": UNIT_BUCKETS,
+            "bmas_forward": BMAS_DIRECTION_BUCKETS,
+            "bmas_backward": BMAS_DIRECTION_BUCKETS,
+        }
+    return {"reward": RULE_REWARD_BUCKETS, "accuracy": UNIT_BUCKETS, "format": UNIT_BUCKETS}
+
+
+class RewardValueHistograms(Collector):
+    """``reward_value{task_type, component}``: one histogram family whose bucket bounds differ by
+    series, so a binary accuracy is not spread over [-2, 2] and BMAS is not squeezed into [0, 1].
+
+    prometheus-client's Histogram has one bucket set per family, hence this small collector. It
+    also observes a whole batch at once with numpy (one lock, one ``searchsorted`` per series)
+    instead of one locked ``observe`` per item and component: a 8k-item batch is 30k values.
+
+    BMAS terms can in principle be negative, so an open-ended ``_sum`` can decrease, which
+    ``rate()`` reads as a counter reset. It takes a whole scrape interval of answers unrelated to
+    their ground truths (each token's best match negative); the README notes the caveat.
+    """
+
+    name = "reward_value"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bounds: dict[tuple[str, str], np.ndarray] = {}
+        self._counts: dict[tuple[str, str], np.ndarray] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+        for task in TASK_TYPES:
+            for component, bounds in reward_components(task).items():
+                key = (task, component)
+                self._bounds[key] = np.asarray(bounds, dtype=np.float64)
+                self._counts[key] = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
+                self._sums[key] = 0.0
+
+    def observe(self, task_type: str, component: str, values: Sequence[float]) -> None:
+        key = (task_type, component)
+        if not values or key not in self._bounds:
+            return
+        array = np.asarray(values, dtype=np.float64)
+        bounds = self._bounds[key]
+        # side="left": the first bound >= value, i.e. the bucket whose le includes it.
+        counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds) + 1)
+        total = float(array.sum())
+        with self._lock:
+            self._counts[key] += counts
+            self._sums[key] += total
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            self.name,
+            "Reward values returned, per task type and component (reward, accuracy, format, bmas_*).",
+            labels=("task_type", "component"),
+        )
+        with self._lock:
+            snapshot = [(key, self._counts[key].copy(), self._sums[key]) for key in self._counts]
+        for (task, component), counts, total in snapshot:
+            cumulative = np.cumsum(counts)
+            les = [floatToGoString(b) for b in self._bounds[(task, component)]] + ["+Inf"]
+            family.add_metric([task, component], [(le, float(c)) for le, c in zip(les, cumulative)], None)
+            # Added by hand: prometheus-client leaves _sum and _count out of histograms with
+            # negative buckets (OpenMetrics forbids a _sum that may decrease). This endpoint serves
+            # the 0.0.4 text format, where they are allowed, and the dashboard's means need them.
+            labels = {"task_type": task, "component": component}
+            family.samples.append(Sample(f"{self.name}_count", labels, float(cumulative[-1])))
+            family.samples.append(Sample(f"{self.name}_sum", labels, total))
+        yield family
+
+
+class TableInfoCollector(Collector):
+    """``reward_table_info``: read at scrape time, because ``/admin/reload`` swaps the table."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        info = {key: str(value) for key, value in self._state.table.info().items()}
+        family = GaugeMetricFamily(
+            "reward_table_info",
+            "The embedding table being served (always 1); labels say which checkpoint and where.",
+            labels=sorted(info),
+        )
+        family.add_metric([info[key] for key in sorted(info)], 1.0)
+        yield family
+
+
+def _build_info() -> dict[str, str]:
+    return {
+        "version": reward_server.__version__,
+        "python_version": platform.python_version(),
+        "torch_version": str(torch.__version__),
+        "cuda_version": torch.version.cuda or "none",
+    }
+
+
+class ServiceMetrics:
+    """All metrics of one app. app.py owns one and calls it at three points:
+
+    * ``install(app, state)``: adds ``GET /metrics`` and the request middleware (latency, in-flight,
+      outcome per endpoint, errors by reason) and the scrape-time gauges (queue depth, table info).
+    * ``observe_batch(report, items, seconds)``: the batcher's listener, once per device batch.
+    * ``await submit(batcher, items)`` in place of ``batcher.submit(items)``: queue wait, items per
+      task type and outcome, reward values; ``observe_groups(...)`` after the group statistics.
+    """
+
+    def __init__(self) -> None:
+        # `_created` series double the series count and mean nothing on a dashboard.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "reward_request_duration_seconds",
+            "HTTP request latency, from the first byte in to the last byte out, per endpoint.",
+            ("endpoint",), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            "reward_requests", "HTTP requests answered, per endpoint and outcome (status class).",
+            ("endpoint", "outcome"), registry=r,
+        )
+        self.in_flight = Gauge(
+            "reward_in_flight_requests", "HTTP requests being handled now (scrapes of /metrics excluded).",
+            registry=r,
+        )
+        self.errors = Counter(
+            "reward_errors", "Error responses by reason (the error.type of the JSON body).",
+            ("reason",), registry=r,
+        )
+        self.queue_wait = Histogram(
+            "reward_queue_wait_seconds",
+            "Time a scoring request waited in the batcher's queue before its device batch started.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.items = Counter(
+            "reward_items", "Items per task type and outcome: scored, rejected (queue full or "
+            "shutting down) or failed (a server bug).", ("task_type", "outcome"), registry=r,
+        )
+        self.batch_items = Histogram(
+            "reward_batch_items", "Items per device batch (concurrent requests coalesced).",
+            buckets=BATCH_ITEM_BUCKETS, registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "reward_batch_tokens", "BMAS tokens per device batch, by side (response or ground_truth).",
+            ("side",), buckets=BATCH_TOKEN_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "reward_tokens", "BMAS tokens scored, by side (response or ground_truth).", ("side",), registry=r
+        )
+        self.batch_duration = Histogram(
+            "reward_batch_duration_seconds", "Wall time of one device batch (rules, tokenizing, kernel).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_seconds = Counter(
+            "reward_batch_stage_seconds", "Time spent per engine stage (rules, tokenize, kernel).",
+            ("stage",), registry=r,
+        )
+        self.groups = Counter(
+            "reward_groups", "GRPO groups summarised, per task type ('mixed' if members differ).",
+            ("task_type",), registry=r,
+        )
+        self.zero_variance_groups = Counter(
+            "reward_zero_variance_groups", "GRPO groups whose rewards are all equal: no learning signal.",
+            ("task_type",), registry=r,
+        )
+        self.group_std = Histogram(
+            "reward_group_std", "Sample std of the rewards within each GRPO group.",
+            ("task_type",), buckets=GROUP_STD_BUCKETS, registry=r,
+        )
+        self.reward_values = RewardValueHistograms()
+        r.register(self.reward_values)
+        Info("reward_build", "Service build: package, Python, torch and CUDA versions.", registry=r).info(
+            _build_info()
+        )
+        for task in TASK_TYPES:
+            for outcome in ITEM_OUTCOMES:
+                self.items.labels(task, outcome)
+        for task in (*TASK_TYPES, MIXED):
+            self.groups.labels(task)
+            self.zero_variance_groups.labels(task)
+            self.group_std.labels(task)
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason)
+        for side in ("response", "ground_truth"):
+            self.tokens.labels(side)
+            self.batch_tokens.labels(side)
+        for stage in ("rules", "tokenize", "kernel"):
+            self.stage_seconds.labels(stage)
+        for endpoint in ENDPOINTS:
+            self.request_duration.labels(endpoint)
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(endpoint, outcome)
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def install(self, app: FastAPI, state: Any) -> None:
+        """Add ``GET /metrics``, the request middleware and the scrape-time gauges to ``app``."""
+        r = self.registry
+        Gauge("reward_queue_depth_items", "Items waiting in the batcher's queue.", registry=r).set_function(
+            lambda: state.batcher.queued_items
+        )
+        Gauge("reward_ready", "1 while the service is ready to score (/readyz answers 200).", registry=r).set_function(
+            lambda: 1.0 if state.ready else 0.0
+        )
+        r.register(TableInfoCollector(state))
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_endpoint(_: Request) -> Response:
+            """Prometheus text format 0.0.4, which every Prometheus version scrapes."""
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+        # Wrap the whole middleware stack rather than add_middleware(): middleware added later
+        # (the body-size limit) sits outside anything added here, so its 413s and its time would
+        # go unseen, and so would the 500s rendered by Starlette's outermost error middleware.
+        build = app.build_middleware_stack
+
+        def build_with_metrics() -> ASGIApp:
+            return _RequestMetrics(build(), self, app)
+
+        app.build_middleware_stack = build_with_metrics  # type: ignore[method-assign]
+
+    def render(self) -> bytes:
+        """The exposition text, for tests and for embedding in other servers."""
+        return generate_latest(self.registry)
+
+    # --- per batch, per request, per group -----------------------------------------------------
+
+    def observe_batch(self, report: BatchReport, items: int, seconds: float) -> None:
+        """Called by the batcher after every device batch."""
+        self.batch_items.observe(items)
+        self.batch_duration.observe(seconds)
+        self.batch_tokens.labels("response").observe(report.response_tokens)
+        self.batch_tokens.labels("ground_truth").observe(report.truth_tokens)
+        self.tokens.labels("response").inc(report.response_tokens)
+        self.tokens.labels("ground_truth").inc(report.truth_tokens)
+        self.stage_seconds.labels("rules").inc(report.rules_seconds)
+        self.stage_seconds.labels("tokenize").inc(report.tokenize_seconds)
+        self.stage_seconds.labels("kernel").inc(report.kernel_seconds)
+
+    async def submit(self, batcher: Batcher, items: Sequence[ScoringItem]) -> RequestOutcome:
+        """``batcher.submit(items)``, observed: items that never got a score are counted by why."""
+        try:
+            outcome = await batcher.submit(items)
+        except (QueueFull, BatcherStopped):
+            self._count_items(items, "rejected")
+            raise
+        except Exception:
+            self._count_items(items, "failed")
+            raise
+        self.observe_outcome(items, outcome)
+        return outcome
+
+    def observe_outcome(self, items: Sequence[ScoringItem], outcome: RequestOutcome) -> None:
+        """Queue wait of one request, its items per task type, and every reward component."""
+        self.queue_wait.observe(outcome.queue_seconds)
+        by_task: dict[str, list[ItemScore]] = {}
+        for item, scored in zip(items, outcome.results):
+            by_task.setdefault(item.truth.task.value, []).append(scored)
+        for task, scores in by_task.items():
+            self.items.labels(task, "scored").inc(len(scores))
+            values = self.reward_values
+            values.observe(task, "reward", [s.reward for s in scores])
+            values.observe(task, "accuracy", [s.accuracy for s in scores])
+            values.observe(task, "format", [s.format for s in scores])
+            if task == TaskType.OPEN_ENDED.value:
+                values.observe(task, "bmas_forward", [s.bmas_forward for s in scores if s.bmas_forward is not None])
+                values.observe(
+                    task, "bmas_backward", [s.bmas_backward for s in scores if s.bmas_backward is not None]
+                )
+
+    def observe_groups(
+        self,
+        groups: Sequence[GroupSummary],
+        group_ids: Sequence[Hashable | None] = (),
+        items: Sequence[ScoringItem] = (),
+    ) -> None:
+        """Group std and zero-variance counts; ``group_ids``/``items`` (parallel, per item) give each
+        group its task type, so a task whose groups saturate (all right or all wrong) stands out."""
+        task_of: dict[Hashable, str] = {}
+        for gid, item in zip(group_ids, items):
+            if gid is None:
+                continue
+            task = item.truth.task.value
+            if task_of.setdefault(gid, task) != task:
+                task_of[gid] = MIXED
+        for group in groups:
+            task = task_of.get(group.group_id, MIXED)
+            self.groups.labels(task).inc()
+            self.group_std.labels(task).observe(group.std)
+            if group.zero_variance:
+                self.zero_variance_groups.labels(task).inc()
+
+    def _count_items(self, items: Iterable[ScoringItem], outcome: str) -> None:
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.truth.task.value] = counts.get(item.truth.task.value, 0) + 1
+        for task, count in counts.items():
+            self.items.labels(task, outcome).inc(count)
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def observe_request(self, endpoint: str, status: int, seconds: float, reason: str | None) -> None:
+        self.request_duration.labels(endpoint).observe(seconds)
+        outcome = "success" if status < 400 else "client_error" if status < 500 else "server_error"
+        self.requests.labels(endpoint, outcome).inc()
+        if status >= 400:
+            self.errors.labels(reason if reason and _REASON.match(reason) else OTHER).inc()
+
+
+def _endpoint(app: FastAPI, scope: Scope) -> str:
+    """The route template that answered (``/score``), so the label is bounded by the routes.
+
+    FastAPI records the matched route in ``scope["route"]`` (included routers too, prefix and all);
+    the plain Starlette routes (``/docs``, ``/openapi.json``) are matched here. Anything else is
+    ``other``: a scanner probing random URLs must not mint series.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    for route in app.router.routes:
+        route_path = getattr(route, "path", None)
+        if isinstance(route_path, str) and route.matches(scope)[0] is not Match.NONE:
+            return route_path
+    return OTHER
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer and re-task every request).
+
+    The endpoint is known once the router has run, so everything is recorded at the end. The error
+    reason is the ``error.type`` of the JSON error body, read from error responses only (they are
+    small); success bodies pass through untouched. Scrapes of /metrics are not "in flight" work.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        error_body: list[bytes] = []
+        error_size = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, error_size
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and status >= 400 and error_size < _MAX_ERROR_BODY:
+                chunk = message.get("body", b"")
+                error_body.append(chunk)
+                error_size += len(chunk)
+            await send(message)
+
+        counted = scope.get("path") != "/metrics"
+        started = time.perf_counter()
+        if counted:
+            self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception:
+            if status == 0:  # nothing was sent: the server answers 500 for it
+                status, error_body = 500, [b'{"error": {"type": "internal_error"}}']
+            raise
+        finally:
+            if counted:
+                self.metrics.in_flight.dec()
+            if status:  # 0: cancelled before answering (shutdown), not a response to count
+                reason = _error_type(b"".join(error_body)) if status >= 400 else None
+                endpoint = _endpoint(self.fastapi_app, scope)
+                self.metrics.observe_request(endpoint, status, time.perf_counter() - started, reason)
+
+
+def _error_type(body: bytes) -> str:
+    try:
+        parsed = json.loads(body)
+        reason = parsed["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return OTHER
+    return reason if isinstance(reason, str) else OTHER
+
+
+__all__ = ["TASK_TYPES", "ServiceMetrics", "reward_components"]

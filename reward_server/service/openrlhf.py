@@ -1,0 +1,253 @@
+"""OpenRLHF's remote reward protocol: ``POST /get_reward`` (SPEC §11).
+
+OpenRLHF 0.11 (``--reward.remote_url http://host:port/get_reward``) posts one sample per request::
+
+    {"query": [prompt + response, decoded with special tokens], "prompts": [prompt], "labels": [label]}
+
+and reads ``{"rewards": [...], "scores": [...], "extra_logs": {name: [...]}}`` back. Here:
+
+- ``rewards``: the Mixed-R1 reward (accuracy + format_weight * format), what PPO/GRPO trains on;
+- ``scores``: the accuracy alone, which OpenRLHF's dynamic filtering compares with its range
+  (default 0..1: groups that are all right or all wrong are dropped, the paper's filter);
+- ``extra_logs``: ``{"accuracy": [...], "format": [...]}``, logged by OpenRLHF per step.
+
+The response is recovered from the query by these rules, in order:
+
+1. the query minus its prompt when the query starts with the prompt (the usual case);
+2. otherwise the text after the prompt's last 256 characters, found in the query exactly or, if
+   the tokenizer's decode changed spacing, ignoring whitespace (covers a BOS string decoded in
+   front and prompts that OpenRLHF left-truncated);
+3. otherwise a 422 naming the sample: scoring the prompt as if it were the answer is never done.
+   With no ``prompts`` at all the whole query is the response.
+
+Then trailing end-of-sequence strings (and whitespace between them) are removed: by default the
+common ones in ``DEFAULT_EOS``; a request may replace the list with ``eos`` in the body or
+``?eos=...`` (repeatable) in the URL, which is how OpenRLHF users set it, since OpenRLHF posts a
+fixed body.
+
+A label is a JSON object or its JSON text, ``{"ground_truth"|"answer"|"solution": ..., "task_type":
+...}``. Any other label (plain text, a number, a box list) is the ground truth itself, with the task
+type from ``task_type`` in the body or ``?task_type=`` in the URL. Scoring needs the same bearer
+token as ``/score``; because OpenRLHF's HTTP client cannot send headers, ``?token=`` is accepted too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from reward_server.service.errors import ApiError, summarise
+from reward_server.service.schemas import ScoreItem, ScoreOptions
+
+router = APIRouter()
+
+DEFAULT_EOS: tuple[str, ...] = (
+    "<|im_end|>",  # Qwen / ChatML
+    "<|endoftext|>",  # Qwen base, GPT-2
+    "<|eot_id|>",  # Llama 3
+    "<|end_of_text|>",  # Llama 3 base
+    "<|eom_id|>",
+    "</s>",  # Llama 2, Mistral, InternVL (InternLM2)
+    "<|end|>",  # Phi-3
+    "<end_of_turn>",  # Gemma
+    "<eos>",
+    "<|end▁of▁sentence|>",  # DeepSeek
+    "[SEP]",
+    "<pad>",
+    "[PAD]",
+)
+PROMPT_ANCHOR_CHARS = 256
+TRUTH_KEYS = ("ground_truth", "answer", "solution")
+
+
+class GetRewardRequest(BaseModel):
+    """OpenRLHF's body, plus optional fields of ours (absent from what OpenRLHF sends)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: list[Any]
+    prompts: list[Any] | None = None
+    labels: list[Any] | None = None
+    eos: str | list[str] | None = None
+    task_type: str | None = None
+    format_weight: float | None = None
+    bmas_reduction: str | None = None
+
+
+def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
+    return {"item": index, "field": field, "message": message}
+
+
+def _reject(details: list[dict[str, Any]]) -> ApiError:
+    return ApiError(422, "invalid_item", summarise(details), details)
+
+
+def _check_token(request: Request) -> None:
+    token = request.app.state.service.settings.api_token
+    if token is None:
+        return
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    supplied = value.strip() if scheme.lower() == "bearer" else request.query_params.get("token", "")
+    if not secrets.compare_digest(supplied.encode(), token.encode()):
+        raise ApiError(
+            401, "unauthorized", "scoring requires 'Authorization: Bearer <token>' (or ?token=<token> on /get_reward)"
+        )
+
+
+def _nonspace_end(query: str, anchor: str) -> int | None:
+    """End offset in ``query`` of ``anchor``'s first occurrence, comparing non-whitespace only."""
+    wanted = "".join(anchor.split())
+    if not wanted:
+        return None
+    positions = [i for i, ch in enumerate(query) if not ch.isspace()]
+    found = "".join(query[i] for i in positions).find(wanted)
+    if found < 0:
+        return None
+    return positions[found + len(wanted) - 1] + 1
+
+
+def response_from_query(query: str, prompt: str | None) -> str | None:
+    """The response part of ``query`` (rules in the module docstring); None when the prompt is not found."""
+    if not prompt:
+        return query
+    if query.startswith(prompt):
+        return query[len(prompt) :]
+    anchor = prompt[-PROMPT_ANCHOR_CHARS:]
+    at = query.find(anchor)
+    if at >= 0:
+        return query[at + len(anchor) :]
+    end = _nonspace_end(query, anchor)
+    return None if end is None else query[end:]
+
+
+def strip_eos(text: str, eos: Sequence[str]) -> str:
+    """Remove trailing end-of-sequence strings, repeatedly, with any whitespace between them."""
+    end = len(text)
+    while True:
+        head = text[:end].rstrip()
+        for marker in eos:
+            if marker and head.endswith(marker):
+                end = len(head) - len(marker)
+                break
+        else:
+            return text[:end]
+
+
+def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, str | None]:
+    """(ground truth, task type, problem) for one label."""
+    if isinstance(label, str) and label.lstrip().startswith("{"):
+        try:
+            label = json.loads(label)
+        except ValueError as exc:
+            return None, None, f"looks like JSON but does not parse: {exc}"
+    if isinstance(label, dict):
+        key = next((k for k in TRUTH_KEYS if k in label), None)
+        if key is None:
+            return None, None, f"the label object needs one of {list(TRUTH_KEYS)}; it has {sorted(label)}"
+        task = label.get("task_type", default_task)
+        return label[key], (None if task is None else str(task)), None
+    if label is None:
+        return None, None, "is null; it must carry the ground truth"
+    return label, default_task, None
+
+
+def _eos_list(request: Request, body: GetRewardRequest) -> Sequence[str]:
+    from_url = request.query_params.getlist("eos")
+    if from_url:
+        return from_url
+    if body.eos is not None:
+        return [body.eos] if isinstance(body.eos, str) else body.eos
+    return DEFAULT_EOS
+
+
+def _remap(exc: ApiError) -> ApiError:
+    """/score's item errors, in this protocol's field names (``query``, ``labels``)."""
+    details = []
+    for detail in exc.details:
+        field = detail.get("field")
+        if field == "response":
+            details.append({**detail, "field": "query"})
+        elif field in ("ground_truth", "task_type"):
+            details.append({**detail, "field": "labels", "message": f"{field}: {detail.get('message')}"})
+        else:
+            details.append(detail)
+    if not details:
+        return exc
+    return ApiError(exc.status, exc.type, summarise(details), details)
+
+
+@router.post("/get_reward")
+async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
+    """Score OpenRLHF samples: one reward per query, in order."""
+    _check_token(request)
+    count = len(body.query)
+    errors: list[dict[str, Any]] = []
+    for name, values in (("prompts", body.prompts), ("labels", body.labels)):
+        if values is not None and len(values) != count:
+            errors.append(_detail(None, name, f"has {len(values)} entries for {count} queries"))
+    if body.labels is None and count:
+        errors.append(_detail(None, "labels", "required: each label carries the ground truth and task type"))
+    if errors:
+        raise _reject(errors)
+
+    default_task = request.query_params.get("task_type") or body.task_type
+    eos = _eos_list(request, body)
+    items: list[ScoreItem] = []
+    for index, query in enumerate(body.query):
+        prompt = body.prompts[index] if body.prompts is not None else None
+        if not isinstance(query, str):
+            errors.append(_detail(index, "query", f"must be a string, got {type(query).__name__}"))
+            continue
+        if prompt is not None and not isinstance(prompt, str):
+            errors.append(_detail(index, "prompts", f"must be a string, got {type(prompt).__name__}"))
+            continue
+        response = response_from_query(query, prompt)
+        if response is None:
+            errors.append(_detail(index, "query", "does not contain its prompt (prompts[i]), so the response "
+                                  "cannot be separated from it; send the decoded prompt + response"))
+            continue
+        truth, task, problem = parse_label(body.labels[index] if body.labels is not None else None, default_task)
+        if problem is None and task is None:
+            problem = ("has no task_type: use {\"ground_truth\": ..., \"task_type\": ...} or add "
+                       "?task_type=<type> to the URL")
+        if problem is not None:
+            errors.append(_detail(index, "labels", problem))
+            continue
+        try:
+            items.append(ScoreItem.model_validate(
+                {"id": index, "response": strip_eos(response, eos), "ground_truth": truth, "task_type": task}
+            ))
+        except ValidationError:
+            errors.append(_detail(index, "labels", f"ground truth must be a string, number, list or object, "
+                                                   f"got {type(truth).__name__}"))
+    if errors:
+        raise _reject(errors)
+
+    options_in = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction}
+    if "format_weight" in request.query_params:
+        options_in["format_weight"] = request.query_params["format_weight"]
+    try:
+        options = ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
+        raise _reject([_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
+
+    try:
+        _, outcome = await request.app.state.score_items(items, options)
+    except ApiError as exc:
+        raise _remap(exc) from exc
+    scored = outcome.results if outcome is not None else []
+    return JSONResponse({
+        "rewards": [s.reward for s in scored],
+        "scores": [s.accuracy for s in scored],
+        "extra_logs": {
+            "accuracy": [s.accuracy for s in scored],
+            "format": [s.format for s in scored],
+        },
+    })

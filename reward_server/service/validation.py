@@ -1,0 +1,85 @@
+"""From a parsed request to engine items: limits, task types and ground truths, every error named.
+
+All items are checked before any is scored, and every bad item is reported (up to a cap), so a
+client fixes a batch in one round trip instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from reward_server.engine.scorer import ScoreOptions, ScoringItem
+from reward_server.rewards.errors import RewardInputError
+from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
+from reward_server.rewards.tasks import TaskType, parse_task_type
+from reward_server.service.errors import MAX_DETAILS, ApiError, summarise
+from reward_server.service.schemas import ScoreItem
+from reward_server.service.schemas import ScoreOptions as ScoreOptionsIn
+from reward_server.service.settings import Settings
+
+
+@lru_cache(maxsize=65536)
+def _prepared(task: TaskType, ground_truth: str) -> PreparedTruth:
+    """A group's truth is parsed once, not once per response."""
+    return prepare_ground_truth(task, ground_truth)
+
+
+def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> ScoreOptions:
+    weight = options.format_weight if options and options.format_weight is not None else settings.format_weight
+    reduction = options.bmas_reduction if options and options.bmas_reduction else settings.bmas_reduction
+    return ScoreOptions(format_weight=weight, bmas_reduction=reduction)
+
+
+def check_item_count(count: int, settings: Settings) -> None:
+    if count > settings.max_items_per_request:
+        raise ApiError(
+            413,
+            "too_many_items",
+            f"items: {count} items in one request; the limit is {settings.max_items_per_request} "
+            "(split the batch or raise REWARD_MAX_ITEMS_PER_REQUEST)",
+            [{"item": None, "field": "items", "message": f"at most {settings.max_items_per_request} items"}],
+        )
+
+
+def build_items(
+    items: Sequence[ScoreItem], options: ScoreOptions, settings: Settings
+) -> list[ScoringItem]:
+    """Validate every item; raise one 422 listing each bad (item, field), or return engine items."""
+    check_item_count(len(items), settings)
+    limit = settings.max_chars_per_text
+    errors: list[dict[str, Any]] = []
+    built: list[ScoringItem] = []
+
+    def fail(index: int, item: ScoreItem, field: str, message: str) -> None:
+        detail: dict[str, Any] = {"item": index, "field": field, "message": message}
+        if item.id is not None:
+            detail["id"] = item.id
+        errors.append(detail)
+
+    for index, item in enumerate(items):
+        if len(errors) >= MAX_DETAILS:
+            break
+        truth_text = item.ground_truth_text()
+        too_long = False
+        for field, text in (("response", item.response), ("ground_truth", truth_text)):
+            if len(text) > limit:
+                fail(index, item, field, f"is {len(text)} characters; the limit is {limit}")
+                too_long = True
+        try:
+            task = parse_task_type(item.task_type)
+        except RewardInputError as exc:
+            fail(index, item, exc.field, exc.message)
+            continue
+        if too_long:
+            continue
+        try:
+            truth = _prepared(task, truth_text)
+        except RewardInputError as exc:
+            fail(index, item, exc.field, f"{exc.message} (task_type {task.value})")
+            continue
+        built.append(ScoringItem(response=item.response, truth=truth, options=options))
+    if errors:
+        raise ApiError(422, "invalid_item", summarise(errors), errors)
+    return built

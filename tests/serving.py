@@ -1,0 +1,52 @@
+"""Start the real service (uvicorn on a free loopback port) for tests and benchmarks.
+
+The socket is bound here and handed to uvicorn, so there is no window in which another process
+can take the port between choosing it and listening on it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from reward_server.embeddings.table import EmbeddingTable
+from reward_server.service.app import create_app
+from reward_server.service.settings import Settings
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: FastAPI
+    settings: Settings
+
+
+@contextmanager
+def running_server(table: EmbeddingTable, **settings: object) -> Iterator[RunningServer]:
+    config_settings = Settings(host="127.0.0.1", port=0, **settings)
+    app = create_app(table, config_settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the reward server did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{port}", app=app, settings=config_settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,90 @@
+"""Format reward (SPEC §7) and the final combination (SPEC §8)."""
+
+import math
+
+import pytest
+
+from reward_server.rewards.combine import final_reward
+from reward_server.rewards.errors import RewardInputError
+from reward_server.rewards.format import format_reward
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<think>reasoning</think><answer>B</answer>",
+        "<think>a</think> \n\t <answer>b</answer>",
+        "  \n<think>multi\nline\nreasoning</think>\n<answer>\nmulti\nline\n</answer>\n  ",
+        "<think></think><answer></answer>",
+        "<think>uses <Answer> in prose</think><answer>x</answer>",  # tags are case-sensitive
+        "<think>ünïcødé 推理</think><answer>是</answer>",
+    ],
+)
+def test_well_formed(response: str) -> None:
+    assert format_reward(response) == 1.0
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "",
+        "B",
+        "<answer>B</answer>",
+        "<think>only thinking</think>",
+        "<think>a</think>text<answer>b</answer>",  # something between the blocks
+        "prefix <think>a</think><answer>b</answer>",
+        "<think>a</think><answer>b</answer> suffix",
+        "<think>a</think><answer>b</answer><answer>c</answer>",  # a second answer
+        "<think>a</think><think>b</think><answer>c</answer>",
+        "<think>a<think>b</think></think><answer>c</answer>",  # nested think
+        "<think>a</think><answer>b<answer>c</answer></answer>",  # nested answer
+        "<think>a<answer>x</answer></think><answer>c</answer>",
+        "<answer>b</answer><think>a</think>",  # wrong order
+        "<THINK>a</THINK><ANSWER>b</ANSWER>",  # case-sensitive tags
+        "<Think>a</Think><Answer>b</Answer>",
+        "<think>a</think><answer>b",  # unterminated
+        "<think>a<answer>b</answer>",
+        "<think>a</think><answer>b</answer>\n</think>",
+    ],
+)
+def test_malformed(response: str) -> None:
+    assert format_reward(response) == 0.0
+
+
+def test_format_is_linear_on_huge_input() -> None:
+    body = "<think>" + "x" * 200_000 + "</think><answer>y</answer>"
+    assert format_reward(body) == 1.0
+    assert format_reward("<think>" * 30_000 + "</answer>") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "fmt", "weight", "expected"),
+    [
+        (1.0, 1.0, 1.0, 2.0),
+        (1.0, 0.0, 1.0, 1.0),
+        (0.0, 1.0, 0.5, 0.5),
+        (0.25, 1.0, 0.0, 0.25),  # weight 0 disables format
+        (2.0, 1.0, 1.0, 3.0),  # BMAS sum range goes up to 2
+        (-0.5, 1.0, 1.0, 0.5),
+    ],
+)
+def test_final_reward(accuracy: float, fmt: float, weight: float, expected: float) -> None:
+    assert final_reward(accuracy, fmt, weight) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf])
+def test_non_finite_weight_is_a_client_error(weight: float) -> None:
+    with pytest.raises(RewardInputError) as info:
+        final_reward(1.0, 1.0, weight)
+    assert info.value.field == "format_weight"
+
+
+def test_overflowing_weight_is_a_client_error() -> None:
+    with pytest.raises(RewardInputError):
+        final_reward(1e308, 1.0, 1e308)
+
+
+@pytest.mark.parametrize("accuracy", [math.nan, math.inf])
+def test_non_finite_component_is_our_bug(accuracy: float) -> None:
+    with pytest.raises(ValueError):
+        final_reward(accuracy, 1.0, 1.0)

@@ -1,0 +1,158 @@
+"""TRL 1.x: a real ``GRPOTrainer`` step on a tiny randomly initialised model (built from a config,
+nothing downloaded) with ``mixed_reward_func`` against the real server, plus the reward function
+called exactly as ``GRPOTrainer._calculate_rewards`` calls it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+
+import pytest
+from mixed_reward_client import RewardClient, ServerUnavailable
+from mixed_reward_client.trl import MixedReward, completion_text, mixed_reward_func
+from serving import running_server
+from test_trainer_support import byte_tokenizer
+
+THINK = "<think>look</think>"
+
+
+def dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class Recorder:
+    """Collects what TRL's log_metric / log_extra hooks receive."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, list[float]] = {}
+        self.extra: dict[str, list] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics.setdefault(name, []).append(value)
+
+    def log_extra(self, column: str, values: list) -> None:
+        self.extra.setdefault(column, []).extend(values)
+
+
+def call_like_trl(fn, prompts, completions, **columns):
+    """GRPOTrainer runs async reward functions on its own loop with these keyword arguments."""
+    rec = Recorder()
+    rewards = asyncio.run(fn(prompts=prompts, completions=completions, completion_ids=[[1]] * len(completions),
+                             trainer_state=None, log_metric=rec.log_metric, log_extra=rec.log_extra, **columns))
+    return rewards, rec
+
+
+def test_conversational_completions_exact_values_and_logging(server):
+    prompt = [{"role": "user", "content": "Is there a cat? Then describe it."}]
+    completions = [
+        [{"role": "assistant", "content": THINK + "<answer>yes</answer>"}],
+        [{"role": "assistant", "content": [{"type": "text", "text": THINK + "<answer>"},
+                                           {"type": "text", "text": "no</answer>"}]}],
+        [{"role": "assistant", "content": THINK + "<answer>a cat on a mat</answer>"}],
+    ]
+    fn = mixed_reward_func(server.url)
+    assert fn.__name__ == "mixed_reward"
+    rewards, rec = call_like_trl(fn, [prompt, prompt, [{"role": "user", "content": "other"}]], completions,
+                                 task_type=["yes_no", "yes_no", "open_ended"],
+                                 ground_truth=["yes", "yes", "a cat on a mat"])
+    assert rewards == [2.0, 1.0, 3.0]
+    assert rec.extra["mixed_reward/accuracy"] == [1.0, 0.0, 2.0]
+    assert rec.extra["mixed_reward/format"] == [1.0, 1.0, 1.0]
+    assert rec.extra["mixed_reward/task_type"] == ["yes_no", "yes_no", "open_ended"]
+    assert rec.metrics["mixed_reward/accuracy"] == [pytest.approx(1.0)]
+    assert rec.metrics["mixed_reward/accuracy/yes_no"] == [0.5]
+    assert rec.metrics["mixed_reward/zero_variance_groups"] == [0.5]  # the 1-completion group
+
+
+def test_plain_completions_solution_column_and_fixed_task(server):
+    fn = mixed_reward_func(server.url, task_type="chart", format_weight=0.0)
+    rewards, _ = call_like_trl(fn, ["p1", "p2"], ["<answer>45%</answer>", "<answer>3</answer>"],
+                               solution=["0.45", "4"])
+    assert rewards == [1.0, 0.0]
+
+
+def test_missing_columns_are_clear_errors(server):
+    fn = mixed_reward_func(server.url)
+    with pytest.raises(Exception, match="ground-truth column"):
+        call_like_trl(fn, ["p"], ["x"], task_type=["yes_no"])
+    with pytest.raises(Exception, match="task type"):
+        call_like_trl(fn, ["p"], ["x"], ground_truth=["yes"])
+
+
+def test_failover_killed_server_and_explicit_fallback(server, default_table):
+    ok, _ = call_like_trl(mixed_reward_func([dead_url(), server.url]), ["p"], ["<answer>yes</answer>"],
+                          task_type=["yes_no"], ground_truth=["yes"])
+    assert ok == [1.0]
+    with running_server(default_table) as srv:
+        url = srv.url
+    fn = mixed_reward_func(url, max_attempts=3, backoff=0.05)
+    with pytest.raises(ServerUnavailable, match="3 attempts"):
+        call_like_trl(fn, ["p"], ["<answer>yes</answer>"], task_type=["yes_no"], ground_truth=["yes"])
+    fallback = mixed_reward_func(url, max_attempts=2, backoff=0.01, on_failure="none")
+    assert call_like_trl(fallback, ["p"], ["x"], task_type=["yes_no"], ground_truth=["yes"])[0] == [None]
+
+
+def test_env_configured_instance_for_the_trl_cli(server, monkeypatch):
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    from mixed_reward_client.trl import mixed_reward
+
+    assert isinstance(mixed_reward, MixedReward)
+    rewards, _ = call_like_trl(mixed_reward, ["p"], ["<answer>B</answer>"], task_type=["mcq"], ground_truth=["(B)"])
+    assert rewards == [1.0]
+
+
+def test_completion_text_forms():
+    assert completion_text("plain") == "plain"
+    assert completion_text([{"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"},
+                            {"role": "assistant", "content": "b"}]) == "b"
+    assert completion_text({"role": "assistant", "content": None}) == ""
+
+
+trl = pytest.importorskip("trl", reason="trl not installed")
+
+
+def test_grpo_trainer_step_with_the_service(server, tmp_path):
+    import torch
+    from datasets import Dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    ))
+    rows = [
+        {"prompt": [{"role": "user", "content": "Is there a cat?"}], "task_type": "yes_no", "ground_truth": "yes"},
+        {"prompt": [{"role": "user", "content": "Describe the image."}], "task_type": "open_ended",
+         "ground_truth": "a cat sitting on a mat"},
+    ]
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        max_steps=1, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", seed=0,
+        dataloader_num_workers=0, log_completions=False,
+    )
+    trainer = trl.GRPOTrainer(model=model, processing_class=tok, args=args,
+                              reward_funcs=[mixed_reward_func(server.url)],
+                              train_dataset=Dataset.from_list(rows * 4))
+    logs = trainer._logs  # what TRL logs per completion, filled during the step
+    trainer.train()
+
+    rewards = list(logs["rewards"]["mixed_reward"])
+    completions = list(logs["completion"])
+    assert len(rewards) == len(completions) == 4 and all(math.isfinite(r) for r in rewards)  # no NaN: every one scored
+    # Every reward is exactly what the service gives that completion.
+    tasks = list(logs["extra"]["mixed_reward/task_type"])
+    truths = {"yes_no": "yes", "open_ended": "a cat sitting on a mat"}
+    with RewardClient(server.url) as client:
+        direct = client.score([{"response": completion_text(c), "ground_truth": truths[t], "task_type": t}
+                               for c, t in zip(completions, tasks)])
+    assert rewards == pytest.approx(direct.rewards, abs=1e-6)
+    assert list(logs["extra"]["mixed_reward/accuracy"]) == pytest.approx([r["accuracy"] for r in direct.results])
+    history = trainer.state.log_history[0]
+    assert "mixed_reward/accuracy" in history and "mixed_reward/format" in history
+    assert history["rewards/mixed_reward/mean"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-5)
