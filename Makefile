@@ -21,7 +21,7 @@ serve: install
 	reward-server serve
 
 test: install
-	$(PYTHON) -m ruff check reward_server tests bench
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
 bench: install

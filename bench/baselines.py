@@ -38,8 +38,8 @@ class PerItemLoop:
             if not response or not truth:
                 scores.append(0.0)
                 continue
-            r = F.normalize(self.weight[torch.tensor(response)].float(), dim=1)
-            g = F.normalize(self.weight[torch.tensor(truth)].float(), dim=1)
+            r = F.normalize(self.weight[torch.tensor(response, device=self.weight.device)].float(), dim=1)
+            g = F.normalize(self.weight[torch.tensor(truth, device=self.weight.device)].float(), dim=1)
             sim = r @ g.T
             scores.append(float(sim.amax(dim=1).mean() + sim.amax(dim=0).mean()))
         return scores
@@ -68,6 +68,7 @@ class PerItemLoop:
 
 
 def tokenize_only(tokenizer: Tokenizer, texts: Sequence[str]) -> int:
-    """One batch call over ``texts``; returns the token count (so the work cannot be skipped)."""
+    """Texts to token ids, one batch call over ``texts``: the floor any BMAS scorer pays per step
+    (the ids are read out of the Rust encodings, as any user of them must); returns the token count."""
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    return sum(len(e) for e in encode(list(texts), add_special_tokens=False))
+    return sum(len(e.ids) for e in encode(list(texts), add_special_tokens=False))

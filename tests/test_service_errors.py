@@ -8,7 +8,6 @@ import random
 
 import httpx
 import pytest
-
 from serving import running_server
 
 GOOD = {"response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no"}

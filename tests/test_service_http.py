@@ -194,3 +194,13 @@ def test_concurrent_one_item_requests_are_coalesced(server) -> None:
     assert [b["results"][0]["id"] for b in bodies] == list(range(50))
     assert len({b["results"][0]["reward"] for b in bodies}) == 1
     assert max(b["timing"]["batch_items"] for b in bodies) > 1
+
+
+def test_openapi_documents_the_score_body(server) -> None:
+    document = httpx.get(server.url + "/openapi.json").json()
+    body = document["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ScoreRequest"}
+    schemas = document["components"]["schemas"]
+    assert set(schemas["ScoreRequest"]["properties"]) == {"items", "options"}
+    assert {"response", "ground_truth", "task_type", "id", "group_id"} <= set(schemas["ScoreItem"]["properties"])
+    assert "ScoreResponse" in schemas and "ErrorResponse" in schemas

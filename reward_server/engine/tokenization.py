@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ def encode_flat(table: EmbeddingTable, texts: Sequence[str]) -> tuple[np.ndarray
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     id_lists = [enc.ids for enc in encode(list(texts), add_special_tokens=False)]
     lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    flat = np.array([i for ids in id_lists for i in ids], dtype=np.int64) if id_lists else np.zeros(0, np.int64)
+    flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
     return flat, lengths
 
 

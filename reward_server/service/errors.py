@@ -93,9 +93,13 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
         detail: dict[str, Any] = {"item": item, "field": field, "message": message}
         if item is not None and isinstance(body, dict):
             items = body.get("items")
-            if isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
-                if isinstance(items[item].get("id"), (str, int)):
-                    detail["id"] = items[item]["id"]
+            if (
+                isinstance(items, list)
+                and item < len(items)
+                and isinstance(items[item], dict)
+                and isinstance(items[item].get("id"), (str, int))
+            ):
+                detail["id"] = items[item]["id"]
         details[(item, field)] = detail
     return list(details.values())[:MAX_DETAILS]
 

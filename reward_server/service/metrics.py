@@ -210,7 +210,7 @@ def _build_info() -> dict[str, str]:
 
 
 class ServiceMetrics:
-    """All metrics of one app. app.py owns one and calls it at three points:
+    """All metrics of one app. app.py owns one and wires it in at four points:
 
     * ``install(app, state)``: adds ``GET /metrics`` and the request middleware (latency, in-flight,
       outcome per endpoint, errors by reason) and the scrape-time gauges (queue depth, table info).
