@@ -267,9 +267,10 @@ def test_group_task_types_come_from_their_members() -> None:
     metrics = ServiceMetrics()
     truth = {TaskType.CHART: prepare_ground_truth(TaskType.CHART, "3"),
              TaskType.YES_NO: prepare_ground_truth(TaskType.YES_NO, "no")}
-    tasks = [TaskType.CHART, TaskType.CHART, TaskType.YES_NO, TaskType.CHART, TaskType.YES_NO]
-    group_ids = ["g1", "g1", "g2", "g3", "g3"]
-    rewards = [1.0, 1.0, 0.0, 1.0, 0.0]
+    tasks = [TaskType.CHART, TaskType.CHART, TaskType.YES_NO, TaskType.YES_NO, TaskType.CHART, TaskType.YES_NO,
+             TaskType.YES_NO]
+    group_ids = ["g1", "g1", "g2", "g2", "g3", "g3", "alone"]  # "alone": a one-item group, not counted
+    rewards = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     items = [ScoringItem("x", truth[task]) for task in tasks]
     metrics.observe_groups(summarise_groups(group_ids, rewards), group_ids, items)
     samples = parse(metrics.render().decode())
@@ -279,6 +280,7 @@ def test_group_task_types_come_from_their_members() -> None:
     assert counts == {"chart": 1, "yes_no": 1, "mixed": 1}
     assert value(samples, "reward_zero_variance_groups_total", task_type="chart") == 1
     assert value(samples, "reward_zero_variance_groups_total", task_type="mixed") == 0
+    assert value(samples, "reward_zero_variance_groups_total", task_type="yes_no") == 0
 
 
 def test_several_apps_in_one_process_keep_separate_metrics(default_table: Any, server: Any) -> None:

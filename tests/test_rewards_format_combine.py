@@ -1,6 +1,9 @@
 """Format reward (SPEC §7) and the final combination (SPEC §8)."""
 
 import math
+import random
+import re
+import time
 
 import pytest
 
@@ -34,11 +37,6 @@ def test_well_formed(response: str) -> None:
         "<think>a</think>text<answer>b</answer>",  # something between the blocks
         "prefix <think>a</think><answer>b</answer>",
         "<think>a</think><answer>b</answer> suffix",
-        "<think>a</think><answer>b</answer><answer>c</answer>",  # a second answer
-        "<think>a</think><think>b</think><answer>c</answer>",
-        "<think>a<think>b</think></think><answer>c</answer>",  # nested think
-        "<think>a</think><answer>b<answer>c</answer></answer>",  # nested answer
-        "<think>a<answer>x</answer></think><answer>c</answer>",
         "<answer>b</answer><think>a</think>",  # wrong order
         "<THINK>a</THINK><ANSWER>b</ANSWER>",  # case-sensitive tags
         "<Think>a</Think><Answer>b</Answer>",
@@ -88,3 +86,43 @@ def test_overflowing_weight_is_a_client_error() -> None:
 def test_non_finite_component_is_our_bug(accuracy: float) -> None:
     with pytest.raises(ValueError):
         final_reward(accuracy, 1.0, 1.0)
+
+
+# SPEC §7 says the contents of both blocks are arbitrary, so tags inside them do not break the form:
+# exactly what the regex R1-style trainers use accepts.
+SPEC_REGEX = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<think>a</think><answer>b</answer><answer>c</answer>",  # the answer's content is "b</answer><answer>c"
+        "<think>a</think><think>b</think><answer>c</answer>",  # the think's content is "a</think><think>b"
+        "<think>a<think>b</think></think><answer>c</answer>",
+        "<think>a</think><answer>b<answer>c</answer></answer>",
+        "<think>a<answer>x</answer></think><answer>c</answer>",
+        "<think>I will put the letter in <answer> tags.</think>\n<answer>B</answer>",
+    ],
+)
+def test_tags_inside_the_contents_keep_the_form(response: str) -> None:
+    assert format_reward(response) == 1.0
+    assert SPEC_REGEX.fullmatch(response.strip())
+
+
+def test_same_verdict_as_the_spec_regex_on_tag_soup() -> None:
+    rng = random.Random(3)
+    pieces = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "<", "think>", "</", "\t"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.5:
+            text = "<think>" + text + "</answer>"
+        expected = 1.0 if SPEC_REGEX.fullmatch(text.strip()) else 0.0
+        assert format_reward(text) == expected, text
+
+
+def test_linear_on_many_think_closers() -> None:
+    """The regex backtracks quadratically here; a guard against that, not a benchmark (10x headroom)."""
+    text = "<think>" + "</think> x" * 50_000 + "</answer>"
+    started = time.thread_time()
+    assert format_reward(text) == 0.0
+    assert time.thread_time() - started < 2.0

@@ -10,6 +10,8 @@ from reward_server.rewards.matching import (
     split_leading_option,
     yes_no_reward,
 )
+from reward_server.rewards.rules import prepare_ground_truth, rule_accuracy
+from reward_server.rewards.tasks import TaskType
 
 # ------------------------------------------------------------------------------------------ yes/no
 
@@ -149,3 +151,18 @@ def test_mcq_truth_parse(truth: str, letter: str | None, option_text: str) -> No
 )
 def test_mcq_reward(span: str, truth: str, expected: float) -> None:
     assert mcq_reward(span, McqTruth.parse(truth)) == expected
+
+
+@pytest.mark.parametrize(
+    ("truth", "response", "expected"),
+    [
+        ("Option B", "B", 1.0),  # SPEC §3 lists "Option A" as a letter form: for truths too
+        ("Choice (C)", "The answer is (C).", 1.0),
+        ("option b", "(B)", 1.0),
+        ("Option B", "A", 0.0),
+        ("the choice a patient makes", "A", 0.0),  # a marker inside prose is not a letter truth
+        ("the choice a patient makes", "The choice a patient makes.", 1.0),
+    ],
+)
+def test_option_marked_truths(truth: str, response: str, expected: float) -> None:
+    assert rule_accuracy(TaskType.MCQ, response, prepare_ground_truth(TaskType.MCQ, truth)) == expected

@@ -212,3 +212,37 @@ def test_admin_reload_disabled_without_token(server) -> None:
 def test_unknown_route_is_json_404(server) -> None:
     r = httpx.get(server.url + "/nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "http_error"
+
+
+def test_non_ascii_bearer_token_is_a_401_not_a_500(default_table) -> None:
+    with running_server(default_table, api_token="s3cret") as srv:
+        r = httpx.post(srv.url + "/score", content=json.dumps({"items": [GOOD]}).encode(),
+                       headers={"content-type": "application/json", "authorization": "Bearer \u00e9t\u00e9".encode()})
+        assert r.status_code == 401
+
+
+def test_lone_surrogates_are_422_on_both_endpoints(server) -> None:
+    body = '{"items": [{"response": "<answer>a \\ud800 b</answer>", "ground_truth": "a b", "task_type": "open_ended"}]}'
+    r = httpx.post(server.url + "/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and only_detail(r)["field"] == "response"
+    body = ('{"query": ["Q: describe. <answer>a \\ud800 b</answer>"], "prompts": ["Q: describe."],'
+            ' "labels": [{"ground_truth": "a b", "task_type": "open_ended"}]}')
+    r = httpx.post(server.url + "/get_reward", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == "query"
+
+
+def test_non_finite_ground_truth_is_422(server) -> None:
+    body = '{"items": [{"response": "<answer>NaN</answer>", "ground_truth": NaN, "task_type": "chart"}]}'
+    r = httpx.post(server.url + "/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    detail = only_detail(r)
+    assert detail["field"] == "ground_truth" and "finite" in detail["message"]
+
+
+def test_openrlhf_null_task_type_falls_back_to_the_url(server) -> None:
+    body = {"query": ["Is it a dog? <answer>yes</answer>"], "prompts": ["Is it a dog?"],
+            "labels": [{"ground_truth": "yes", "task_type": None}]}
+    r = httpx.post(server.url + "/get_reward?task_type=yes_no", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == [1.0]

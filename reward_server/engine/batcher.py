@@ -11,6 +11,7 @@ is refused at once (the HTTP layer answers 429) instead of piling up latency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reward_server.engine.scorer import BatchReport, ItemScore, RewardEngine, ScoringItem
+
+log = logging.getLogger("reward_server")
 
 
 class QueueFull(RuntimeError):
@@ -94,7 +97,7 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def submit(self, items: Sequence[ScoringItem]) -> RequestOutcome:
-        if self._wakeup is None or self._worker is None:
+        if self._wakeup is None or self._worker is None or self._worker.done():
             raise BatcherStopped("the batcher is not running")
         if self._pending_items and self._pending_items + len(items) > self.max_queue_items:
             raise QueueFull(
@@ -143,10 +146,13 @@ class Batcher:
         started = time.perf_counter()
         try:
             results, report = await loop.run_in_executor(self._executor, engine.score, items)
-        except Exception as exc:  # noqa: BLE001 — a bug, not a client mistake: every waiter gets it
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 — a bug, not a client mistake
+            if len(batch) > 1:  # rescore request by request: one bad request must not fail its neighbours
+                for job in batch:
+                    await self._score(loop, [job])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
         table = engine.table.info()
@@ -165,4 +171,7 @@ class Batcher:
                 )
             offset += count
         if self._on_batch is not None:
-            self._on_batch(report, len(items), elapsed)
+            try:
+                self._on_batch(report, len(items), elapsed)
+            except Exception:  # a metrics bug must not stop the scoring worker
+                log.exception("batch listener failed")

@@ -33,25 +33,36 @@ def encode_flat(table: EmbeddingTable, texts: Sequence[str]) -> tuple[np.ndarray
 
 
 class _Entry:
-    __slots__ = ("ids", "state")
+    __slots__ = ("cost", "ids", "state")
 
-    def __init__(self, ids: np.ndarray) -> None:
+    def __init__(self, text: str, ids: np.ndarray) -> None:
         self.ids = ids
         self.state: TruthState | None = None
+        # The key text (up to 4 bytes a character), the ids, and the state's distinct ids and counts.
+        self.cost = 4 * len(text) + 3 * ids.nbytes
 
 
 class TruthTokenCache:
     """LRU cache of ground-truth text -> token ids and kernel state, for one table.
 
-    Two bounds: ``max_entries`` texts, and ``max_block_bytes`` for the truth×truth similarity
-    blocks (the only large part; ids and distinct-id tensors are a few bytes per token). Blocks
-    of the least recently used truths are dropped first; the truth itself may stay.
+    Three bounds: ``max_entries`` texts, ``max_bytes`` for the texts, their ids and distinct-id
+    tensors (a truth may be 200,000 characters long, so a count alone bounds nothing), and
+    ``max_block_bytes`` for the truth×truth similarity blocks. The least recently used go first;
+    a truth's block may be dropped while the truth itself stays.
     """
 
-    def __init__(self, table: EmbeddingTable, max_entries: int = 65536, max_block_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        table: EmbeddingTable,
+        max_entries: int = 65536,
+        max_block_bytes: int = 256 << 20,
+        max_bytes: int = 256 << 20,
+    ) -> None:
         self._table = table
         self._max_entries = max_entries
         self.max_block_bytes = max_block_bytes
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -68,15 +79,16 @@ class TruthTokenCache:
         if missing:
             flat, lengths = encode_flat(self._table, missing)
             for text, ids in zip(missing, np.split(flat, np.cumsum(lengths)[:-1])):
-                fresh[text] = self._entries[text] = _Entry(ids)
+                fresh[text] = self._entries[text] = _Entry(text, ids)
+                self.bytes += fresh[text].cost
         result = []
         for text in texts:
             entry = self._entries.get(text) or fresh[text]
             if text in self._entries:
                 self._entries.move_to_end(text)
             result.append(entry)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        while self._entries and (len(self._entries) > self._max_entries or self.bytes > self.max_bytes):
+            self.bytes -= self._entries.popitem(last=False)[1].cost  # this call's entries live on in result
         return result
 
     def get_many(self, texts: Sequence[str]) -> list[np.ndarray]:

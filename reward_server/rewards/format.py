@@ -1,31 +1,35 @@
-"""Format reward (SPEC §7): the response is exactly ``<think>…</think>`` then ``<answer>…</answer>``.
+"""Format reward (SPEC §7): the whole response is ``<think>…</think>``, optional whitespace, ``<answer>…</answer>``.
 
-Tags are case-sensitive and each appears exactly once, in that order. A regex such as
-``<think>.*?</think>\\s*<answer>.*?</answer>`` would accept ``…</answer><answer>c</answer>``
-(the lazy group stretches over the extra block) and nested tags, which teaches a policy to emit
-several answers; counting the four tags closes that hole and is linear in the response length.
+The contents are arbitrary (they may span newlines and even mention the tags), so this is exactly
+``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>", response.strip(), re.DOTALL)``, the
+check R1-style trainers use. That regex backtracks quadratically on responses full of
+``</think>``; the scan below gives the same answer in linear time. Which ``<answer>`` block is the
+answer is the span rule's business (SPEC §2: the first one), not this one's.
 """
 
 from __future__ import annotations
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
 def format_reward(response: str) -> float:
-    """1.0 when the stripped response is one think block, optional whitespace, one answer block."""
+    """1.0 when some ``</think>`` is followed by optional whitespace and an ``<answer>`` that opens
+    the final ``…</answer>`` block of a response starting with ``<think>``; else 0.0."""
     text = response.strip()
     if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
         return 0.0
-    if any(text.count(tag) != 1 for tag in _TAGS):
-        return 0.0
-    think_close = text.find(THINK_CLOSE)
-    answer_open = text.find(ANSWER_OPEN)
-    if answer_open < think_close + len(THINK_CLOSE):
-        return 0.0
-    between = text[think_close + len(THINK_CLOSE) : answer_open]
-    return 0.0 if between.strip() else 1.0
+    latest_answer_open = len(text) - len(ANSWER_CLOSE) - len(ANSWER_OPEN)
+    close = text.find(THINK_CLOSE, len(THINK_OPEN))
+    while close != -1:
+        cursor = close + len(THINK_CLOSE)
+        # The whitespace run after one </think> ends before the next one starts: linear overall.
+        while cursor < len(text) and text[cursor].isspace():
+            cursor += 1
+        if cursor <= latest_answer_open and text.startswith(ANSWER_OPEN, cursor):
+            return 1.0
+        close = text.find(THINK_CLOSE, close + 1)
+    return 0.0
 
 
 __all__ = ["format_reward"]

@@ -152,6 +152,9 @@ class McqTruth:
         letter = _first_marked(_ANSWER_MARKER, collapsed)
         if letter:
             return cls(letter=letter, option_text="", full_text=full)
+        marked = _OPTION_MARKER.match(collapsed)  # "Option B", "Choice (C)": only as the truth's start
+        if marked and _plausible(collapsed, marked):
+            return cls(letter=marked.group(2).upper(), option_text="", full_text=full)
         return cls(letter=None, option_text=full, full_text=full)
 
 

@@ -88,7 +88,8 @@ def check_bearer(request: Request, token: str | None, realm: str) -> None:
         return
     supplied = request.headers.get("authorization", "")
     scheme, _, value = supplied.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
+    # Bytes: compare_digest refuses non-ASCII str, and a client's header must never cause a 500.
+    if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
         raise ApiError(401, "unauthorized", f"{realm} requires 'Authorization: Bearer <token>'")
 
 
@@ -120,11 +121,19 @@ async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
+        error = exc
         try:
             parsed: Any = json.loads(body)
         except ValueError:
             parsed = None
-        details = validation_details(exc.errors(), parsed)
+        if parsed is not None and any(e["type"] == "json_invalid" for e in exc.errors()):
+            # JSON that only pydantic-core's strict parser refuses (a lone surrogate "\ud800"):
+            # validate the parsed object, so the per-item checks can name the item and field.
+            try:
+                return model.model_validate(parsed)
+            except ValidationError as inner:
+                error = inner
+        details = validation_details(error.errors(), parsed)
         raise ApiError(422, "invalid_request", summarise(details), details) from exc
 
 
@@ -302,7 +311,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
                     device=request.device or settings.device,
                     dtype=request.dtype or settings.dtype,
                 )
-            except (TableLoadError, ValueError, OSError) as exc:
+            except (TableLoadError, ValueError, OSError, RuntimeError) as exc:  # e.g. device "cuda:7"
                 raise ApiError(
                     422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
                 ) from exc

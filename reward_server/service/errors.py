@@ -9,6 +9,7 @@ A client mistake is a 4xx; a 500 only ever means a bug here, and says so.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,8 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
             message = "body must be a JSON object like {\"items\": [...], \"options\": {...}}"
         elif field == "item":
             message = f"each item must be a JSON object, got {_json_type(err.get('input'))}"
+        elif isinstance(err.get("input"), float) and not math.isfinite(err["input"]):
+            message = f"must be a finite number, got {err['input']}"
         elif field in _EXPECTED:
             message = f"must be {_EXPECTED[field]}, got {_json_type(err.get('input'))}"
         else:

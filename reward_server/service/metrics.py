@@ -389,7 +389,10 @@ class ServiceMetrics:
         items: Sequence[ScoringItem] = (),
     ) -> None:
         """Group std and zero-variance counts; ``group_ids``/``items`` (parallel, per item) give each
-        group its task type, so a task whose groups saturate (all right or all wrong) stands out."""
+        group its task type, so a task whose groups saturate (all right or all wrong) stands out.
+
+        Only groups of two or more items in one request count: a trainer that sends one item per
+        request splits every group across requests, and its one-item "groups" say nothing."""
         task_of: dict[Hashable, str] = {}
         for gid, item in zip(group_ids, items):
             if gid is None:
@@ -398,6 +401,8 @@ class ServiceMetrics:
             if task_of.setdefault(gid, task) != task:
                 task_of[gid] = MIXED
         for group in groups:
+            if group.size < 2:
+                continue
             task = task_of.get(group.group_id, MIXED)
             self.groups.labels(task).inc()
             self.group_std.labels(task).observe(group.std)

@@ -34,6 +34,7 @@ token as ``/score``; because OpenRLHF's HTTP client cannot send headers, ``?toke
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -150,7 +151,7 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
         key = next((k for k in TRUTH_KEYS if k in label), None)
         if key is None:
             return None, None, f"the label object needs one of {list(TRUTH_KEYS)}; it has {sorted(label)}"
-        task = label.get("task_type", default_task)
+        task = label.get("task_type") or default_task  # a null task_type falls back to ?task_type=
         return label[key], (None if task is None else str(task)), None
     if label is None:
         return None, None, "is null; it must carry the ground truth"
@@ -198,6 +199,7 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
 
     default_task = request.query_params.get("task_type") or body.task_type
     eos = _eos_list(request, body)
+    limit = request.app.state.service.settings.max_chars_per_text
     items: list[ScoreItem] = []
     for index, query in enumerate(body.query):
         prompt = body.prompts[index] if body.prompts is not None else None
@@ -206,6 +208,11 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
             continue
         if prompt is not None and not isinstance(prompt, str):
             errors.append(_detail(index, "prompts", f"must be a string, got {type(prompt).__name__}"))
+            continue
+        # Checked before the prompt search, which is linear but allocates per character.
+        if len(query) > limit + len(prompt or ""):
+            errors.append(_detail(index, "query", f"is {len(query)} characters; the limit is {limit} "
+                                  "plus the prompt's length"))
             continue
         response = response_from_query(query, prompt)
         if response is None:
@@ -224,8 +231,11 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
                 {"id": index, "response": strip_eos(response, eos), "ground_truth": truth, "task_type": task}
             ))
         except ValidationError:
-            errors.append(_detail(index, "labels", f"ground truth must be a string, number, list or object, "
-                                                   f"got {type(truth).__name__}"))
+            if isinstance(truth, float) and not math.isfinite(truth):
+                errors.append(_detail(index, "labels", f"ground truth must be a finite number, got {truth}"))
+            else:
+                errors.append(_detail(index, "labels", f"ground truth must be a string, number, list or object, "
+                                                       f"got {type(truth).__name__}"))
     if errors:
         raise _reject(errors)
 

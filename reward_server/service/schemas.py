@@ -4,12 +4,13 @@ boxes, text lengths) lives in ``validation.py`` so that errors can name the item
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
 Identifier = StrictStr | StrictInt
-GroundTruth = StrictStr | StrictInt | StrictFloat | list[Any] | dict[str, Any]
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]  # a NaN truth would match a "NaN" answer
+GroundTruth = StrictStr | StrictInt | FiniteFloat | list[Any] | dict[str, Any]
 
 
 class ScoreItem(BaseModel):

@@ -19,11 +19,30 @@ from reward_server.service.schemas import ScoreItem
 from reward_server.service.schemas import ScoreOptions as ScoreOptionsIn
 from reward_server.service.settings import Settings
 
+CACHED_TRUTH_MAX_CHARS = 4096
 
-@lru_cache(maxsize=65536)
-def _prepared(task: TaskType, ground_truth: str) -> PreparedTruth:
-    """A group's truth is parsed once, not once per response."""
+
+@lru_cache(maxsize=8192)
+def _prepared_short(task: TaskType, ground_truth: str) -> PreparedTruth:
     return prepare_ground_truth(task, ground_truth)
+
+
+def _prepared(task: TaskType, ground_truth: str) -> PreparedTruth:
+    """A group's truth is parsed once, not once per response. Only short truths are cached (at most
+    ~8192 x 4096 characters in all): parsing is what costs, boxes and numbers are short, and a long
+    open-ended truth is cheap to prepare (its tokens are cached by the engine, bounded in bytes)."""
+    if len(ground_truth) > CACHED_TRUTH_MAX_CHARS:
+        return prepare_ground_truth(task, ground_truth)
+    return _prepared_short(task, ground_truth)
+
+
+def _is_valid_unicode(text: str) -> bool:
+    """JSON may carry lone surrogates ("\\ud800") that no tokenizer accepts; catch them here, per item."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> ScoreOptions:
@@ -62,17 +81,20 @@ def build_items(
         if len(errors) >= MAX_DETAILS:
             break
         truth_text = item.ground_truth_text()
-        too_long = False
+        unusable = False
         for field, text in (("response", item.response), ("ground_truth", truth_text)):
             if len(text) > limit:
                 fail(index, item, field, f"is {len(text)} characters; the limit is {limit}")
-                too_long = True
+                unusable = True
+            elif not _is_valid_unicode(text):
+                fail(index, item, field, "is not valid Unicode: it holds a lone surrogate such as \\ud800")
+                unusable = True
         try:
             task = parse_task_type(item.task_type)
         except RewardInputError as exc:
             fail(index, item, exc.field, exc.message)
             continue
-        if too_long:
+        if unusable:
             continue
         try:
             truth = _prepared(task, truth_text)

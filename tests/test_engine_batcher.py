@@ -1,0 +1,50 @@
+"""The batcher: one request whose scoring fails must not fail the requests coalesced with it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reward_server.engine.batcher import Batcher, BatcherStopped
+from reward_server.engine.scorer import RewardEngine, ScoringItem
+from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.tasks import TaskType
+
+
+class EngineWithABug(RewardEngine):
+    """A real engine that raises on one marked response, standing in for an unforeseen bug."""
+
+    def score(self, items):  # type: ignore[no-untyped-def]
+        if any(item.response == "trigger the bug" for item in items):
+            raise ArithmeticError("a bug in the engine")
+        return super().score(items)
+
+
+def test_a_failing_request_does_not_fail_its_batch(default_table) -> None:
+    truth = prepare_ground_truth(TaskType.YES_NO, "yes")
+
+    async def main() -> list[object]:
+        batcher = Batcher(EngineWithABug(default_table), max_wait_s=0.05)
+        await batcher.start()
+        try:
+            jobs = [batcher.submit([ScoringItem(text, truth)]) for text in ("yes", "trigger the bug", "no")]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    good, bad, other = asyncio.run(main())
+    assert isinstance(bad, ArithmeticError)
+    assert good.results[0].accuracy == 1.0 and other.results[0].accuracy == 0.0
+    assert good.batch_items == 1  # rescored alone after the coalesced batch failed
+
+
+def test_a_stopped_batcher_refuses_at_once(default_table) -> None:
+    async def main() -> None:
+        batcher = Batcher(RewardEngine(default_table))
+        await batcher.start()
+        await batcher.stop()
+        with pytest.raises(BatcherStopped):
+            await batcher.submit([ScoringItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes"))])
+
+    asyncio.run(main())
