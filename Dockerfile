@@ -9,6 +9,7 @@ ARG CPU_IMAGE=python:3.11-slim-bookworm
 
 # GPU: the CUDA runtime base. torch==2.13.0 from PyPI is the CUDA build on Linux x86_64.
 FROM ${CUDA_IMAGE} AS base-gpu
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -36,7 +37,11 @@ COPY pyproject.toml README.md ./
 COPY reward_server ./reward_server
 RUN pip install .
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reward
+# The loader remembers where each checkpoint layout keeps its embedding (saves a ~5 s import of
+# transformers' modelling code per start and reload); give the non-root user a place to write it.
+ENV REWARD_SERVER_CACHE_DIR=/var/cache/reward_server
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reward \
+    && mkdir -p "$REWARD_SERVER_CACHE_DIR" && chown 10001 "$REWARD_SERVER_CACHE_DIR"
 USER 10001
 
 # Every REWARD_* variable configures the service (see the README); the port stays 8000, which the

@@ -156,3 +156,74 @@ def test_bad_rows_in_a_scored_file(tmp_path, capsys):
     summary = json.loads((tmp_path / "kept.jsonl.summary.json").read_text())
     assert summary["bad_rows"] == 2 and summary["bad_lines_first"] == [3, 4]
     assert len(_read(out)) == 2
+
+
+def test_running_group_statistics_decide_like_the_list_rule():
+    import random
+
+    from reward_server.offline.filter import GroupStats
+
+    rng = random.Random(4)
+    seen = set()
+    for _ in range(3000):
+        task = rng.choice(["yes_no", "mcq", "chart", "grounding", "open_ended"])
+        n = rng.choice([1, 2, 3, 8])
+        kind = rng.random()
+        if kind < 0.3:  # equal rewards, accuracies all 1 / all 0 / mixed / unknown
+            rewards = [rng.choice([0.0, 1.0, 2.0])] * n
+            accuracies = [rng.choice([[0.0] * n, [1.0] * n, [1.0] + [0.0] * (n - 1), [None] * n])][0]
+        elif kind < 0.6:  # continuous, small spread around the 0.01 std threshold
+            base = rng.random()
+            rewards = [base + rng.gauss(0, rng.choice([1e-7, 0.003, 0.02])) for _ in range(n)]
+            accuracies = rewards
+        else:
+            rewards = [rng.choice([0.0, 1.0, 2.0]) for _ in range(n)]
+            accuracies = [min(r, 1.0) for r in rewards]
+        g = GroupStats(task)
+        for r, a in zip(rewards, accuracies):  # one row per response, as the grouped layout reads them
+            g.add([r], [a])
+        expected, summary = decide(task, rewards, accuracies, 1e-6, 0.01)
+        if abs(summary.std - 0.01) > 1e-9:  # away from the threshold, rounding cannot flip it
+            assert g.decide(1e-6, 0.01) == expected, (task, rewards, accuracies)
+        assert g.n == n and g.std == pytest.approx(summary.std, rel=1e-9, abs=1e-12)
+        assert (g.min, g.max) == (summary.min, summary.max)
+        seen.add(expected)
+    assert seen == {"kept", "all_correct", "all_wrong", "all_equal", "low_std", "single_response"}
+
+
+def test_filter_memory_does_not_grow_with_responses_per_group(tmp_path):
+    """Pass 1 keeps running statistics per group: 200 groups of 50 responses need no more
+    memory than 200 groups of 2 (the old list of floats per group added ~65 bytes per response)."""
+    import tracemalloc
+
+    from reward_server.offline.filter import FilterJob, run_filter
+    from reward_server.offline.rows import FieldMap
+
+    def peak(k: int) -> int:
+        src = tmp_path / f"k{k}.jsonl"
+        write_jsonl(src, ({"g": f"group-{i % 200}", "task_type": "grounding", "reward": (i * 7919 % 1000) / 1000,
+                           "accuracy": 0.5, "format": 1.0} for i in range(200 * k)))
+        job = FilterJob(input=src, output=tmp_path / f"kept{k}.jsonl", fields=FieldMap(group="g"))
+        tracemalloc.start()
+        try:
+            summary = run_filter(job, src)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert summary.payload["totals"]["groups"] == 200
+
+    small, large = peak(2), peak(50)
+    assert large - small < 100_000, (small, large)
+
+
+def test_filter_summary_names_the_first_bad_row(tmp_path):
+    rows = [{"g": 1, "task_type": "mcq", "reward": 1.0}, {"task_type": "mcq", "reward": 0.5},
+            {"g": 1, "task_type": "mcq", "reward": 0.0}, {"g": 2, "task_type": "nope", "reward": 1.0}]
+    src = tmp_path / "scored.jsonl"
+    write_jsonl(src, rows)
+    out = tmp_path / "kept.jsonl"
+    assert main(["filter", str(src), str(out), "--group-field", "g", "--skip-bad"]) == 0
+    summary = json.loads((tmp_path / "kept.jsonl.summary.json").read_text())
+    assert summary["bad_rows"] == 2 and summary["bad_lines_first"] == [2, 4]
+    assert summary["first_bad_row"]["line"] == 2 and summary["first_bad_row"]["field"] == "g"
+    assert [r["reward"] for r in _read(out)] == [1.0, 0.0]

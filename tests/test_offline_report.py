@@ -4,7 +4,9 @@ recount, and the PNGs: present, sized, one panel per task type (read from the PN
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,9 @@ from reward_server.cli import main
 from reward_server.offline import backends
 from reward_server.offline.synthetic import synthetic_rows, write_jsonl
 
-Image = pytest.importorskip("PIL.Image")
-pytest.importorskip("matplotlib")
+plotting = pytest.mark.skipif(
+    find_spec("matplotlib") is None or find_spec("PIL") is None, reason="the plots need the `offline` extra"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,11 +31,16 @@ def _read(path: Path) -> list[dict]:
 
 
 def _panels(png: Path) -> list[str]:
+    from PIL import Image
+
     with Image.open(png) as im:
         return json.loads(im.text["Description"])["panels"]
 
 
+@plotting
 def test_report_of_a_scored_file(tmp_path, capsys):
+    from PIL import Image
+
     src = tmp_path / "rollouts.jsonl"
     write_jsonl(src, synthetic_rows(100, 6, seed=31))
     scored = tmp_path / "scored.jsonl"
@@ -83,8 +91,11 @@ def test_report_of_a_scored_file(tmp_path, capsys):
         assert im.size == (1290, 1500)
 
 
+@plotting
 def test_a_broken_configuration_is_flagged(tmp_path, capsys):
     """Everything scored 0 (e.g. the wrong ground-truth column): red panels and warnings."""
+    from PIL import Image
+
     rows = [{"task_type": "mcq", "group_id": i // 4, "reward": 0.0, "accuracy": 0.0, "format": 0.0} for i in range(40)]
     rows += [{"task_type": "chart", "group_id": 100 + i // 4, "reward": float(i % 2), "accuracy": float(i % 2),
               "format": 0.0} for i in range(40)]
@@ -123,4 +134,39 @@ def test_unscored_file_and_bad_rows(tmp_path, capsys):
     assert main(["report", str(bad), "--skip-bad", "--no-plots", "--out-dir", str(tmp_path / "b")]) == 0
     payload = json.loads((tmp_path / "b" / "report.json").read_text())
     assert payload["counts"]["bad_rows"] == 2 and payload["counts"]["rows"] == 2
+    assert payload["counts"]["first_bad_row"] == {"line": 2, "field": "reward",
+                                                  "message": "missing: not a scored row (run `reward-server score` first)"}
+    assert payload["counts"]["bad_lines_first"] == [2, 3]
     assert payload["plots"] == {}
+    md = (tmp_path / "b" / "REPORT.md").read_text()
+    assert "2 bad rows skipped" in md
+    assert "First bad row: line 2, field `reward`: missing: not a scored row" in md and "Bad lines: 2, 3." in md
+
+
+def test_first_20_bad_lines_are_listed(tmp_path):
+    rows = [{"task_type": "mcq", "reward": 1.0, "group_id": 0}]
+    rows += [{"task_type": "mcq", "reward": "x"} if i % 2 else {"task_type": "mcq", "reward": 0.0, "group_id": 0}
+             for i in range(60)]
+    src = tmp_path / "s.jsonl"
+    write_jsonl(src, rows)
+    assert main(["report", str(src), "--skip-bad", "--no-plots", "--out-dir", str(tmp_path / "r")]) == 0
+    counts = json.loads((tmp_path / "r" / "report.json").read_text())["counts"]
+    assert counts["bad_rows"] == 30 and counts["bad_lines_first"] == list(range(3, 43, 2))
+    assert counts["first_bad_row"]["line"] == 3 and counts["first_bad_row"]["field"] == "reward"
+    assert "41, ...." in (tmp_path / "r" / "REPORT.md").read_text()
+
+
+def test_plots_without_matplotlib_is_a_usage_error_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    rows = [{"task_type": "mcq", "group_id": i // 2, "reward": float(i % 2)} for i in range(8)]
+    src = tmp_path / "s.jsonl"
+    write_jsonl(src, rows)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the optional `offline` extra were absent
+    out_dir = tmp_path / "r"
+    assert main(["report", str(src), "--out-dir", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "mixed-reward[offline]"' in err and "--no-plots" in err
+    assert not out_dir.exists()
+    assert main(["report", str(src), "--out-dir", str(out_dir), "--no-plots"]) == 0
+    payload = json.loads((out_dir / "report.json").read_text())
+    assert payload["tasks"]["mcq"]["groups"]["count"] == 4 and payload["plots"] == {}
+    assert sorted(p.name for p in out_dir.iterdir()) == ["REPORT.md", "report.json"]

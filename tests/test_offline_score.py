@@ -223,3 +223,83 @@ def test_progress_bar_only_on_a_terminal_or_when_asked(tmp_path, capsys):
     assert main(["score", str(src), str(tmp_path / "b.jsonl"), "--progress"]) == 0
     err = capsys.readouterr().err
     assert "score:" in err and "100%" in err
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL inside ``finish``: nothing after it runs (not even ``except Exception``)."""
+
+
+@pytest.mark.parametrize(
+    ("target", "when"),
+    [("out.jsonl.rejected.jsonl", "before"), ("out.jsonl", "before"), ("out.jsonl", "after")],
+    ids=["before-rejected-rename", "between-renames", "after-data-rename"],
+)
+def test_a_run_killed_inside_finish_is_completed_by_the_rerun(tmp_path, monkeypatch, capsys, target, when):
+    import os
+
+    from reward_server.offline import sink
+
+    good = [json.dumps(r) for r in synthetic_rows(30, 2, seed=8)]
+    lines = good[:10] + ["{broken"] + good[10:40] + ['{"response": 1}'] + good[40:]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
+    assert main(["score", str(src), str(ref), "--skip-bad", "--batch-size", "16"]) == 0
+    real_replace = os.replace
+
+    def killing_replace(src_path, dst_path):
+        if Path(dst_path).name == target and when == "before":
+            raise _Killed
+        real_replace(src_path, dst_path)
+        if Path(dst_path).name == target and when == "after":
+            raise _Killed
+
+    monkeypatch.setattr(sink.os, "replace", killing_replace)
+    with pytest.raises(_Killed):
+        main(["score", str(src), str(out), "--skip-bad", "--batch-size", "16"])
+    monkeypatch.setattr(sink.os, "replace", real_replace)
+    assert (tmp_path / "out.jsonl.progress.json").exists()
+    capsys.readouterr()
+
+    scored: list = []
+    real_score = backends.LocalScorer.score
+    monkeypatch.setattr(backends.LocalScorer, "score", lambda self, rows: scored.extend(rows) or real_score(self, rows))
+    assert main(["score", str(src), str(out), "--skip-bad", "--batch-size", "16"]) == 0
+    assert "already complete (60 rows)" in capsys.readouterr().out
+    assert scored == []  # nothing rescored: the finish was only redone
+    assert out.read_bytes() == ref.read_bytes()
+    rejected = _read(tmp_path / "out.jsonl.rejected.jsonl")
+    assert [(r["line"], r["field"]) for r in rejected] == [(11, "(row)"), (42, "ground_truth")]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.")) == [
+        "out.jsonl", "out.jsonl.meta.json", "out.jsonl.rejected.jsonl",
+    ]
+
+
+def test_restart_rescores_a_finished_identical_run(tmp_path, monkeypatch, capsys):
+    src = _rows_file(tmp_path, 10, 2)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(src), str(out)]) == 0
+    first = out.read_bytes()
+    scored: list = []
+    real_score = backends.LocalScorer.score
+    monkeypatch.setattr(backends.LocalScorer, "score", lambda self, rows: scored.extend(rows) or real_score(self, rows))
+    capsys.readouterr()
+    assert main(["score", str(src), str(out), "--restart"]) == 0
+    assert len(scored) == 20 and "20 rows" in capsys.readouterr().out
+    assert out.read_bytes() == first
+    # --restart replaces only a finished run of the same input and options: anything else needs --overwrite
+    assert main(["score", str(src), str(out), "--restart", "--format-weight", "0"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == first
+
+
+def test_progress_without_tqdm_scores_without_a_bar(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if the optional `offline` extra were absent
+    src = _rows_file(tmp_path, 10, 2)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(src), str(out), "--progress"]) == 0
+    assert "tqdm is not installed" in capsys.readouterr().err
+    assert len(_read(out)) == 20
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.progress.json"))

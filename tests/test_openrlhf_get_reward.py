@@ -60,7 +60,8 @@ def test_protocol_shape_and_values(server):
     data = response.json()
     assert set(data) == {"rewards", "scores", "extra_logs"}
     assert data["rewards"] == [2.0, 3.0, 1.0, 1.0]
-    assert data["scores"] == [1.0, 2.0, 1.0, 1.0]  # accuracy: what dynamic filtering reads
+    # The accuracy on a 0..1 scale, which dynamic filtering reads: BMAS 2.0 (sum) maps to 1.0.
+    assert data["scores"] == [1.0, 1.0, 1.0, 1.0]
     assert data["extra_logs"] == {"accuracy": [1.0, 2.0, 1.0, 1.0], "format": [1.0, 1.0, 0.0, 0.0]}
 
 
@@ -177,7 +178,7 @@ def test_openrlhf_remote_url_scores_every_sample(server):
     executor = agent.SingleTurnAgentExecutor(remote_rm_url=[server.url + "/get_reward"])
     outputs = rollout(executor, SAMPLES)
     assert [o["reward"] for o in outputs] == [[2.0], [1.0], [1.0], [3.0]]
-    assert [o["scores"] for o in outputs] == [[1.0], [0.0], [1.0], [2.0]]
+    assert [o["scores"] for o in outputs] == [[1.0], [0.0], [1.0], [1.0]]
     assert outputs[0]["extra_logs"] == {"accuracy": [1.0], "format": [1.0]}
     assert all(set(o["extra_logs"]) == {"accuracy", "format"} for o in outputs)
 
@@ -196,7 +197,7 @@ def test_python_file_raises_when_every_url_is_down(monkeypatch):
     monkeypatch.setenv("MIXED_REWARD_URL", f"{dead_url()},{dead_url()}")
     monkeypatch.setenv("MIXED_REWARD_MAX_ATTEMPTS", "3")
     executor = agent.SingleTurnAgentExecutor(remote_rm_url=[openrlhf_file.__file__])
-    with pytest.raises(ServerUnavailable, match="3 attempts"):
+    with pytest.raises(ServerUnavailable, match="6 attempts in 3 round"):
         executor.reward_func(["Pq"], ["P"], ['{"answer": "yes", "task_type": "yes_no"}'])
 
 
@@ -206,3 +207,19 @@ def test_openrlhf_remote_url_down_gives_no_reward_not_zero(default_table):
     executor = agent.SingleTurnAgentExecutor(remote_rm_url=[url])
     (output,) = rollout(executor, SAMPLES[:1])  # OpenRLHF retries 5 times, 1 s apart, then gives up
     assert output["reward"] is None and output["scores"] is None  # the step then fails; never a 0
+
+
+def test_open_ended_scores_fit_dynamic_filtering_range(server):
+    """BMAS is [-2, 2] with "sum": scores map it onto OpenRLHF's 0..1 so a good group is kept."""
+    prompt = "Describe the picture."
+    body = {
+        "query": [prompt + " a brown dog", prompt + " <answer>a brown dog</answer>"],
+        "prompts": [prompt] * 2,
+        "labels": [{"ground_truth": "a brown dog on the grass", "task_type": "caption"}] * 2,
+    }
+    summed = post(server.url, body).json()
+    halved = post(server.url, {**body, "bmas_reduction": "mean"}).json()
+    for data, low in ((summed, -2.0), (halved, -1.0)):
+        for accuracy, score in zip(data["extra_logs"]["accuracy"], data["scores"]):
+            assert 0.0 < score < 1.0
+            assert score == pytest.approx((accuracy - low) / (-2 * low))

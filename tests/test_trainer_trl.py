@@ -10,7 +10,7 @@ import socket
 
 import pytest
 from mixed_reward_client import RewardClient, ServerUnavailable
-from mixed_reward_client.trl import MixedReward, completion_text, mixed_reward_func
+from mixed_reward_client.trl import MixedReward, _group_ids, completion_text, mixed_reward_func
 from serving import running_server
 from test_trainer_support import byte_tokenizer
 
@@ -109,6 +109,30 @@ def test_completion_text_forms():
     assert completion_text([{"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"},
                             {"role": "assistant", "content": "b"}]) == "b"
     assert completion_text({"role": "assistant", "content": None}) == ""
+
+
+def test_groups_are_runs_of_equal_prompt_and_image(server):
+    """TRL puts a prompt's num_generations completions next to each other; the same question about
+    another image, or the same prompt drawn again later in the batch, is another group."""
+    image_mod = pytest.importorskip("PIL.Image")
+
+    def image(color):  # a new object per row, as `datasets` decodes an image column
+        return image_mod.new("RGB", (8, 8), color)
+
+    question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a cat?"}]}]
+    colors = ["red", "red", "blue", "blue", "red", "red"]
+    assert _group_ids([question] * 6, [[image(c)] for c in colors]) == [0, 0, 1, 1, 2, 2]
+    assert _group_ids([question] * 6, [image(c) for c in colors]) == [0, 0, 1, 1, 2, 2]
+    assert _group_ids(["a", "a", "b", "b", "a", "a"]) == [0, 0, 1, 1, 2, 2]
+    assert _group_ids(["a", "a", "a"]) == [0, 0, 0]
+
+    answers = ["yes", "no", "yes", "yes", "no", "no"]
+    rewards, rec = call_like_trl(mixed_reward_func(server.url, format_weight=0.0), [question] * 6,
+                                 [f"<answer>{a}</answer>" for a in answers], task_type=["yes_no"] * 6,
+                                 ground_truth=["yes"] * 6, images=[[image(c)] for c in colors])
+    assert rewards == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    # groups (1, 0), (1, 1), (0, 0): two of three have no variance; one merged group would have some
+    assert rec.metrics["mixed_reward/zero_variance_groups"] == [pytest.approx(2 / 3)]
 
 
 trl = pytest.importorskip("trl", reason="trl not installed")

@@ -1,11 +1,15 @@
 """Splitting a large batch into requests, and putting the answers back together, in order.
 
-A GRPO group (items with the same ``group_id``) is kept in one request whenever it fits, so the
-server's group statistics (mean, std, zero variance) are computed over the whole group.
+A request holds at most ``max_items`` items and about ``max_bytes`` bytes of encoded items. A GRPO
+group (items with the same ``group_id``) is kept in one request whenever it fits, so the server's
+group statistics (mean, std, zero variance) are computed over the whole group. When a group had to
+be split, its statistics are recomputed here over all its results, with the server's rule (sample
+std, zero variance when max - min <= 1e-6, the server's default tolerance).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +26,23 @@ def _key(value: Any) -> Any:
     return _plain(value) if hasattr(value, "item") else value
 
 
-def plan_chunks(items: Sequence[Mapping[str, Any]], max_items: int) -> list[list[int]]:
-    """Item indices per request: whole groups packed first-fit in order of first appearance,
-    at most ``max_items`` per request (a group larger than that is split)."""
+def plan_chunks(
+    items: Sequence[Mapping[str, Any]],
+    max_items: int,
+    sizes: Sequence[int] | None = None,
+    max_bytes: int | None = None,
+) -> list[list[int]]:
+    """Item indices per request: whole groups packed in order of first appearance, at most
+    ``max_items`` items and (given each item's encoded ``sizes``) about ``max_bytes`` bytes per
+    request. A group larger than that is split; an item larger than ``max_bytes`` goes alone."""
     if max_items < 1:
         raise ValueError("max_batch_items must be at least 1")
-    if len(items) <= max_items:
-        return [list(range(len(items)))] if items else []
+    if not items:
+        return []
+    cost = [s + 1 for s in sizes] if sizes is not None else [0] * len(items)  # +1: the comma
+    limit = max_bytes if max_bytes is not None else math.inf
+    if len(items) <= max_items and sum(cost) <= limit:
+        return [list(range(len(items)))]
     groups: dict[Any, list[int]] = {}
     for index, item in enumerate(items):
         gid = item.get("group_id")
@@ -36,16 +50,33 @@ def plan_chunks(items: Sequence[Mapping[str, Any]], max_items: int) -> list[list
         groups.setdefault(key, []).append(index)
     chunks: list[list[int]] = []
     current: list[int] = []
+    current_bytes = 0
     for members in groups.values():
-        for start in range(0, len(members), max_items):
-            part = members[start : start + max_items]
-            if len(current) + len(part) > max_items:
+        for part in _fit(members, cost, max_items, limit):
+            part_bytes = sum(cost[i] for i in part)
+            if current and (len(current) + len(part) > max_items or current_bytes + part_bytes > limit):
                 chunks.append(current)
-                current = []
+                current, current_bytes = [], 0
             current.extend(part)
+            current_bytes += part_bytes
     if current:
         chunks.append(current)
     return chunks
+
+
+def _fit(members: list[int], cost: list[int], max_items: int, limit: float) -> list[list[int]]:
+    """One group as consecutive parts that each fit a request on their own."""
+    parts: list[list[int]] = []
+    part: list[int] = []
+    size = 0
+    for index in members:
+        if part and (len(part) >= max_items or size + cost[index] > limit):
+            parts.append(part)
+            part, size = [], 0
+        part.append(index)
+        size += cost[index]
+    parts.append(part)
+    return parts
 
 
 @dataclass
@@ -53,8 +84,9 @@ class ScoreBatch:
     """The answer to one (possibly split) scoring call.
 
     ``results`` has one dict per item, in the order given: ``reward``, ``accuracy``, ``format``,
-    ``task_type``, and ``bmas_forward``/``bmas_backward`` for open-ended items. ``groups`` holds the
-    server's group statistics; ``requests`` says how many HTTP requests it took.
+    ``task_type``, and ``bmas_forward``/``bmas_backward`` for open-ended items. ``groups`` holds one
+    entry per group: the server's statistics, or for a group split across requests the same
+    statistics recomputed here over all its results. ``requests`` says how many HTTP requests it took.
     """
 
     results: list[dict[str, Any]]
@@ -67,19 +99,51 @@ class ScoreBatch:
         return [float(r["reward"]) for r in self.results]
 
 
+ZERO_VARIANCE_TOLERANCE = 1e-6  # the server's default (REWARD_ZERO_VARIANCE_TOLERANCE)
+
+
+def group_stats(group_id: Any, rewards: Sequence[float], tolerance: float = ZERO_VARIANCE_TOLERANCE) -> dict[str, Any]:
+    """The server's group statistics (``reward_server.rewards.groups.summarise_group``): mean,
+    sample std (n-1; 0 for one item), min, max, zero variance when max - min <= tolerance."""
+    n = len(rewards)
+    mean = math.fsum(rewards) / n
+    var = math.fsum((r - mean) ** 2 for r in rewards) / (n - 1) if n > 1 else 0.0
+    lo, hi = min(rewards), max(rewards)
+    return {"group_id": group_id, "size": n, "mean": mean, "std": math.sqrt(var), "min": lo, "max": hi,
+            "zero_variance": (hi - lo) <= tolerance}
+
+
 def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) -> ScoreBatch:
+    """Results back in the caller's order. Group statistics: the server's entry for a group that
+    went out in one request; recomputed over all its results for a group split across requests."""
     results: list[dict[str, Any] | None] = [None] * count
-    groups: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
-    for indices, answer in zip(chunks, answers):
+    chunks_of: dict[Any, set[int]] = {}
+    for number, (indices, answer) in enumerate(zip(chunks, answers)):
         rows = answer.get("results")
         if not isinstance(rows, list) or len(rows) != len(indices):
             got = len(rows) if isinstance(rows, list) else type(rows).__name__
             raise ValueError(f"the server returned {got} results for {len(indices)} items")
         for index, row in zip(indices, rows):
             results[index] = row
-        groups.extend(answer.get("groups") or [])
+            if isinstance(row, dict) and row.get("group_id") is not None:
+                chunks_of.setdefault(_key(row["group_id"]), set()).add(number)
         table = answer.get("table") or table
+    split = {key for key, numbers in chunks_of.items() if len(numbers) > 1}
+    members: dict[Any, list[float]] = {}
+    for row in results:
+        if row is not None and row.get("group_id") is not None and _key(row["group_id"]) in split:
+            members.setdefault(_key(row["group_id"]), []).append(float(row["reward"]))
+    groups: list[dict[str, Any]] = []
+    done: set[Any] = set()
+    for answer in answers:
+        for entry in answer.get("groups") or []:
+            key = _key(entry.get("group_id")) if isinstance(entry, dict) else None
+            if key not in split:
+                groups.append(entry)
+            elif key not in done:
+                done.add(key)
+                groups.append(group_stats(entry["group_id"], members[key]))
     return ScoreBatch(results=[r for r in results if r is not None], groups=groups, table=table,
                       requests=len(chunks))
 

@@ -6,15 +6,17 @@ come from the environment of the trainer process:
     MIXED_REWARD_URL          one URL or a comma-separated list (failover order)
     MIXED_REWARD_TOKEN        bearer token, if the server has REWARD_API_TOKEN set
     MIXED_REWARD_TIMEOUT      seconds per request (default 120)
-    MIXED_REWARD_MAX_ATTEMPTS attempts across all URLs before giving up (default 6)
+    MIXED_REWARD_MAX_ATTEMPTS rounds over all URLs before giving up, i.e. tries per URL (default 6)
+    MIXED_REWARD_DEADLINE     seconds one call may take, retries included (default 600)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import weakref
-from collections.abc import Callable, Hashable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +26,7 @@ ENV_URL = "MIXED_REWARD_URL"
 ENV_TOKEN = "MIXED_REWARD_TOKEN"
 ENV_TIMEOUT = "MIXED_REWARD_TIMEOUT"
 ENV_MAX_ATTEMPTS = "MIXED_REWARD_MAX_ATTEMPTS"
+ENV_DEADLINE = "MIXED_REWARD_DEADLINE"
 
 OnFailure = Literal["raise", "zero", "none"]
 
@@ -37,12 +40,13 @@ class ClientSettings:
     backoff: float
     format_weight: float | None
     bmas_reduction: Literal["sum", "mean"] | None
+    deadline: float | None = 600.0
 
     def client_kwargs(self) -> dict[str, Any]:
         return {
             "token": self.token,
             "timeout": self.timeout,
-            "retry": RetryPolicy(max_attempts=self.max_attempts, backoff=self.backoff),
+            "retry": RetryPolicy(max_attempts=self.max_attempts, backoff=self.backoff, deadline=self.deadline),
             "format_weight": self.format_weight,
             "bmas_reduction": self.bmas_reduction,
         }
@@ -57,6 +61,7 @@ def resolve(
     backoff: float | None = None,
     format_weight: float | None = None,
     bmas_reduction: Literal["sum", "mean"] | None = None,
+    deadline: float | None = None,
 ) -> ClientSettings:
     raw = urls if urls else os.environ.get(ENV_URL) or os.environ.get("MIXED_REWARD_URLS")
     if not raw:
@@ -72,6 +77,7 @@ def resolve(
         backoff=float(backoff if backoff is not None else 0.5),
         format_weight=None if format_weight is None else float(format_weight),
         bmas_reduction=bmas_reduction,
+        deadline=float(deadline if deadline is not None else os.environ.get(ENV_DEADLINE, "600")),
     )
 
 
@@ -82,14 +88,50 @@ def check_on_failure(value: str) -> OnFailure:
 
 
 T = TypeVar("T")
-_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+# Keyed by the event loop, whose objects (futures, httpx.AsyncClient) reference it back: a plain
+# dict, emptied when a loop shuts down (see _closer) and swept of closed loops on every access,
+# so clients are neither leaked per asyncio.run nor kept alive by their own loop.
+_PER_LOOP: dict[asyncio.AbstractEventLoop, dict[Hashable, Any]] = {}
+_CLOSERS: dict[asyncio.AbstractEventLoop, Any] = {}
+_LOCK = threading.Lock()
 
 
-def per_loop(key: Hashable, factory: Callable[[], T]) -> T:
+async def per_loop(key: Hashable, factory: Callable[[], T]) -> T:
     """One object per (running event loop, key). asyncio futures and ``httpx.AsyncClient`` belong
-    to the loop that made them; verl's reward workers and TRL's daemon loop each get their own."""
+    to the loop that made them; verl's reward workers and TRL's daemon loop each get their own.
+
+    When the loop shuts down its async generators (``asyncio.run`` does, on exit), the objects
+    made for it are closed (``aclose()``) and forgotten; those of a loop closed without that are
+    forgotten on the next call from any loop."""
     loop = asyncio.get_running_loop()
-    slot = _PER_LOOP.setdefault(loop, {})
-    if key not in slot:
-        slot[key] = factory()
-    return slot[key]
+    with _LOCK:
+        for stale in [other for other in _PER_LOOP if other.is_closed()]:
+            del _PER_LOOP[stale]
+            _CLOSERS.pop(stale, None)
+        slot = _PER_LOOP.get(loop)
+        fresh = slot is None
+        if slot is None:
+            slot = _PER_LOOP[loop] = {}
+        if key not in slot:
+            slot[key] = factory()
+        value = slot[key]
+    if fresh:
+        closer = _closer(loop, slot)
+        _CLOSERS[loop] = closer  # the loop holds its async generators weakly
+        await closer.__anext__()  # registered with the loop, so its shutdown runs the finally below
+    return value
+
+
+async def _closer(loop: asyncio.AbstractEventLoop, slot: dict[Hashable, Any]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with _LOCK:
+            if _PER_LOOP.get(loop) is slot:
+                del _PER_LOOP[loop]
+            _CLOSERS.pop(loop, None)
+        for value in list(slot.values()):
+            close = getattr(value, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()

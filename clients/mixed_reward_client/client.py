@@ -3,32 +3,64 @@ retries, failover across URLs and splitting of large batches.
 
 The two classes share every decision (``_policy``, ``_batching``); they differ only in how they
 send and sleep. Both raise instead of guessing: :class:`BadRequest` for a 4xx, and
-:class:`ServerUnavailable` once every retry on every URL has failed.
+:class:`ServerUnavailable` once every retry on every URL has failed or the call's deadline
+(``RetryPolicy.deadline``, 10 minutes by default) has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
 from mixed_reward_client._batching import ScoreBatch, item_payload, merge, plan_chunks
 from mixed_reward_client._policy import Endpoints, Retryable, RetryPolicy, RetryState, encode, read_answer
-from mixed_reward_client.errors import RewardClientError
+from mixed_reward_client.errors import BadRequest, RewardClientError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+T = TypeVar("T")
 DEFAULT_TIMEOUT = 120.0  # a few thousand open-ended items on a CPU server take tens of seconds
 DEFAULT_MAX_BATCH_ITEMS = 2048  # well under the server's default limit of 8192 items per request
+DEFAULT_MAX_BATCH_BYTES = 16 << 20  # well under the server's default body limit of 64 MiB
+
+Piece = tuple[list[int], dict[str, Any]]  # item indices of one request, and its answer
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or "no detail"
     return f"{type(exc).__name__}: {text}"
+
+
+class _Prepared:
+    """A scoring call, encoded: each item's JSON once, so that chunks (and re-splits after a
+    413) are assembled from bytes, and an unencodable item is named before anything is sent."""
+
+    def __init__(self, wire: list[dict[str, Any]], parts: list[bytes], options: dict[str, Any]) -> None:
+        self.wire = wire
+        self.parts = parts
+        self._tail = b',"options":' + encode(options) + b"}" if options else b"}"
+
+    def body(self, chunk: list[int]) -> bytes:
+        return b'{"items":[' + b",".join(self.parts[i] for i in chunk) + b"]" + self._tail
+
+    @property
+    def overhead(self) -> int:
+        return len(self._tail) + 12
+
+
+def encode_item(item: Mapping[str, Any], label: str) -> tuple[dict[str, Any], bytes]:
+    """The wire form of one item and its JSON; :class:`RewardClientError` naming ``label`` if it
+    cannot be sent (NaN or infinity, an object JSON has no form for)."""
+    wire = item_payload(item)
+    try:
+        return wire, encode(wire)
+    except (TypeError, ValueError) as exc:
+        raise RewardClientError(f"{label} cannot be sent as JSON: {exc}") from exc
 
 
 class _ClientBase:
@@ -43,18 +75,22 @@ class _ClientBase:
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         format_weight: float | None = None,
         bmas_reduction: Literal["sum", "mean"] | None = None,
     ) -> None:
-        self._endpoints = Endpoints(urls)
         self.retry = retry or RetryPolicy()
+        self._endpoints = Endpoints(urls, self.retry.failback_after)
         self.max_batch_items = max_batch_items
+        self.max_batch_bytes = max_batch_bytes
         self.options: dict[str, Any] = {}
         if format_weight is not None:
             self.options["format_weight"] = float(format_weight)
         if bmas_reduction is not None:
             self.options["bmas_reduction"] = bmas_reduction
-        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self._read_timeout = float(timeout)
+        self._connect_timeout = min(connect_timeout, timeout)
+        self._timeout = httpx.Timeout(timeout, connect=self._connect_timeout)
         self._headers = {"content-type": "application/json", "accept": "application/json"}
         if token:
             self._headers["authorization"] = f"Bearer {token}"
@@ -63,29 +99,51 @@ class _ClientBase:
     def urls(self) -> list[str]:
         return list(self._endpoints.urls)
 
-    def _plan(
+    def _prepare(
         self, items: Sequence[Mapping[str, Any]], format_weight: float | None, bmas_reduction: str | None
-    ) -> tuple[list[list[int]], list[bytes]]:
+    ) -> _Prepared:
+        encoded = [encode_item(item, f"item {index}") for index, item in enumerate(items)]
+        return self._prepared([w for w, _ in encoded], [b for _, b in encoded], format_weight, bmas_reduction)
+
+    def _prepared(
+        self, wire: list[dict[str, Any]], parts: list[bytes], format_weight: float | None, bmas_reduction: str | None
+    ) -> _Prepared:
         options = dict(self.options)
         if format_weight is not None:
             options["format_weight"] = float(format_weight)
         if bmas_reduction is not None:
             options["bmas_reduction"] = bmas_reduction
-        wire = [item_payload(item) for item in items]
-        chunks = plan_chunks(wire, self.max_batch_items)
-        try:
-            bodies = [
-                encode({"items": [wire[i] for i in chunk], **({"options": options} if options else {})})
-                for chunk in chunks
-            ]
-        except (TypeError, ValueError) as exc:
-            raise RewardClientError(f"items cannot be sent as JSON: {exc}") from exc
-        return chunks, bodies
+        return _Prepared(wire, parts, options)
+
+    def _chunks(self, prepared: _Prepared, indices: list[int] | None = None, max_items: int | None = None) -> list[list[int]]:
+        """Requests for ``indices`` (default: every item), by item count and encoded size."""
+        indices = list(range(len(prepared.wire))) if indices is None else indices
+        planned = plan_chunks(
+            [prepared.wire[i] for i in indices],
+            max_items or self.max_batch_items,
+            [len(prepared.parts[i]) for i in indices],
+            max(1, self.max_batch_bytes - prepared.overhead),
+        )
+        return [[indices[j] for j in chunk] for chunk in planned]
+
+    def _resplit(self, prepared: _Prepared, chunk: list[int], exc: BadRequest, split: bool) -> list[list[int]]:
+        """After a 413 (too many items or bytes for this server): the chunk in halves, once."""
+        if exc.status_code != 413 or not split or len(chunk) < 2:
+            raise exc
+        return self._chunks(prepared, chunk, max_items=(len(chunk) + 1) // 2)
+
+    def _timeout_for(self, state: RetryState) -> httpx.Timeout:
+        """The configured timeouts, cut to the time left before the call's deadline."""
+        left = state.remaining()
+        if left is None or left >= self._read_timeout:
+            return self._timeout
+        left = max(left, 0.001)
+        return httpx.Timeout(left, connect=min(self._connect_timeout, left))
 
     @staticmethod
-    def _merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) -> ScoreBatch:
+    def _merge(count: int, pieces: list[Piece]) -> ScoreBatch:
         try:
-            return merge(count, chunks, answers)
+            return merge(count, [c for c, _ in pieces], [a for _, a in pieces])
         except ValueError as exc:
             raise RewardClientError(str(exc)) from exc
 
@@ -99,7 +157,10 @@ class _ClientBase:
         if labels is not None:
             payload["labels"] = list(labels)
         payload.update({k: v for k, v in extra.items() if v is not None})
-        return encode(payload)
+        try:
+            return encode(payload)
+        except (TypeError, ValueError) as exc:
+            raise RewardClientError(f"the request cannot be sent as JSON: {exc}") from exc
 
 
 class RewardClient(_ClientBase):
@@ -131,10 +192,22 @@ class RewardClient(_ClientBase):
         bmas_reduction: Literal["sum", "mean"] | None = None,
     ) -> ScoreBatch:
         """Score items ``{"response", "ground_truth", "task_type", "id"?, "group_id"?}``; one result
-        per item, in order. Batches above ``max_batch_items`` go out as several requests."""
-        chunks, bodies = self._plan(items, format_weight, bmas_reduction)
-        answers = [self._send("POST", "/score", body, "results") for body in bodies]
-        return self._merge(len(items), chunks, answers)
+        per item, in order. Batches above ``max_batch_items`` items or ``max_batch_bytes`` bytes go
+        out as several requests; a request the server refuses as too large (413) is split in two
+        once. The whole call, retries included, ends within the retry policy's ``deadline``."""
+        prepared = self._prepare(items, format_weight, bmas_reduction)
+        deadline_at = self.retry.deadline_at()
+        pieces: list[Piece] = []
+        for chunk in self._chunks(prepared):
+            pieces.extend(self._score_chunk(prepared, chunk, deadline_at, split=True))
+        return self._merge(len(items), pieces)
+
+    def _score_chunk(self, prepared: _Prepared, chunk: list[int], deadline_at: float | None, split: bool) -> list[Piece]:
+        try:
+            return [(chunk, self._send("POST", "/score", prepared.body(chunk), "results", deadline_at))]
+        except BadRequest as exc:
+            halves = self._resplit(prepared, chunk, exc, split)
+        return [piece for half in halves for piece in self._score_chunk(prepared, half, deadline_at, split=False)]
 
     def get_reward(
         self,
@@ -150,14 +223,18 @@ class RewardClient(_ClientBase):
         """GET /v1/info from the first URL that answers."""
         return self._send("GET", "/v1/info", None, "")
 
-    def _send(self, method: str, path: str, body: bytes | None, expect: str) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry)
+    def _send(
+        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
+    ) -> dict[str, Any]:
+        state = RetryState(self._endpoints, self.retry, deadline_at)
         while (step := state.next()) is not None:
             url, delay = step
             if delay:
                 time.sleep(delay)
             try:
-                response = self._http.request(method, url + path, content=body, headers=self._headers)
+                response = self._http.request(
+                    method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+                )
                 answer = read_answer(url, response.status_code, response.headers, response.content, expect)
             except httpx.TransportError as exc:
                 state.failed(url, _describe(exc))
@@ -170,9 +247,30 @@ class RewardClient(_ClientBase):
         raise state.give_up()
 
 
+async def _all_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """``gather`` that stops the others on the first failure: their requests and retries are
+    cancelled, not left running in the background. Python 3.10 has no TaskGroup."""
+    if len(coros) <= 1:
+        return [await c for c in coros]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    failures = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+    if failures:
+        raise failures[0]  # type: ignore[misc]
+    return [t.result() for t in tasks]
+
+
 class AsyncRewardClient(_ClientBase):
     """Asyncio twin of :class:`RewardClient`. Bound to the event loop it is first used on (as
-    ``httpx.AsyncClient`` is); split requests of one call go out concurrently."""
+    ``httpx.AsyncClient`` is); split requests of one call go out concurrently, and the first one
+    to fail cancels the others."""
 
     def __init__(self, urls: str | Sequence[str], *, max_concurrency: int = 4, **kwargs: Any) -> None:
         super().__init__(urls, **kwargs)
@@ -196,15 +294,24 @@ class AsyncRewardClient(_ClientBase):
         bmas_reduction: Literal["sum", "mean"] | None = None,
     ) -> ScoreBatch:
         """See :meth:`RewardClient.score`."""
-        chunks, bodies = self._plan(items, format_weight, bmas_reduction)
+        return await self._score_prepared(self._prepare(items, format_weight, bmas_reduction))
+
+    async def _score_prepared(self, prepared: _Prepared) -> ScoreBatch:
+        deadline_at = self.retry.deadline_at()
         gate = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(body: bytes) -> dict[str, Any]:
-            async with gate:
-                return await self._send("POST", "/score", body, "results")
+        async def one(chunk: list[int], split: bool) -> list[Piece]:
+            try:
+                async with gate:
+                    answer = await self._send("POST", "/score", prepared.body(chunk), "results", deadline_at)
+                return [(chunk, answer)]
+            except BadRequest as exc:
+                halves = self._resplit(prepared, chunk, exc, split)
+            parts = await _all_or_cancel([one(half, False) for half in halves])
+            return [piece for part in parts for piece in part]
 
-        answers = list(await asyncio.gather(*(one(b) for b in bodies)))
-        return self._merge(len(items), chunks, answers)
+        pieces = await _all_or_cancel([one(chunk, True) for chunk in self._chunks(prepared)])
+        return self._merge(len(prepared.wire), [piece for part in pieces for piece in part])
 
     async def get_reward(
         self,
@@ -221,14 +328,20 @@ class AsyncRewardClient(_ClientBase):
         """See :meth:`RewardClient.info`."""
         return await self._send("GET", "/v1/info", None, "")
 
-    async def _send(self, method: str, path: str, body: bytes | None, expect: str) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry)
+    async def _send(
+        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
+    ) -> dict[str, Any]:
+        state = RetryState(self._endpoints, self.retry, deadline_at)
         while (step := state.next()) is not None:
             url, delay = step
             if delay:
                 await asyncio.sleep(delay)
             try:
-                response = await self._http.request(method, url + path, content=body, headers=self._headers)
+                # The deadline bounds the request through its timeouts, not asyncio.wait_for, which
+                # before Python 3.12 can swallow a cancellation (and a cancelled chunk would go on).
+                response = await self._http.request(
+                    method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+                )
                 answer = read_answer(url, response.status_code, response.headers, response.content, expect)
             except httpx.TransportError as exc:
                 state.failed(url, _describe(exc))

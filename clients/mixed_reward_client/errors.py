@@ -46,14 +46,19 @@ class Attempt:
 
 
 class ServerUnavailable(RewardClientError):
-    """Every retry on every configured URL failed. ``attempts`` lists what happened, in order."""
+    """Every retry on every configured URL failed, or the call's deadline passed. ``attempts``
+    lists what happened, in order; ``rounds`` how many rounds over the URLs were made."""
 
-    def __init__(self, attempts: list[Attempt], elapsed: float) -> None:
+    def __init__(self, attempts: list[Attempt], elapsed: float, *, rounds: int | None = None, note: str = "") -> None:
         self.attempts = attempts
         self.elapsed = elapsed
+        self.rounds = rounds
+        self.note = note
         urls = sorted({a.url for a in attempts})
         last = attempts[-1].reason if attempts else "no attempt was made"
+        in_rounds = f" in {rounds} round(s)" if rounds is not None else ""
+        why = f" ({note})" if note else ""
         super().__init__(
-            f"reward service unavailable: {len(attempts)} attempts over {elapsed:.1f}s on "
-            f"{len(urls)} URL(s) {urls} all failed; last error: {last}"
+            f"reward service unavailable: {len(attempts)} attempts{in_rounds} over {elapsed:.1f}s on "
+            f"{len(urls)} URL(s) {urls} all failed{why}; last error: {last}"
         )

@@ -20,9 +20,11 @@ into a reward of 0 - so it is opt-in only.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mixed_reward_client._config import check_on_failure, per_loop, resolve
@@ -65,10 +67,43 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def _group_ids(prompts: Sequence[Any]) -> list[int]:
-    """GRPO repeats each prompt once per generation: identical prompts form a group."""
-    seen: dict[str, int] = {}
-    return [seen.setdefault(repr(p), len(seen)) for p in prompts]
+IMAGE_COLUMNS = ("image", "images")
+
+
+def _fingerprint(value: Any) -> Any:
+    """A comparable stand-in for a prompt or an image: equal content, equal fingerprint, also for
+    two PIL images or arrays decoded separately from the same dataset row."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", hashlib.sha1(value).hexdigest())
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _fingerprint(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    if hasattr(value, "tobytes"):  # PIL images, numpy arrays, tensors
+        shape = getattr(value, "size", None), getattr(value, "shape", None), getattr(value, "mode", None)
+        with contextlib.suppress(Exception):  # a tobytes() that fails: the repr below
+            return ("array", repr(shape), hashlib.sha1(value.tobytes()).hexdigest())
+    return repr(value)
+
+
+def _group_ids(prompts: Sequence[Any], *columns: Sequence[Any]) -> list[int]:
+    """GRPO group of each completion. TRL places a prompt's ``num_generations`` completions
+    consecutively, so a group is a run of consecutive rows with an equal prompt and equal
+    ``columns`` (the images, for multimodal rows): two rows that ask the same question about
+    different images, or the same prompt drawn twice in a batch but not adjacent, are different
+    groups. (Two adjacent draws of an identical row cannot be told apart and form one group.)"""
+    ids: list[int] = []
+    previous: Any = None
+    for index, prompt in enumerate(prompts):
+        key = (_fingerprint(prompt), *(_fingerprint(column[index]) for column in columns))
+        if not ids:
+            ids.append(0)
+        else:
+            ids.append(ids[-1] if key == previous else ids[-1] + 1)
+        previous = key
+    return ids
 
 
 class MixedReward:
@@ -87,13 +122,14 @@ class MixedReward:
         timeout: float | None = None,
         max_attempts: int | None = None,
         backoff: float | None = None,
+        deadline: float | None = None,
         on_failure: str = "raise",
         name: str = "mixed_reward",
     ) -> None:
         self.__name__ = name  # TRL names the reward (logs, metrics) after this
         self._config: dict[str, Any] = {
             "token": token, "timeout": timeout, "max_attempts": max_attempts, "backoff": backoff,
-            "format_weight": format_weight, "bmas_reduction": bmas_reduction,
+            "format_weight": format_weight, "bmas_reduction": bmas_reduction, "deadline": deadline,
         }
         self._url = url
         self.task_type = task_type
@@ -103,9 +139,9 @@ class MixedReward:
         if url is not None:
             resolve(url, **self._config)  # fail at construction on a malformed URL, not mid-training
 
-    def _client(self) -> AsyncRewardClient:
+    async def _client(self) -> AsyncRewardClient:
         settings = resolve(self._url, **self._config)  # type: ignore[arg-type]
-        return per_loop(("trl", settings), lambda: AsyncRewardClient(list(settings.urls), **settings.client_kwargs()))
+        return await per_loop(("trl", settings), lambda: AsyncRewardClient(list(settings.urls), **settings.client_kwargs()))
 
     def _column(self, kwargs: dict[str, Any], count: int) -> tuple[list[Any], list[str]]:
         truth_keys = (self.ground_truth_key, *[k for k in GROUND_TRUTH_FALLBACKS if k != self.ground_truth_key])
@@ -133,13 +169,14 @@ class MixedReward:
         **kwargs: Any,
     ) -> list[float | None]:
         truths, tasks = self._column(kwargs, len(completions))
-        groups = _group_ids(prompts) if len(prompts) == len(completions) else [None] * len(completions)
+        images = [kwargs[c] for c in IMAGE_COLUMNS if kwargs.get(c) is not None and len(kwargs[c]) == len(prompts)]
+        groups = _group_ids(prompts, *images) if len(prompts) == len(completions) else [None] * len(completions)
         items = [
             {"response": completion_text(c), "ground_truth": gt, "task_type": task, "group_id": gid}
             for c, gt, task, gid in zip(completions, truths, tasks, groups)
         ]
         try:
-            batch = await self._client().score(items)
+            batch = await (await self._client()).score(items)
         except ServerUnavailable as exc:
             if self.on_failure == "raise":
                 raise
@@ -178,7 +215,7 @@ def mixed_reward_func(url: str | Sequence[str] | None = None, **options: Any) ->
     """Factory: ``url`` (one, a comma-separated list or a list: failover order; default
     ``$MIXED_REWARD_URL``), ``token``, ``task_type`` (fixed for every row), ``task_type_key``,
     ``ground_truth_key``, ``format_weight``, ``bmas_reduction``, ``timeout``, ``max_attempts``,
-    ``on_failure`` ("raise" | "none" | "zero"), ``name``."""
+    ``deadline``, ``on_failure`` ("raise" | "none" | "zero"), ``name``."""
     return MixedReward(url, **options)
 
 

@@ -10,6 +10,10 @@ one HTTP request per sample would waste the server's batching, so concurrent cal
 coalesced: they queue here and go out as one ``POST /score`` when ``max_batch`` samples are
 waiting or ``flush_ms`` milliseconds after the first one arrived, whichever comes first.
 
+Each sample is checked and JSON-encoded when it is queued: a sample that cannot be sent (a NaN
+ground truth, an object JSON has no form for) fails its own call, naming its data source and
+index, and never the batch it would have joined.
+
 Every sample returns the same keys, ``score``, ``accuracy`` and ``format`` (verl stacks each key
 across the batch, so a key missing for one sample would break the step); all are finite.
 If the service cannot be reached after the retries, the call raises and verl's step fails with
@@ -25,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mixed_reward_client._config import check_on_failure, per_loop, resolve
-from mixed_reward_client.client import AsyncRewardClient
+from mixed_reward_client.client import AsyncRewardClient, encode_item
 from mixed_reward_client.errors import RewardClientError, ServerUnavailable
 
 log = logging.getLogger("mixed_reward_client.verl")
@@ -40,20 +44,29 @@ class Coalescer:
         self.client = client
         self.flush_s = flush_s
         self.max_batch = max(1, max_batch)
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._pending: list[tuple[dict[str, Any], bytes, asyncio.Future[dict[str, Any]]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.requests = 0  # batched requests sent, for tests and logs
 
-    async def score(self, item: dict[str, Any]) -> dict[str, Any]:
+    async def score(self, item: dict[str, Any], label: str = "sample") -> dict[str, Any]:
+        """Queue one item; raises :class:`RewardClientError` naming ``label`` at once when the item
+        cannot be encoded, so it never reaches (or fails) a batch."""
+        wire, encoded = encode_item(item, label)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending.append((item, future))
+        self._pending.append((wire, encoded, future))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.flush_s, self._flush)
         return await future
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.client.aclose()
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -66,21 +79,35 @@ class Coalescer:
             self._inflight.add(task)  # keep a reference: the loop only holds weak ones
             task.add_done_callback(self._inflight.discard)
 
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
+    async def _send(self, batch: list[tuple[dict[str, Any], bytes, asyncio.Future[dict[str, Any]]]]) -> None:
         try:
-            answer = await self.client.score([item for item, _ in batch])
+            prepared = self.client._prepared([w for w, _, _ in batch], [b for _, b, _ in batch], None, None)
+            answer = await self.client._score_prepared(prepared)
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, _, future in batch:
                 future.cancel()
             raise
         except Exception as exc:  # noqa: BLE001 - handed to every waiting sample, which re-raises it
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), row in zip(batch, answer.results):
+        for (_, _, future), row in zip(batch, answer.results):
             if not future.done():
                 future.set_result(row)
+
+
+def describe_sample(data_source: Any, extra_info: Any) -> str:
+    """How an error names one sample: its data source and, when verl's dataset has one, its index."""
+    where = f"data_source={data_source!r}"
+    if isinstance(extra_info, Mapping):
+        for key in ("index", "idx", "id", "uid"):
+            if extra_info.get(key) is not None:
+                value = extra_info[key]
+                value = value.item() if hasattr(value, "item") else value
+                where += f", extra_info.{key}={value!r}"
+                break
+    return f"sample ({where})"
 
 
 def task_type_of(extra_info: Any, data_source: Any, default: str | None) -> str:
@@ -109,6 +136,7 @@ async def compute_score(
     timeout: float | None = None,
     max_attempts: int | None = None,
     backoff: float | None = None,
+    deadline: float | None = None,
     flush_ms: float = 5.0,
     max_batch: int = 1024,
     on_failure: str = "raise",
@@ -127,8 +155,9 @@ async def compute_score(
         backoff=backoff,
         format_weight=format_weight,
         bmas_reduction=bmas_reduction,  # type: ignore[arg-type]
+        deadline=deadline,
     )
-    coalescer = per_loop(
+    coalescer = await per_loop(
         ("verl", settings, float(flush_ms), int(max_batch)),
         lambda: Coalescer(
             AsyncRewardClient(list(settings.urls), **settings.client_kwargs()), flush_ms / 1000.0, max_batch
@@ -140,7 +169,7 @@ async def compute_score(
         "task_type": task_type_of(extra_info, data_source, task_type),
     }
     try:
-        row = await coalescer.score(item)
+        row = await coalescer.score(item, describe_sample(data_source, extra_info))
     except ServerUnavailable as exc:
         if mode == "raise":
             raise

@@ -66,36 +66,79 @@ class LocalScorer:
         pass
 
 
+class ItemsRejected(Exception):
+    """The service refused some rows' items (422) although they passed the local checks (its limits
+    or version differ). ``rows`` maps the index of each refused row in the batch to
+    ``(item index within the row, API field, message)``; every other row of the batch is fine."""
+
+    def __init__(self, rows: dict[int, tuple[int, str, str]]) -> None:
+        super().__init__(f"the service rejected {len(rows)} row(s)")
+        self.rows = rows
+
+
 class RemoteScorer:
     """``POST /score`` on a running service. Retries what a retry can fix (connection errors, 429,
-    503), halves batches the server finds too large (413), and stops on anything else."""
+    503), halves batches the server finds too large (413), and stops on anything else.
+
+    The service's ``GET /v1/info`` supplies the defaults (``format_weight``, ``bmas_reduction``:
+    what the service would apply to a request without options) and the limits rows are checked
+    against; an option passed explicitly (not None) overrides the service's default."""
 
     RETRIES = 8
+    MAX_RETRY_AFTER = 60.0
+    transport: Any = None  # an httpx transport (tests use httpx.MockTransport); None: the network
 
-    def __init__(self, url: str, options: ScoreOptions, *, token: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        format_weight: float | None = None,
+        bmas_reduction: str | None = None,
+        token: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
         import httpx
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._httpx = httpx
-        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=self.transport)
         self.url = url
-        self.options = {"format_weight": options.format_weight, "bmas_reduction": options.bmas_reduction}
         info = self._request("GET", "/v1/info")
         self.table_hash = info.get("content_hash")
         self.table_source = info.get("source") or info.get("model")
+        defaults = info.get("defaults") or {}
+        self.options = {
+            "format_weight": float(format_weight if format_weight is not None else defaults.get("format_weight", 1.0)),
+            "bmas_reduction": bmas_reduction or defaults.get("bmas_reduction") or "sum",
+        }
+        #: the service's ``limits`` (max_items_per_request, max_chars_per_text, max_body_bytes); empty
+        #: for a service too old to publish them (then the local settings apply)
+        self.limits: dict[str, int] = {
+            k: int(v) for k, v in (info.get("limits") or {}).items() if isinstance(v, (int, float))
+        }
+
+    def score_options(self) -> ScoreOptions:
+        return ScoreOptions(format_weight=self.options["format_weight"], bmas_reduction=self.options["bmas_reduction"])
 
     def identity(self) -> dict[str, Any]:
         return {"table_hash": self.table_hash, "table_source": self.table_source}
 
     def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
-        payload = [
-            {"response": item.response, "ground_truth": row.ground_truth, "task_type": row.task.value}
-            for row in rows
-            for item in row.items
-        ]
-        return self._score_items(payload, rows)
+        payload: list[dict[str, Any]] = []
+        owners: list[tuple[int, int]] = []  # per item: (row index in ``rows``, item index within the row)
+        for r, row in enumerate(rows):
+            for i, item in enumerate(row.items):
+                payload.append({"response": item.response, "ground_truth": row.ground_truth, "task_type": row.task.value})
+                owners.append((r, i))
+        step = max(1, self.limits.get("max_items_per_request", len(payload) or 1))
+        scores: list[ItemScore] = []
+        for lo in range(0, len(payload), step):
+            scores += self._score_items(payload[lo : lo + step], owners[lo : lo + step])
+        return scores
 
-    def _score_items(self, payload: list[dict[str, Any]], rows: list[ParsedRow]) -> list[ItemScore]:
+    def _score_items(self, payload: list[dict[str, Any]], owners: list[tuple[int, int]]) -> list[ItemScore]:
+        """Score ``payload``; ``owners`` (parallel to it) says which row and item each entry is, so
+        errors name the right line however the batch was split."""
         if not payload:
             return []
         try:
@@ -104,9 +147,13 @@ class RemoteScorer:
             if len(payload) == 1:
                 raise BackendError(f"{self.url} refuses even a single item as too large (413)") from None
             half = len(payload) // 2
-            return self._score_items(payload[:half], rows) + self._score_items(payload[half:], rows)
+            return self._score_items(payload[:half], owners[:half]) + self._score_items(payload[half:], owners[half:])
         except _Rejected as exc:
-            raise BackendError(self._locate(exc, payload, rows)) from None
+            refused = self._locate(exc, owners)
+            if refused:
+                raise ItemsRejected(refused) from None
+            message = exc.body.get("error", {}).get("message") or exc.text
+            raise BackendError(f"{self.url} rejected a batch ({exc.status}): {message}") from None
         table = (body.get("table") or {}).get("content_hash")
         if table is not None and self.table_hash is not None and table != self.table_hash:
             raise BackendError(
@@ -125,17 +172,26 @@ class RemoteScorer:
         ]
 
     @staticmethod
-    def _locate(exc: _Rejected, payload: list[dict[str, Any]], rows: list[ParsedRow]) -> str:
-        """Turn the service's item index back into a line number of the input file."""
-        details = exc.body.get("error", {}).get("details") or []
-        if details and isinstance(details[0].get("item"), int):
-            index = details[0]["item"]
-            for row in rows:
-                if index < len(row.items):
-                    return f"line {row.source.line}: the service rejected it: {details[0].get('field')}: {details[0].get('message')}"
-                index -= len(row.items)
-        message = exc.body.get("error", {}).get("message") or exc.text
-        return f"the service rejected a batch ({exc.status}): {message}"
+    def _locate(exc: _Rejected, owners: list[tuple[int, int]]) -> dict[int, tuple[int, str, str]]:
+        """The service's item indices (into this request) turned back into rows of the batch."""
+        if exc.status != 422:
+            return {}
+        refused: dict[int, tuple[int, str, str]] = {}
+        for detail in exc.body.get("error", {}).get("details") or []:
+            index = detail.get("item") if isinstance(detail, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(owners):
+                return {}  # not an item-level refusal: the request as a whole is wrong
+            row, item = owners[index]
+            refused.setdefault(row, (item, str(detail.get("field") or "(row)"), str(detail.get("message") or "")))
+        return refused
+
+    def _retry_delay(self, response: Any, backoff: float) -> float:
+        """``Retry-After`` in seconds when it is a number; an HTTP-date or garbage: our own backoff."""
+        try:
+            value = float(response.headers.get("retry-after", backoff))
+        except ValueError:
+            return backoff
+        return min(value, self.MAX_RETRY_AFTER) if value >= 0 else backoff  # NaN fails >= 0 too
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         httpx = self._httpx
@@ -153,7 +209,7 @@ class RemoteScorer:
             if status < 300:
                 return response.json()
             if status in (429, 502, 503, 504) and attempt < self.RETRIES - 1:
-                time.sleep(float(response.headers.get("retry-after", delay)))
+                time.sleep(self._retry_delay(response, delay))
                 delay = min(delay * 2, 10.0)
                 continue
             if status == 413:
@@ -185,4 +241,4 @@ class _Rejected(Exception):
         self.text = text
 
 
-__all__ = ["BackendError", "LocalScorer", "RemoteScorer", "Scorer"]
+__all__ = ["BackendError", "ItemsRejected", "LocalScorer", "RemoteScorer", "Scorer"]

@@ -44,7 +44,7 @@ def _add_scoring_flags(p: argparse.ArgumentParser, *, output_flags: bool = True)
     g.add_argument("--model-path", default=None, help="policy checkpoint directory (default: the embedded table)")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--format-weight", type=float, default=None, help="reward = accuracy + w * format (default 1.0)")
+    g.add_argument("--format-weight", type=float, default=None, help="reward = accuracy + w * format (default 1.0; with --url the service's default)")
     g.add_argument("--bmas-reduction", default=None, choices=["sum", "mean"])
     g.add_argument("--memory-budget-mb", type=int, default=None, help="bound on the BMAS similarity buffers")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="responses per scoring batch and checkpoint (default: %(default)s)")
@@ -156,14 +156,27 @@ def _check_input(path: Path) -> bool:
     return True
 
 
-def _scorer(args: argparse.Namespace, settings: Any, options: Any) -> Any:
+def _scorer(args: argparse.Namespace, job: Any) -> Any:
+    """The scorer for ``job``. With ``--url`` the service's own defaults (format weight, BMAS
+    reduction) and limits replace the local ones, except for options given as flags; ``job`` is
+    updated to match, so validation and the run's fingerprint use what the service will apply."""
     if args.url:
         from reward_server.offline.backends import RemoteScorer
 
-        return RemoteScorer(args.url, options, token=args.api_token or settings.api_token)
+        scorer = RemoteScorer(
+            args.url,
+            format_weight=args.format_weight,
+            bmas_reduction=args.bmas_reduction,
+            token=args.api_token or job.settings.api_token,
+        )
+        job.options = scorer.score_options()
+        limits = {k: v for k, v in scorer.limits.items() if k in ("max_chars_per_text", "max_body_bytes")}
+        job.settings = job.settings.model_copy(update={**limits, "format_weight": job.options.format_weight,
+                                                       "bmas_reduction": job.options.bmas_reduction})
+        return scorer
     from reward_server.offline.backends import LocalScorer
 
-    return LocalScorer(settings)
+    return LocalScorer(job.settings)
 
 
 def _score_job(args: argparse.Namespace, input_: Path, output: Path) -> Any:
@@ -204,7 +217,7 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
         return EXIT_USAGE, None
     scorer = None
     try:
-        scorer = _scorer(args, job.settings, job.options)
+        scorer = _scorer(args, job)
         result = run_score(job, scorer)
     except KeyboardInterrupt:
         _err(f"interrupted; scored rows are kept in {output}.partial. Rerun the same command to resume.")
@@ -298,7 +311,7 @@ def filter_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from reward_server.offline.report import ReportError, ReportJob, render_markdown, run_report
+    from reward_server.offline.report import MissingExtra, ReportError, ReportJob, render_markdown, run_report
 
     if not _check_input(args.input):
         return EXIT_USAGE
@@ -314,6 +327,9 @@ def report_command(args: argparse.Namespace) -> int:
     )
     try:
         payload = run_report(job)
+    except MissingExtra as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     except ReportError as exc:
         _err(exc.error.describe(args.input))
         _err("no report written; rerun with --skip-bad to skip and count bad rows")

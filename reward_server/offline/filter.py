@@ -15,13 +15,18 @@ The rule, per group (a row holding a list of responses, or the rows sharing a gr
   decimal give GRPO noise, not signal. Binary task types use the zero-variance rule only.
 * a group of one response (``single_response``) carries no signal either and is dropped.
 
-Two passes over a scored file: the first collects each group's rewards (memory: one float per
-response, never the text), the second writes the kept rows in input order.
+Two passes over a scored file. The first keeps, per group of one-response rows, only running
+statistics (:class:`GroupStats`: count, mean and squared deviations by Welford's method, min,
+max, and whether every accuracy is 1 / 0): about 300 bytes per group including a short id,
+nothing per response. A row holding a whole group is decided on the spot and nothing is kept for it. The
+second pass re-reads the file, recomputes each prompt row's decision, looks up each group's, and
+writes the kept rows in input order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,6 +42,30 @@ from reward_server.rewards.groups import GroupSummary, summarise_group
 REASONS = ("all_correct", "all_wrong", "all_equal", "low_std", "single_response")
 
 
+def _reason(task: str, size: int, zero_variance: bool, std: float, all_correct: bool, all_wrong: bool,
+            min_std: float) -> str:
+    """The rule itself, on a group's statistics (shared by prompt rows and grouped rows)."""
+    if size < 2:
+        return "single_response"
+    if zero_variance:
+        if task != "open_ended" and all_correct:
+            return "all_correct"
+        if task != "open_ended" and all_wrong:
+            return "all_wrong"
+        return "all_equal"
+    if task in CONTINUOUS_TASKS and std <= min_std:
+        return "low_std"
+    return "kept"
+
+
+def _accuracy_flags(accuracies: Sequence[float | None]) -> tuple[bool, bool]:
+    """(every accuracy is 1, every accuracy is 0); both False when any accuracy is unknown."""
+    if any(a is None for a in accuracies):
+        return False, False
+    known = [a for a in accuracies if a is not None]
+    return all(a >= 1.0 - 1e-9 for a in known), all(a <= 1e-9 for a in known)
+
+
 def decide(
     task: str,
     rewards: Sequence[float],
@@ -47,19 +76,49 @@ def decide(
 ) -> tuple[str, GroupSummary]:
     """``"kept"`` or the reason to drop one group; see the module docstring for the rule."""
     summary = summarise_group(group_id, rewards, tolerance)
-    if summary.size < 2:
-        return "single_response", summary
-    if summary.zero_variance:
-        known = [a for a in accuracies if a is not None]
-        if task != "open_ended" and len(known) == len(accuracies):
-            if all(a >= 1.0 - 1e-9 for a in known):
-                return "all_correct", summary
-            if all(a <= 1e-9 for a in known):
-                return "all_wrong", summary
-        return "all_equal", summary
-    if task in CONTINUOUS_TASKS and summary.std <= min_std:
-        return "low_std", summary
-    return "kept", summary
+    ones, zeros = _accuracy_flags(accuracies)
+    return _reason(task, summary.size, summary.zero_variance, summary.std, ones, zeros, min_std), summary
+
+
+class GroupStats:
+    """Running statistics of one group of one-response rows: what :func:`decide` needs, in O(1)
+    memory. ``max - min`` is exact (the zero-variance rule); the std is Welford's sample std (n-1),
+    equal to :func:`summarise_group`'s up to rounding in the last bits."""
+
+    __slots__ = ("all_correct", "all_wrong", "m2", "max", "mean", "min", "n", "reason", "rows", "task")
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.n = 0
+        self.rows = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.all_correct = True
+        self.all_wrong = True
+        self.reason: str | None = None
+
+    def add(self, rewards: Sequence[float], accuracies: Sequence[float | None]) -> None:
+        self.rows += 1
+        for r in rewards:
+            self.n += 1
+            delta = r - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (r - self.mean)
+            self.min = min(self.min, r)
+            self.max = max(self.max, r)
+        ones, zeros = _accuracy_flags(accuracies)
+        self.all_correct = self.all_correct and ones
+        self.all_wrong = self.all_wrong and zeros
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.m2, 0.0) / (self.n - 1)) if self.n > 1 else 0.0
+
+    def decide(self, tolerance: float, min_std: float) -> str:
+        zero = self.n > 0 and (self.max - self.min) <= tolerance
+        return _reason(self.task, self.n, zero, self.std, self.all_correct, self.all_wrong, min_std)
 
 
 @dataclass
@@ -72,14 +131,6 @@ class FilterJob:
     skip_bad: bool = False
     write_dropped: bool = False
     overwrite: bool = False
-
-
-@dataclass
-class _Group:
-    task: str
-    rewards: list[float] = field(default_factory=list)
-    accuracies: list[float | None] = field(default_factory=list)
-    rows: int = 0
 
 
 @dataclass
@@ -117,23 +168,44 @@ class FilterError(Exception):
         self.error = error
 
 
-def _read(job: FilterJob, source: Any, bad: set[int]) -> ScoredRow | None:
+class _Bad:
+    """Bad rows skipped with ``--skip-bad``: the count, the first error and the first 20 lines."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: RowError | None = None
+        self.lines: list[int] = []
+
+    def add(self, err: RowError) -> None:
+        self.count += 1
+        self.first = self.first or err
+        if len(self.lines) < 20:
+            self.lines.append(err.line)
+
+    def payload(self) -> dict[str, Any]:
+        first = self.first
+        return {
+            "bad_rows": self.count,
+            "bad_lines_first": self.lines,
+            "first_bad_row": {"line": first.line, "field": first.field, "message": first.message} if first else None,
+        }
+
+
+def _read(job: FilterJob, source: Any, bad: _Bad | None) -> ScoredRow | None:
+    """The scored row, or None for a bad row skipped with ``--skip-bad`` (counted in ``bad``)."""
     try:
         scored = read_scored(source, job.fields)
+        if not scored.multi and scored.group is None:
+            raise RowError(
+                source.line,
+                job.fields.group,
+                "missing: filter needs the group of each response (a group field, or a list of responses per row)",
+            )
     except RowError as err:
         if not job.skip_bad:
             raise FilterError(err) from None
-        bad.add(source.line)
-        return None
-    if not scored.multi and scored.group is None:
-        err = RowError(
-            source.line,
-            job.fields.group,
-            "missing: filter needs the group of each response (a group field, or a list of responses per row)",
-        )
-        if not job.skip_bad:
-            raise FilterError(err)
-        bad.add(source.line)
+        if bad is not None:
+            bad.add(err)
         return None
     return scored
 
@@ -142,9 +214,8 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
     """Filter the scored rows of ``scored_path`` into ``job.output`` (+ ``.summary.json``)."""
     if job.output.exists() and not job.overwrite:
         raise FileExistsError(f"{job.output} already exists; pass --overwrite to replace it")
-    bad: set[int] = set()
-    groups: dict[Hashable, _Group] = {}
-    row_decisions: dict[int, str] = {}  # multi rows: line -> decision (one entry per prompt row)
+    bad = _Bad()
+    groups: dict[Hashable, GroupStats] = {}  # one-response rows: running statistics per group
     by_task: dict[str, dict[str, Any]] = {}
 
     def tally(task: str, reason: str, rows: int, responses: int) -> None:
@@ -161,27 +232,21 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
         s["rows_kept" if kept else "rows_dropped"] += rows
         s["responses_kept" if kept else "responses_dropped"] += responses
 
-    for source in iter_rows(scored_path):  # pass 1: rewards per group
+    for source in iter_rows(scored_path):  # pass 1: statistics per group
         scored = _read(job, source, bad)
         if scored is None:
             continue
-        if scored.multi:
-            reason, _ = decide(
-                scored.task, scored.rewards, scored.values["accuracy"], job.tolerance, job.min_std, source.line
-            )
-            row_decisions[source.line] = reason
+        if scored.multi:  # a whole group in one row: decided now, recomputed in pass 2
+            reason, _ = decide(scored.task, scored.rewards, scored.values["accuracy"], job.tolerance, job.min_std)
             tally(scored.task, reason, 1, len(scored.rewards))
         else:
-            g = groups.setdefault(scored.group, _Group(scored.task))
-            g.rewards.extend(scored.rewards)
-            g.accuracies.extend(scored.values["accuracy"])
-            g.rows += 1
-    group_decisions: dict[Hashable, str] = {}
-    for key, g in groups.items():
-        reason, _ = decide(g.task, g.rewards, g.accuracies, job.tolerance, job.min_std, key)
-        group_decisions[key] = reason
-        tally(g.task, reason, g.rows, len(g.rewards))
-    groups.clear()
+            g = groups.get(scored.group)
+            if g is None:
+                g = groups[scored.group] = GroupStats(scored.task)
+            g.add(scored.rewards, scored.values["accuracy"])
+    for g in groups.values():
+        g.reason = g.decide(job.tolerance, job.min_std)
+        tally(g.task, g.reason, g.rows, g.n)
 
     dropped_path = sidecar(job.output, ".dropped.jsonl")
 
@@ -189,16 +254,18 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
         out = stack.enter_context(atomic_output(job.output))
         dropped = stack.enter_context(atomic_output(dropped_path)) if job.write_dropped else None
         for source in iter_rows(scored_path):
-            if source.line in bad or source.data is None:
+            scored = _read(job, source, None)
+            if scored is None:
                 continue
-            if source.line in row_decisions:
-                reason = row_decisions[source.line]
+            if scored.multi:
+                reason, _ = decide(scored.task, scored.rewards, scored.values["accuracy"], job.tolerance, job.min_std)
             else:
-                reason = group_decisions[read_scored(source, job.fields).group]
+                reason = groups[scored.group].reason or "kept"  # always set after pass 1
             if reason == "kept":
                 out.write(dump_row(source.data))
             elif dropped is not None:
                 dropped.write(dump_row({**source.data, "filter_reason": reason}))
+    groups.clear()
 
     totals: dict[str, Any] = {"reasons": dict.fromkeys(REASONS, 0)}
     for s in by_task.values():
@@ -224,8 +291,7 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
         },
         "totals": totals,
         "by_task": {t: by_task[t] for t in sorted(by_task, key=lambda t: order.index(t) if t in order else 99)},
-        "bad_rows": len(bad),
-        "bad_lines_first": sorted(bad)[:20],
+        **bad.payload(),
         **(extra or {}),
     }
     atomic_write_json(sidecar(job.output, ".summary.json"), payload)
@@ -236,4 +302,6 @@ def summary_json(summary: FilterSummary) -> str:
     return json.dumps(summary.payload, indent=2)
 
 
-__all__ = ["CONTINUOUS_TASKS", "DEFAULT_MIN_STD", "FilterError", "FilterJob", "FilterSummary", "decide", "run_filter"]
+__all__ = [
+    "CONTINUOUS_TASKS", "DEFAULT_MIN_STD", "FilterError", "FilterJob", "FilterSummary", "GroupStats", "decide", "run_filter",
+]

@@ -1,7 +1,11 @@
 """``reward-server report``: a human summary of a scored file, before GPU hours are spent on it.
 
-Streams the scored rows once, keeping only floats (one per response and component, plus the
-rewards of open groups), and writes into one directory:
+Streams the scored rows once. Memory: the exact quantiles and the plots need every component
+value, so it keeps 8 bytes per response and component present (24 bytes per response; 40 for
+open-ended rows, which add the two BMAS directions), plus per group of one-response rows only
+running statistics (:class:`~reward_server.offline.filter.GroupStats`, ~300 bytes with its id)
+and 8 bytes per group for its std. Computing quantiles and plots briefly copies one array at a
+time. Never the texts. It writes into one directory:
 
 * ``REPORT.md``: per task type and component the count, mean, std and quantiles; per task type
   the number of GRPO groups and the fraction with zero variance; warnings for patterns that mean
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from reward_server.offline.defaults import CONTINUOUS_TASKS, DEFAULT_MIN_STD
+from reward_server.offline.filter import GroupStats
 from reward_server.offline.rows import FieldMap, RowError, iter_rows
 from reward_server.offline.scored import COMPONENTS, read_scored
 from reward_server.offline.sink import atomic_write_bytes, atomic_write_json, sidecar
@@ -30,6 +35,20 @@ from reward_server.rewards.groups import summarise_group
 TASK_ORDER = ("yes_no", "mcq", "chart", "grounding", "open_ended")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PLOT_COMPONENTS = ("reward", "accuracy", "format")
+
+
+class MissingExtra(Exception):
+    """The plots need matplotlib (the optional ``offline`` extra); raised before anything is written."""
+
+
+def check_plotting() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtra(
+            "report: the plots need matplotlib, which is not installed: "
+            "pip install \"mixed-reward[offline]\", or pass --no-plots for the statistics only"
+        ) from None
 
 
 class ReportError(Exception):
@@ -68,23 +87,25 @@ def _ordered(tasks: Any) -> list[str]:
     return sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
 
 
-def collect(job: ReportJob) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Any]], dict[str, int]]:
-    """One pass: component values per task, group summaries per task, row counts."""
+def collect(
+    job: ReportJob,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """One pass: component values per task, group summaries per task, row counts (with where the
+    first bad rows are, when ``skip_bad``)."""
     values: dict[str, dict[str, array]] = {}
-    open_groups: dict[Hashable, tuple[str, list[float]]] = {}
+    open_groups: dict[Hashable, GroupStats] = {}  # one-response rows: running statistics per group id
     group_std: dict[str, array] = {}
     zero: dict[str, int] = {}
     singletons: dict[str, int] = {}
-    counts = {"rows": 0, "responses": 0, "bad_rows": 0, "rows_without_group": 0}
-    first_bad: RowError | None = None
+    counts: dict[str, Any] = {"rows": 0, "responses": 0, "bad_rows": 0, "rows_without_group": 0,
+                              "bad_lines_first": [], "first_bad_row": None}
 
-    def add_group(task: str, rewards: list[float]) -> None:
-        if len(rewards) < 2:
+    def add_group(task: str, size: int, std: float, zero_variance: bool) -> None:
+        if size < 2:
             singletons[task] = singletons.get(task, 0) + 1
             return
-        s = summarise_group(None, rewards, job.tolerance)
-        group_std.setdefault(task, array("d")).append(s.std)
-        zero[task] = zero.get(task, 0) + int(s.zero_variance)
+        group_std.setdefault(task, array("d")).append(std)
+        zero[task] = zero.get(task, 0) + int(zero_variance)
 
     for source in iter_rows(job.input):
         try:
@@ -93,7 +114,10 @@ def collect(job: ReportJob) -> tuple[dict[str, dict[str, np.ndarray]], dict[str,
             if not job.skip_bad:
                 raise ReportError(err) from None
             counts["bad_rows"] += 1
-            first_bad = first_bad or err
+            if counts["first_bad_row"] is None:
+                counts["first_bad_row"] = {"line": err.line, "field": err.field, "message": err.message}
+            if len(counts["bad_lines_first"]) < 20:
+                counts["bad_lines_first"].append(err.line)
             continue
         counts["rows"] += 1
         counts["responses"] += len(scored.values["reward"])
@@ -101,13 +125,18 @@ def collect(job: ReportJob) -> tuple[dict[str, dict[str, np.ndarray]], dict[str,
         for name in COMPONENTS:
             per_task[name].extend(v for v in scored.values[name] if v is not None)
         if scored.multi:
-            add_group(scored.task, scored.rewards)
+            s = summarise_group(None, scored.rewards, job.tolerance)
+            add_group(scored.task, s.size, s.std, s.zero_variance)
         elif scored.group is not None:
-            open_groups.setdefault(scored.group, (scored.task, []))[1].extend(scored.rewards)
+            g = open_groups.get(scored.group)
+            if g is None:
+                g = open_groups[scored.group] = GroupStats(scored.task)
+            g.add(scored.rewards, scored.values["accuracy"])
         else:
             counts["rows_without_group"] += 1
-    for task, rewards in open_groups.values():
-        add_group(task, rewards)
+    for g in open_groups.values():
+        add_group(g.task, g.n, g.std, g.n > 0 and g.max - g.min <= job.tolerance)
+    open_groups.clear()
     arrays = {t: {n: np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0) for n, a in values[t].items()}
               for t in _ordered(values)}
     groups = {}
@@ -161,6 +190,13 @@ def render_markdown(payload: dict[str, Any]) -> str:
         + (f", {c['rows_without_group']:,} rows without a group" if c["rows_without_group"] else "")
         + "."
     )
+    if c["bad_rows"] and c.get("first_bad_row"):
+        first = c["first_bad_row"]
+        more = ", ..." if c["bad_rows"] > len(c["bad_lines_first"]) else ""
+        lines.append(
+            f"First bad row: line {first['line']}, field `{first['field']}`: {first['message']}. "
+            f"Bad lines: {', '.join(str(n) for n in c['bad_lines_first'])}{more}."
+        )
     if payload.get("scored_with"):
         s = payload["scored_with"]
         lines.append(f"Scored with table `{(s.get('scorer') or {}).get('table_source')}` "
@@ -199,7 +235,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
 
 
 def run_report(job: ReportJob) -> dict[str, Any]:
-    """Collect, write ``REPORT.md``/``report.json`` and the PNGs into ``job.out_dir``; return the payload."""
+    """Collect, write ``REPORT.md``/``report.json`` and the PNGs into ``job.out_dir``; return the payload.
+    Raises :class:`MissingExtra` (plots without matplotlib) before reading or writing anything."""
+    if job.plots:
+        check_plotting()
     arrays, groups, counts = collect(job)
     tasks: dict[str, Any] = {}
     for task, comps in arrays.items():
@@ -258,4 +297,4 @@ def run_report(job: ReportJob) -> dict[str, Any]:
     return payload
 
 
-__all__ = ["ReportError", "ReportJob", "collect", "describe", "render_markdown", "run_report"]
+__all__ = ["MissingExtra", "ReportError", "ReportJob", "collect", "describe", "render_markdown", "run_report"]

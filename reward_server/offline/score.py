@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.engine.scorer import ItemScore, ScoreOptions
-from reward_server.offline.backends import Scorer
+from reward_server.offline.backends import ItemsRejected, Scorer
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE
 from reward_server.offline.rows import (
     MISSING,
@@ -31,6 +31,7 @@ from reward_server.offline.rows import (
     offline_settings,
     parse_row,
     progress_total,
+    raw_text,
 )
 from reward_server.offline.sink import ResumableSink
 from reward_server.service.settings import Settings
@@ -108,12 +109,30 @@ def _bar(job: ScoreJob, initial: int) -> Any:
     enabled = sys.stderr.isatty() if job.progress is None else job.progress
     if not enabled:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the optional `offline` extra; scoring does not need it
+        if job.progress:
+            print("reward-server: no progress bar: tqdm is not installed (pip install 'mixed-reward[offline]')",
+                  file=sys.stderr)
+        return None
 
     total, unit = progress_total(job.input)
     return tqdm(
         total=total, initial=initial, unit=unit, unit_scale=unit == "B", desc="score", file=sys.stderr, dynamic_ncols=True
     )
+
+
+def service_row_error(parsed: ParsedRow, fields: FieldMap, item: int, api_field: str, message: str) -> RowError:
+    """A row the service refused (422) although it passed the local checks, as a :class:`RowError`
+    naming the file's own field (``responses[2]`` for the third response of a prompt row)."""
+    data = parsed.source.data or {}
+    if api_field == "response":
+        name = fields.response if get_field(data, fields.response) is not MISSING else fields.responses
+        field_name = f"{name}[{item}]" if parsed.multi else name
+    else:
+        field_name = {"ground_truth": fields.ground_truth, "task_type": fields.task_type}.get(api_field, api_field)
+    return RowError(parsed.source.line, field_name, f"{message} (rejected by the service)", raw_text(data))
 
 
 def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
@@ -135,13 +154,38 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
     state = {"position": cp.position, "lines": cp.lines, "rows": cp.rows, "items": cp.items, "rejected": cp.rejected}
     pending: list[ParsedRow] = []
     pending_items = 0
-    rejected: list[bytes] = []
+    rejected: list[tuple[int, bytes]] = []  # (line, record): sorted by line when written
     bar = _bar(job, cp.position)
     reported = cp.position
 
+    def score_pending() -> list[ItemScore]:
+        """Score ``pending``; rows the service refuses are skipped (``--skip-bad``) or stop the run
+        after the rows before the first of them are committed."""
+        nonlocal pending, pending_items
+        while True:
+            try:
+                return scorer.score(pending) if pending else []
+            except ItemsRejected as exc:
+                errors = [(i, service_row_error(pending[i], job.fields, *exc.rows[i])) for i in sorted(exc.rows)]
+            if not job.skip_bad:
+                first, err = errors[0]
+                pending = pending[:first]
+                pending_items = sum(len(r.items) for r in pending)
+                last = pending[-1].source if pending else None
+                state["position"] = last.position if last else sink.checkpoint.position
+                state["lines"] = last.line if last else sink.checkpoint.lines
+                flush()
+                raise BadRowStop(err, state["rows"])
+            for _, err in errors:
+                rejected.append((err.line, dump_row(err.record())))
+            state["rejected"] += len(errors)
+            refused = {i for i, _ in errors}
+            pending = [row for i, row in enumerate(pending) if i not in refused]
+            pending_items = sum(len(r.items) for r in pending)
+
     def flush() -> None:
         nonlocal pending, pending_items, rejected, reported
-        scores = scorer.score(pending) if pending else []
+        scores = score_pending()
         chunks = []
         offset = 0
         for parsed in pending:
@@ -155,7 +199,8 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
             tally["reward_sum"] += sum(s.reward for s in mine)
         state["rows"] += len(pending)
         state["items"] += pending_items
-        sink.commit(b"".join(chunks), b"".join(rejected), {**state, "counts": counts})
+        rejected.sort(key=lambda entry: entry[0])
+        sink.commit(b"".join(chunks), b"".join(r for _, r in rejected), {**state, "counts": counts})
         if bar is not None:
             bar.update(state["position"] - reported)
             bar.set_postfix(rows=state["rows"], bad=state["rejected"], refresh=False)
@@ -170,7 +215,7 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
                 if not job.skip_bad:
                     flush()  # keep the good rows before it: a rerun with --skip-bad continues here
                     raise BadRowStop(err, state["rows"]) from None
-                rejected.append(dump_row(err.record()))
+                rejected.append((err.line, dump_row(err.record())))
                 state["rejected"] += 1
                 state["position"], state["lines"] = source.position, source.line
                 if len(rejected) >= job.batch_size:
@@ -217,4 +262,4 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
     )
 
 
-__all__ = ["BadRowStop", "ScoreJob", "ScoreResult", "output_row", "run_score"]
+__all__ = ["BadRowStop", "ScoreJob", "ScoreResult", "output_row", "run_score", "service_row_error"]

@@ -7,7 +7,9 @@ of the input and options. The checkpoint is only ever written *after* the data i
 disk, so on resume anything past the recorded sizes (a batch cut off by SIGKILL) is truncated
 away and the input is re-read from the recorded position: no row is lost, rescored or duplicated.
 Only a finished run renames the partial files to their final names; ``OUT.meta.json`` then
-records the fingerprint, so rerunning a finished command is a no-op instead of a rescoring.
+records the fingerprint, so rerunning a finished command is a no-op instead of a rescoring. The
+checkpoint is marked ``complete`` before the first rename, so a run killed between the renames is
+completed by the next run (the renames are redone), whatever command that is.
 """
 
 from __future__ import annotations
@@ -144,19 +146,28 @@ class ResumableSink:
         return meta if meta.get("fingerprint") == self.fingerprint else None
 
     def _recover_finish(self) -> None:
-        """A run killed inside :meth:`finish` after the data was renamed only has its checkpoint left."""
-        if self.progress_path.exists() and not self.partial.exists() and self.out.exists():
-            try:
-                done = json.loads(self.progress_path.read_text()).get("complete") is True
-            except (OSError, ValueError):
-                done = False
-            if done:
-                self.progress_path.unlink(missing_ok=True)
+        """Complete a run killed inside :meth:`finish`. Once the checkpoint says ``complete``, the
+        meta is on disk and every byte is in a partial file or already under its final name, so the
+        remaining renames are simply redone (whatever subset of them had happened)."""
+        if not self.progress_path.exists():
+            return
+        try:
+            saved = self._load_progress()
+        except ResumeRefused:
+            return
+        if saved.complete:
+            self.checkpoint = saved
+            self._move_into_place()
 
     def start(self, *, restart: bool = False, overwrite: bool = False) -> Checkpoint:
-        """Open for writing: resume a matching partial run, or start afresh; refuse a mismatch."""
+        """Open for writing: resume a matching partial run, or start afresh; refuse a mismatch.
+        ``restart`` also rescores a finished run of the same fingerprint (replacing its ``OUT``)."""
         if restart:
+            replaces_finished = self.finished_meta() is not None
             self.discard_partial()
+            overwrite = overwrite or replaces_finished
+        else:
+            self._recover_finish()
         if self.progress_path.exists():
             saved = self._load_progress()
             if saved.fingerprint != self.fingerprint:
@@ -238,19 +249,29 @@ class ResumableSink:
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self, meta: dict[str, Any]) -> None:
-        """Move everything into place: meta first, then the data, then drop the checkpoint."""
+        """Move everything into place. Order: meta, then the checkpoint marked ``complete``, then the
+        renames (rejected file first, data last), then drop the checkpoint. A kill anywhere in
+        between leaves either an incomplete checkpoint (the rerun resumes at the end of the input
+        and finishes) or a complete one (the rerun redoes the renames: :meth:`_recover_finish`)."""
         self.close()
+        atomic_write_json(self.meta_path, {**meta, "fingerprint": self.checkpoint.fingerprint})
         self.checkpoint.complete = True
         self._save_progress()
-        atomic_write_json(self.meta_path, {**meta, "fingerprint": self.fingerprint})
+        self._move_into_place()
+
+    def _move_into_place(self) -> None:
+        """The renames of a complete checkpoint; idempotent, so a killed finish can simply be redone."""
         if self.checkpoint.rejected_bytes:
-            os.replace(self.rejected_partial, self.rejected_path)
+            if self.rejected_partial.exists():
+                os.replace(self.rejected_partial, self.rejected_path)
         else:
             self.rejected_partial.unlink(missing_ok=True)
             self.rejected_path.unlink(missing_ok=True)
-        os.replace(self.partial, self.out)
+        if self.partial.exists():
+            os.replace(self.partial, self.out)
         fsync_dir(self.out.parent)
         self.progress_path.unlink(missing_ok=True)
+        fsync_dir(self.out.parent)
 
     def close(self) -> None:
         for f in (self._out, self._rejected):

@@ -7,8 +7,10 @@ OpenRLHF 0.11 (``--reward.remote_url http://host:port/get_reward``) posts one sa
 and reads ``{"rewards": [...], "scores": [...], "extra_logs": {name: [...]}}`` back. Here:
 
 - ``rewards``: the Mixed-R1 reward (accuracy + format_weight * format), what PPO/GRPO trains on;
-- ``scores``: the accuracy alone, which OpenRLHF's dynamic filtering compares with its range
-  (default 0..1: groups that are all right or all wrong are dropped, the paper's filter);
+- ``scores``: the accuracy on a 0..1 scale, which OpenRLHF's dynamic filtering compares with its
+  range (default 0..1: groups that are all right or all wrong are dropped, the paper's filter).
+  Matching, chart and IoU accuracies are already in [0, 1]; BMAS is mapped linearly from [-2, 2]
+  (``sum``) or [-1, 1] (``mean``) so that a good open-ended group is not dropped as "all right";
 - ``extra_logs``: ``{"accuracy": [...], "format": [...]}``, logged by OpenRLHF per step.
 
 The response is recovered from the query by these rules, in order:
@@ -43,6 +45,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reward_server.engine.scorer import ScoringItem
+from reward_server.rewards.tasks import TaskType
 from reward_server.service.errors import ApiError, summarise
 from reward_server.service.schemas import ScoreItem, ScoreOptions
 
@@ -158,6 +162,14 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     return label, default_task, None
 
 
+def unit_score(item: ScoringItem, accuracy: float) -> float:
+    """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
+    if item.truth.task is not TaskType.OPEN_ENDED:
+        return accuracy
+    low = -2.0 if item.options.bmas_reduction == "sum" else -1.0
+    return (accuracy - low) / (-2.0 * low)
+
+
 def _eos_list(request: Request, body: GetRewardRequest) -> Sequence[str]:
     from_url = request.query_params.getlist("eos")
     if from_url:
@@ -249,13 +261,13 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
         raise _reject([_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
 
     try:
-        _, outcome = await request.app.state.score_items(items, options)
+        built, outcome = await request.app.state.score_items(items, options)
     except ApiError as exc:
         raise _remap(exc) from exc
     scored = outcome.results if outcome is not None else []
     return JSONResponse({
         "rewards": [s.reward for s in scored],
-        "scores": [s.accuracy for s in scored],
+        "scores": [unit_score(item, s.accuracy) for item, s in zip(built, scored)],
         "extra_logs": {
             "accuracy": [s.accuracy for s in scored],
             "format": [s.format for s in scored],
