@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.scorer import RewardEngine
 from reward_server.rewards.groups import summarise_groups
+from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers, summarise, validation_details
 from reward_server.service.metrics import ServiceMetrics
@@ -81,16 +81,6 @@ class ReloadRequest(BaseModel):
     model_path: str | None = None
     device: str | None = None
     dtype: str | None = None
-
-
-def check_bearer(request: Request, token: str | None, realm: str) -> None:
-    if token is None:
-        return
-    supplied = request.headers.get("authorization", "")
-    scheme, _, value = supplied.partition(" ")
-    # Bytes: compare_digest refuses non-ASCII str, and a client's header must never cause a 500.
-    if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", f"{realm} requires 'Authorization: Bearer <token>'")
 
 
 def _bearer_guard(token: str | None, realm: str):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reward_server.engine.scorer import ScoringItem
 from reward_server.rewards.tasks import TaskType
+from reward_server.service.auth import check_bearer
 from reward_server.service.errors import ApiError, summarise
 from reward_server.service.schemas import ScoreItem, ScoreOptions
 
@@ -91,18 +91,6 @@ def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
 
 def _reject(details: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "invalid_item", summarise(details), details)
-
-
-def _check_token(request: Request) -> None:
-    token = request.app.state.service.settings.api_token
-    if token is None:
-        return
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    supplied = value.strip() if scheme.lower() == "bearer" else request.query_params.get("token", "")
-    if not secrets.compare_digest(supplied.encode(), token.encode()):
-        raise ApiError(
-            401, "unauthorized", "scoring requires 'Authorization: Bearer <token>' (or ?token=<token> on /get_reward)"
-        )
 
 
 def _nonspace_end(query: str, anchor: str) -> int | None:
@@ -198,7 +186,7 @@ def _remap(exc: ApiError) -> ApiError:
 @router.post("/get_reward")
 async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
     """Score OpenRLHF samples: one reward per query, in order."""
-    _check_token(request)
+    check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
     count = len(body.query)
     errors: list[dict[str, Any]] = []
     for name, values in (("prompts", body.prompts), ("labels", body.labels)):
