@@ -10,7 +10,7 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 
-from reward_server.service.settings import Settings
+from reward_server.items.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
 

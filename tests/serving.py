@@ -17,8 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from reward_server.embeddings.table import EmbeddingTable
+from reward_server.items.settings import Settings
 from reward_server.service.app import create_app
-from reward_server.service.settings import Settings
 
 
 @dataclass

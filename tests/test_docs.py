@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from reward_server.cli import build_parser
-from reward_server.service.settings import Settings
+from reward_server.items.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

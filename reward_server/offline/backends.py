@@ -12,8 +12,8 @@ import time
 from typing import Any, Protocol
 
 from reward_server.engine.scorer import ItemScore, RewardEngine, ScoreOptions
+from reward_server.items.settings import Settings
 from reward_server.offline.rows import ParsedRow
-from reward_server.service.settings import Settings
 
 
 class BackendError(Exception):

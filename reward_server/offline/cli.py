@@ -134,7 +134,7 @@ def _fields(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from reward_server.service.settings import Settings
+    from reward_server.items.settings import Settings
 
     names = ("model_path", "device", "dtype", "format_weight", "bmas_reduction", "memory_budget_mb")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

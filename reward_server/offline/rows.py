@@ -2,9 +2,10 @@
 
 Files are read one row at a time (JSONL line by line, Parquet batch by batch), so memory does not
 grow with the file. Every row carries its 1-based line number (the row number for Parquet) and
-the input position just after it, which is what a resumed run seeks to. Validation reuses the HTTP
-layer's (``ScoreItem`` + ``build_items``) so a row is accepted offline exactly when the same item
-would be accepted by ``POST /score``; errors name the line and the file's own field name.
+the input position just after it, which is what a resumed run seeks to. Validation is the HTTP
+service's (``reward_server.items``: ``ScoreItem`` + ``build_items``), so a row is accepted offline
+exactly when the same item would be accepted by ``POST /score``; errors name the line and the
+file's own field name.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
+from reward_server.items.errors import RequestRejected, validation_details
+from reward_server.items.models import ScoreItem
+from reward_server.items.settings import Settings
+from reward_server.items.validation import build_items
 from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.tasks import TaskType, parse_task_type
-from reward_server.service.errors import ApiError, validation_details
-from reward_server.service.schemas import ScoreItem
-from reward_server.service.settings import Settings
-from reward_server.service.validation import build_items
 
 MISSING: Any = object()
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -272,7 +273,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ScoreOptions, settin
             raise fail(field, detail["message"]) from None
     try:
         built = build_items(items, options, settings)
-    except ApiError as exc:
+    except RequestRejected as exc:
         detail = exc.details[0]
         index = detail.get("item") or 0
         name = f"{response_name}[{index}]" if multi else response_name

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.engine.scorer import ItemScore, ScoreOptions
+from reward_server.items.settings import Settings
 from reward_server.offline.backends import ItemsRejected, Scorer
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE
 from reward_server.offline.rows import (
@@ -34,7 +35,6 @@ from reward_server.offline.rows import (
     raw_text,
 )
 from reward_server.offline.sink import ResumableSink
-from reward_server.service.settings import Settings
 
 
 class BadRowStop(Exception):

@@ -1,1 +1,1 @@
-"""The HTTP layer: FastAPI app, schemas, errors, settings."""
+"""The HTTP layer: FastAPI app, routes, response schemas, error rendering, auth, metrics."""

@@ -25,15 +25,17 @@ from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.scorer import RewardEngine
+from reward_server.items.errors import summarise, validation_details
+from reward_server.items.models import ScoreItem, ScoreRequest
+from reward_server.items.settings import Settings
+from reward_server.items.validation import build_items, resolve_options
 from reward_server.rewards.groups import summarise_groups
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
-from reward_server.service.errors import ApiError, install_error_handlers, summarise, validation_details
+from reward_server.service.errors import ApiError, install_error_handlers
 from reward_server.service.metrics import ServiceMetrics
 from reward_server.service.openrlhf import router as openrlhf_router
-from reward_server.service.schemas import ErrorResponse, ScoreItem, ScoreRequest, ScoreResponse
-from reward_server.service.settings import Settings
-from reward_server.service.validation import build_items, resolve_options
+from reward_server.service.schemas import ErrorResponse, ScoreResponse
 
 log = logging.getLogger("reward_server")
 ModelT = TypeVar("ModelT", bound=BaseModel)

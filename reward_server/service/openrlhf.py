@@ -45,10 +45,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reward_server.engine.scorer import ScoringItem
+from reward_server.items.errors import RequestRejected, summarise
+from reward_server.items.models import ScoreItem, ScoreOptions
 from reward_server.rewards.tasks import TaskType
 from reward_server.service.auth import check_bearer
-from reward_server.service.errors import ApiError, summarise
-from reward_server.service.schemas import ScoreItem, ScoreOptions
 
 router = APIRouter()
 
@@ -89,8 +89,8 @@ def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
     return {"item": index, "field": field, "message": message}
 
 
-def _reject(details: list[dict[str, Any]]) -> ApiError:
-    return ApiError(422, "invalid_item", summarise(details), details)
+def _reject(details: list[dict[str, Any]]) -> RequestRejected:
+    return RequestRejected(422, "invalid_item", summarise(details), details)
 
 
 def _nonspace_end(query: str, anchor: str) -> int | None:
@@ -167,7 +167,7 @@ def _eos_list(request: Request, body: GetRewardRequest) -> Sequence[str]:
     return DEFAULT_EOS
 
 
-def _remap(exc: ApiError) -> ApiError:
+def _remap(exc: RequestRejected) -> RequestRejected:
     """/score's item errors, in this protocol's field names (``query``, ``labels``)."""
     details = []
     for detail in exc.details:
@@ -180,7 +180,7 @@ def _remap(exc: ApiError) -> ApiError:
             details.append(detail)
     if not details:
         return exc
-    return ApiError(exc.status, exc.type, summarise(details), details)
+    return RequestRejected(exc.status, exc.type, summarise(details), details)
 
 
 @router.post("/get_reward")
@@ -250,7 +250,7 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
 
     try:
         built, outcome = await request.app.state.score_items(items, options)
-    except ApiError as exc:
+    except RequestRejected as exc:
         raise _remap(exc) from exc
     scored = outcome.results if outcome is not None else []
     return JSONResponse({

@@ -11,13 +11,13 @@ from functools import lru_cache
 from typing import Any
 
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
+from reward_server.items.errors import MAX_DETAILS, RequestRejected, summarise
+from reward_server.items.models import ScoreItem
+from reward_server.items.models import ScoreOptions as ScoreOptionsIn
+from reward_server.items.settings import Settings
 from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
 from reward_server.rewards.tasks import TaskType, parse_task_type
-from reward_server.service.errors import MAX_DETAILS, ApiError, summarise
-from reward_server.service.schemas import ScoreItem
-from reward_server.service.schemas import ScoreOptions as ScoreOptionsIn
-from reward_server.service.settings import Settings
 
 CACHED_TRUTH_MAX_CHARS = 4096
 
@@ -53,7 +53,7 @@ def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> Score
 
 def check_item_count(count: int, settings: Settings) -> None:
     if count > settings.max_items_per_request:
-        raise ApiError(
+        raise RequestRejected(
             413,
             "too_many_items",
             f"items: {count} items in one request; the limit is {settings.max_items_per_request} "
@@ -103,5 +103,5 @@ def build_items(
             continue
         built.append(ScoringItem(response=item.response, truth=truth, options=options))
     if errors:
-        raise ApiError(422, "invalid_item", summarise(errors), errors)
+        raise RequestRejected(422, "invalid_item", summarise(errors), errors)
     return built
