@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from reward_server.embeddings.loader import TableLoadError, load_table
     from reward_server.service.app import create_app
+    from reward_server.service.shutdown import SHUTDOWN_GRACE_SECONDS, DrainingServer
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,14 +65,15 @@ def _serve(args: argparse.Namespace) -> int:
         info["content_hash"], time.perf_counter() - started,
     )
     app = create_app(table, settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+    DrainingServer(config, drain_seconds=settings.drain_seconds, on_drain=app.state.service.begin_drain).run()
     return 0
 
 

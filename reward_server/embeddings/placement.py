@@ -29,6 +29,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise TableLoadError(f"invalid device {device!r}: {exc}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TableLoadError(f"device {device!r} requested but CUDA is not available")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise TableLoadError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return resolved
 
 

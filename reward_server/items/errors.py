@@ -22,6 +22,8 @@ _EXPECTED = {
     "id": "a string or an integer",
     "group_id": "a string or an integer",
     "items": "a list of items",
+    "options.format_weight": "a number",
+    "format_weight": "a number",
 }
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -71,20 +73,18 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
             message = f"each item must be a JSON object, got {_json_type(err.get('input'))}"
         elif isinstance(err.get("input"), float) and not math.isfinite(err["input"]):
             message = f"must be a finite number, got {err['input']}"
-        elif field in _EXPECTED:
+        elif field in _EXPECTED and kind.endswith("_type"):  # a wrong JSON type, not a bad value
             message = f"must be {_EXPECTED[field]}, got {_json_type(err.get('input'))}"
         else:
             message = str(err.get("msg", "invalid value"))
         detail: dict[str, Any] = {"item": item, "field": field, "message": message}
         if item is not None and isinstance(body, dict):
             items = body.get("items")
-            if (
-                isinstance(items, list)
-                and item < len(items)
-                and isinstance(items[item], dict)
-                and isinstance(items[item].get("id"), (str, int))
-            ):
-                detail["id"] = items[item]["id"]
+            if isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
+                echoed = items[item].get("id")
+                # Only an id the schema allows (string or integer; JSON true is a Python int).
+                if isinstance(echoed, (str, int)) and not isinstance(echoed, bool):
+                    detail["id"] = echoed
         details[(item, field)] = detail
     return list(details.values())[:MAX_DETAILS]
 

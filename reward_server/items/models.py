@@ -9,8 +9,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
 
+from reward_server.rewards.tasks import TASK_ALIASES
+
 Identifier = StrictStr | StrictInt
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]  # a NaN truth would match a "NaN" answer
+#: Canonical task names, then their aliases: the ``enum`` of ``task_type`` in the OpenAPI document.
+#: Case and separators are folded (``Multiple-Choice`` is ``multiple_choice``), which an enum cannot say.
+TASK_TYPE_NAMES: list[str] = list(TASK_ALIASES)
 GroundTruth = StrictStr | StrictInt | FiniteFloat | list[Any] | dict[str, Any]
 
 
@@ -24,7 +29,11 @@ class ScoreItem(BaseModel):
     ground_truth: GroundTruth = Field(
         description="Answer text; numbers, box lists and JSON objects are accepted and read as their JSON text."
     )
-    task_type: StrictStr = Field(description="yes_no | mcq | chart | grounding | open_ended, or an alias.")
+    task_type: StrictStr = Field(
+        description="yes_no | mcq | chart | grounding | open_ended, or an alias; case-insensitive, "
+        "'-', ' ' and '_' are the same.",
+        json_schema_extra={"enum": TASK_TYPE_NAMES},
+    )
     group_id: Identifier | None = Field(None, description="The prompt this response was sampled for (GRPO group).")
 
     def ground_truth_text(self) -> str:
@@ -35,7 +44,8 @@ class ScoreItem(BaseModel):
 class ScoreOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format_weight: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
+    # Strict: a JSON number only; true/false or "2" would otherwise be read as 1/0/2.
+    format_weight: Annotated[float, Strict()] | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     bmas_reduction: Literal["sum", "mean"] | None = None
 
 

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     api_token: str | None = Field(None, description="If set, scoring calls need 'Authorization: Bearer <token>'.")
     admin_token: str | None = Field(None, description="If set, enables POST /admin/reload with this bearer token.")
 
+    # Shutdown
+    drain_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0,
+        description="After SIGTERM: /readyz answers 503 and requests are still served for this long, then "
+        "in-flight requests finish (up to 30 s more). Pair with Kubernetes terminationGracePeriodSeconds.",
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
     access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
 from reward_server.items.errors import MAX_DETAILS, RequestRejected, summarise
+from reward_server.items.json_values import value_problem
 from reward_server.items.models import ScoreItem
 from reward_server.items.models import ScoreOptions as ScoreOptionsIn
 from reward_server.items.settings import Settings
@@ -80,8 +81,13 @@ def build_items(
     for index, item in enumerate(items):
         if len(errors) >= MAX_DETAILS:
             break
-        truth_text = item.ground_truth_text()
-        unusable = False
+        # A list or object truth must be finite and shallow before it is turned into JSON text:
+        # a NaN inside a box would be read as text, a hostile depth would overflow json.dumps.
+        problem = None if isinstance(item.ground_truth, str) else value_problem(item.ground_truth)
+        unusable = problem is not None
+        if problem is not None:
+            fail(index, item, "ground_truth", problem)
+        truth_text = "" if unusable else item.ground_truth_text()
         for field, text in (("response", item.response), ("ground_truth", truth_text)):
             if len(text) > limit:
                 fail(index, item, field, f"is {len(text)} characters; the limit is {limit}")

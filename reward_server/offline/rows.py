@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
 from reward_server.items.errors import RequestRejected, validation_details
+from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import ScoreItem
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items
@@ -154,7 +155,7 @@ def _iter_jsonl(path: str | os.PathLike[str], start: int, start_line: int) -> It
             if not raw.strip():
                 continue  # blank lines (a trailing newline, a separator) are not rows
             try:
-                data = json.loads(raw)
+                data = loads_lenient(raw)  # too deep is a ValueError here, never a RecursionError
             except ValueError as exc:
                 text = raw.decode("utf-8", "replace").rstrip("\n")
                 yield SourceRow(line, offset, None, text, RowError(line, "(row)", f"not valid JSON: {exc}", text))

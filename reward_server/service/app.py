@@ -1,31 +1,34 @@
 """The HTTP service (SPEC §11): FastAPI routes over one batcher that owns the reward engine.
 
 The table is loaded before the app is built (``reward-server serve`` fails fast on a bad
-checkpoint), so a running server is a ready server; ``/readyz`` turns 503 only while shutting down.
+checkpoint), so a running server is a ready server; ``/readyz`` turns 503 only while shutting down
+(from the first SIGTERM on, while requests are still served: see ``service/shutdown.py``).
+
+Every route checks its bearer token before it reads the body, so a caller without the token
+learns nothing about validation (401 first), and reads it with one reader (``json_body.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 import reward_server
 from reward_server.embeddings.loader import TableLoadError, load_table
+from reward_server.embeddings.placement import resolve_device, resolve_dtype
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.scorer import RewardEngine
-from reward_server.items.errors import summarise, validation_details
 from reward_server.items.models import ScoreItem, ScoreRequest
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items, resolve_options
@@ -33,16 +36,14 @@ from reward_server.rewards.groups import summarise_groups
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers
+from reward_server.service.json_body import read_json_body
 from reward_server.service.metrics import ServiceMetrics
+from reward_server.service.openapi import SCORING_ERRORS, error_responses, install_openapi, json_body
+from reward_server.service.openrlhf import GetRewardRequest
 from reward_server.service.openrlhf import router as openrlhf_router
-from reward_server.service.schemas import ErrorResponse, ScoreResponse
+from reward_server.service.schemas import ScoreResponse, TableInfo
 
 log = logging.getLogger("reward_server")
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 503)
-}
 
 
 def _freeze_heap() -> None:
@@ -69,8 +70,14 @@ def build_engine(table: EmbeddingTable, settings: Settings) -> RewardEngine:
 class ServiceState:
     settings: Settings
     batcher: Batcher
-    ready: bool = False
+    ready: bool = False  # the table is loaded and the scoring worker runs
+    draining: bool = False  # shutting down: /readyz answers 503, requests are still served
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def begin_drain(self) -> None:
+        """Tell load balancers to stop sending (readiness 503) while serving what still arrives.
+        Only sets a flag, so it is safe to call from a signal handler."""
+        self.draining = True
 
     @property
     def table(self) -> EmbeddingTable:
@@ -80,81 +87,28 @@ class ServiceState:
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str | None = None
-    device: str | None = None
-    dtype: str | None = None
+    model_path: str | None = Field(None, description="Checkpoint directory; null: the embedded default.")
+    device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1); null: the server's.")
+    dtype: str | None = Field(None, description="float32, bfloat16 or float16 (or fp32, bf16, fp16); null: the server's.")
 
 
-def _bearer_guard(token: str | None, realm: str):
-    async def guard(request: Request) -> None:
-        check_bearer(request, token, realm)
-
-    return guard
+class ReloadResponse(BaseModel):
+    previous: TableInfo
+    current: TableInfo
 
 
-async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
-    """Validate the raw body bytes straight into ``model`` with pydantic-core.
+class Readiness(BaseModel):
+    status: str
+    table: TableInfo
 
-    The hot path of a trainer that sends hundreds of one-item requests: parsing bytes in one
-    step skips FastAPI's dependency solving, ``json.loads`` and a second pass over the dicts.
-    JSON is only read when declared (``Content-Type: application/json``), as FastAPI does, so a
-    browser cannot post here cross-site without a CORS preflight.
-    """
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if not (media == "application/json" or media.endswith("+json")):
-        raise ApiError(
-            422,
-            "invalid_request",
-            "body: body was not read as JSON: send it with 'Content-Type: application/json'",
-            [{"item": None, "field": "body", "message": "send the body with 'Content-Type: application/json'"}],
-        )
-    body = await request.body()
+
+def _placement(field: str, resolve: Any, *args: Any) -> Any:
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc
-        try:
-            parsed: Any = json.loads(body)
-        except ValueError:
-            parsed = None
-        if parsed is not None and any(e["type"] == "json_invalid" for e in exc.errors()):
-            # JSON that only pydantic-core's strict parser refuses (a lone surrogate "\ud800"):
-            # validate the parsed object, so the per-item checks can name the item and field.
-            try:
-                return model.model_validate(parsed)
-            except ValidationError as inner:
-                error = inner
-        details = validation_details(error.errors(), parsed)
-        raise ApiError(422, "invalid_request", summarise(details), details) from exc
-
-
-def _json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI requestBody for routes that read their body with :func:`read_json_body`."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-        }
-    }
-
-
-def _install_openapi(app: FastAPI, *models: type[BaseModel]) -> None:
-    """Add the schemas of bodies FastAPI does not see (read by hand) to the generated document."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = original()  # FastAPI caches it in app.openapi_schema
-            components = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[model.__name__] = schema
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+        return resolve(*args)
+    except TableLoadError as exc:
+        raise ApiError(
+            422, "invalid_table", f"{field}: {exc}", [{"item": None, "field": field, "message": str(exc)}]
+        ) from exc
 
 
 def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastAPI:
@@ -193,7 +147,6 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
     metrics.install(app, state)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    require_admin_token = _bearer_guard(settings.admin_token, "the admin API")
 
     def require_ready() -> None:
         if not state.ready:
@@ -204,9 +157,11 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         """Alive: the process answers. Says nothing about the table."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    @app.get("/readyz", response_model=Readiness, responses=error_responses(503))
     async def readyz() -> dict[str, Any]:
-        """Ready: the table is loaded and the scoring worker runs."""
+        """Ready: the table is loaded, the scoring worker runs and the server is not shutting down."""
+        if state.draining:
+            raise ApiError(503, "draining", "the reward server is shutting down; send new requests elsewhere")
         require_ready()
         return {"status": "ready", "table": state.table.info()}
 
@@ -242,7 +197,10 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
     app.state.score_items = score_items
     app.include_router(openrlhf_router)
 
-    @app.post("/score", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_json_body_schema(ScoreRequest))
+    @app.post(
+        "/score", response_model=ScoreResponse, responses=error_responses(*SCORING_ERRORS),
+        openapi_extra=json_body(ScoreRequest),
+    )
     async def score(http_request: Request) -> JSONResponse:
         """Score a batch; one result per item, in order, plus group statistics when items carry group_id."""
         started = time.perf_counter()
@@ -286,24 +244,29 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         }
         return JSONResponse(body)
 
-    @app.post("/admin/reload", dependencies=[Depends(require_admin_token)], responses=_ERRORS)
-    async def reload_table(request: ReloadRequest) -> dict[str, Any]:
+    @app.post(
+        "/admin/reload", response_model=ReloadResponse, responses=error_responses(401, 404, 409, 413, 422),
+        openapi_extra=json_body(ReloadRequest),
+    )
+    async def reload_table(http_request: Request) -> dict[str, Any]:
         """Swap in a newer checkpoint's table without dropping a request: the batch in flight
         finishes on the old table, every later batch uses the new one."""
         if settings.admin_token is None:
             raise ApiError(404, "admin_disabled", "the admin API is disabled; set REWARD_ADMIN_TOKEN to enable it")
+        check_bearer(http_request, settings.admin_token, "the admin API")
+        request = await read_json_body(http_request, ReloadRequest)
         if state.reload_lock.locked():
             raise ApiError(409, "reload_in_progress", "another reload is in progress")
+        device = request.device or settings.device
+        dtype = request.dtype or settings.dtype
+        # Checked before loading, so that the error names the field (not model_path).
+        target = _placement("device", resolve_device, device)
+        _placement("dtype", resolve_dtype, dtype, target)
         async with state.reload_lock:
             old = state.table.info()
             try:
-                table = await asyncio.to_thread(
-                    load_table,
-                    request.model_path,
-                    device=request.device or settings.device,
-                    dtype=request.dtype or settings.dtype,
-                )
-            except (TableLoadError, ValueError, OSError, RuntimeError) as exc:  # e.g. device "cuda:7"
+                table = await asyncio.to_thread(load_table, request.model_path, device=device, dtype=dtype)
+            except (TableLoadError, ValueError, OSError, RuntimeError) as exc:
                 raise ApiError(
                     422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
                 ) from exc
@@ -313,5 +276,5 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
             log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
             return {"previous": old, "current": table.info()}
 
-    _install_openapi(app, ScoreRequest)
+    install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest)
     return app

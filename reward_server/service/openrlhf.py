@@ -35,20 +35,22 @@ token as ``/score``; because OpenRLHF's HTTP client cannot send headers, ``?toke
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from reward_server.engine.scorer import ScoringItem
 from reward_server.items.errors import RequestRejected, summarise
-from reward_server.items.models import ScoreItem, ScoreOptions
+from reward_server.items.json_values import loads_lenient
+from reward_server.items.models import TASK_TYPE_NAMES, ScoreItem, ScoreOptions
 from reward_server.rewards.tasks import TaskType
 from reward_server.service.auth import check_bearer
+from reward_server.service.json_body import read_json_body
+from reward_server.service.openapi import SCORING_ERRORS, error_responses, json_body
 
 router = APIRouter()
 
@@ -80,9 +82,15 @@ class GetRewardRequest(BaseModel):
     prompts: list[Any] | None = None
     labels: list[Any] | None = None
     eos: str | list[str] | None = None
-    task_type: str | None = None
-    format_weight: float | None = None
+    task_type: str | None = Field(None, json_schema_extra={"enum": [*TASK_TYPE_NAMES, None]})
+    format_weight: Annotated[float, Strict()] | None = None  # range checked by ScoreOptions
     bmas_reduction: str | None = None
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
 
 
 def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
@@ -136,7 +144,7 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     """(ground truth, task type, problem) for one label."""
     if isinstance(label, str) and label.lstrip().startswith("{"):
         try:
-            label = json.loads(label)
+            label = loads_lenient(label)  # never RecursionError: too deep is a ValueError
         except ValueError as exc:
             return None, None, f"looks like JSON but does not parse: {exc}"
     if isinstance(label, dict):
@@ -183,10 +191,14 @@ def _remap(exc: RequestRejected) -> RequestRejected:
     return RequestRejected(exc.status, exc.type, summarise(details), details)
 
 
-@router.post("/get_reward")
-async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
+@router.post(
+    "/get_reward", response_model=GetRewardResponse, responses=error_responses(*SCORING_ERRORS),
+    openapi_extra=json_body(GetRewardRequest),
+)
+async def get_reward(request: Request) -> JSONResponse:
     """Score OpenRLHF samples: one reward per query, in order."""
     check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
+    body = await read_json_body(request, GetRewardRequest)
     count = len(body.query)
     errors: list[dict[str, Any]] = []
     for name, values in (("prompts", body.prompts), ("labels", body.labels)):
@@ -239,9 +251,13 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
     if errors:
         raise _reject(errors)
 
-    options_in = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction}
-    if "format_weight" in request.query_params:
-        options_in["format_weight"] = request.query_params["format_weight"]
+    options_in: dict[str, Any] = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction}
+    if "format_weight" in request.query_params:  # a URL carries text: read it as a number here, strictly
+        text = request.query_params["format_weight"]
+        try:
+            options_in["format_weight"] = float(text)
+        except ValueError:
+            raise _reject([_detail(None, "format_weight", f"must be a number, got {text[:64]!r}")]) from None
     try:
         options = ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
     except ValidationError as exc:
