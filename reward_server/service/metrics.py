@@ -132,7 +132,7 @@ class RewardValueHistograms(Collector):
 
     BMAS terms can in principle be negative, so an open-ended ``_sum`` can decrease, which
     ``rate()`` reads as a counter reset. It takes a whole scrape interval of answers unrelated to
-    their ground truths (each token's best match negative); the README notes the caveat.
+    their ground truths (each token's best match negative); docs/metrics.md notes the caveat.
     """
 
     name = "reward_value"

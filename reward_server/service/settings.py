@@ -1,6 +1,6 @@
 """Server configuration: environment variables ``REWARD_*``, overridden by ``reward-server serve`` flags.
 
-Every field here is also a CLI flag (``model_path`` → ``--model-path``) and a README row, generated
+Every field here is also a CLI flag (``model_path`` → ``--model-path``) and a row of docs/configuration.md, generated
 from this one class so the three never disagree.
 """
 
