@@ -25,15 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-import workloads  # noqa: E402
+import workloads
 
-from reward_server.cli import main as cli_main  # noqa: E402
-from reward_server.embeddings.loader import load_table  # noqa: E402
-from reward_server.engine.idf import load_idf  # noqa: E402
-from reward_server.engine.scorer import RewardEngine, ScoreOptions, ScoringItem  # noqa: E402
-from reward_server.rewards.format import format_reward  # noqa: E402
-from reward_server.rewards.rules import prepare_ground_truth  # noqa: E402
-from reward_server.rewards.tasks import TaskType  # noqa: E402
+from reward_server.cli import main as cli_main
+from reward_server.embeddings.loader import load_table
+from reward_server.engine.idf import load_idf
+from reward_server.engine.scorer import RewardEngine, ScoreOptions, ScoringItem
+from reward_server.rewards.format import format_reward
+from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.tasks import TaskType
 
 # (truth, correct paraphrase, wrong caption, three of the truth's keywords)
 CAPTIONS = [
