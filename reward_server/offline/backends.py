@@ -119,6 +119,11 @@ class RemoteScorer:
             "bmas_reduction": bmas_reduction or defaults.get("bmas_reduction") or "sum",
             "profile": profile or defaults.get("profile") or "mixed-r1",
         }
+        # A service older than profiles refuses an unknown option: send it only when it is known.
+        self._request_options = (
+            self.options if profile is not None or "profiles" in info
+            else {k: v for k, v in self.options.items() if k != "profile"}
+        )
         robust = (info.get("profiles") or {}).get("robust") or {}
         self.idf_hash = (robust.get("token_weights") or {}).get("content_hash")
         #: the service's ``limits`` (max_items_per_request, max_chars_per_text, max_body_bytes); empty
@@ -156,7 +161,7 @@ class RemoteScorer:
         if not payload:
             return []
         try:
-            body = self._request("POST", "/score", json={"items": payload, "options": self.options})
+            body = self._request("POST", "/score", json={"items": payload, "options": self._request_options})
         except _TooLarge:
             if len(payload) == 1:
                 raise BackendError(f"{self.url} refuses even a single item as too large (413)") from None
