@@ -24,8 +24,10 @@ import reward_server
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
+from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
 from reward_server.engine.scorer import RewardEngine
 from reward_server.rewards.groups import summarise_groups
+from reward_server.rewards.profiles import PROFILES
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers, summarise, validation_details
@@ -55,12 +57,29 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def build_engine(table: EmbeddingTable, settings: Settings) -> RewardEngine:
+def build_engine(table: EmbeddingTable, settings: Settings, idf: IdfTable | None = None) -> RewardEngine:
     return RewardEngine(
         table,
         memory_budget_bytes=settings.memory_budget_mb << 20,
         truth_cache_entries=settings.truth_cache_entries,
+        idf=idf,
     )
+
+
+def load_configured_idf(settings: Settings, table: EmbeddingTable) -> IdfTable | None:
+    """The idf file of ``settings.idf_path``, checked against the table; raises :class:`IdfFileError`."""
+    if settings.idf_path is None:
+        return None
+    return load_idf(settings.idf_path, table.tokenizer, table.vocab_size)
+
+
+def profiles_info(settings: Settings, idf: IdfTable | None) -> dict[str, Any]:
+    """``/v1/info``'s profiles: what each changes, and which token weights the robust one uses."""
+    listed: dict[str, Any] = {name: profile.info() for name, profile in PROFILES.items()}
+    listed["robust"]["token_weights"] = (
+        {"source": "idf", "path": settings.idf_path, **idf.info()} if idf is not None else {"source": "uniform"}
+    )
+    return listed
 
 
 @dataclass
@@ -155,13 +174,17 @@ def _install_openapi(app: FastAPI, *models: type[BaseModel]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastAPI:
+def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: IdfTable | None = None) -> FastAPI:
+    """The app for ``table``. ``idf`` defaults to ``settings.idf_path``'s file (which may raise
+    :class:`IdfFileError`: ``reward-server serve`` loads it first, to exit 2 naming the file)."""
     settings = settings or Settings()
+    if idf is None:
+        idf = load_configured_idf(settings, table)
     metrics = ServiceMetrics()
     state = ServiceState(
         settings=settings,
         batcher=Batcher(
-            build_engine(table, settings),
+            build_engine(table, settings, idf),
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             max_batch_items=settings.batch_max_items,
             max_queue_items=settings.queue_max_items,
@@ -215,7 +238,12 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
             "version": reward_server.__version__,
             "model": table.source,
             **table.info(),
-            "defaults": {"format_weight": settings.format_weight, "bmas_reduction": settings.bmas_reduction},
+            "defaults": {
+                "format_weight": settings.format_weight,
+                "bmas_reduction": settings.bmas_reduction,
+                "profile": settings.profile,
+            },
+            "profiles": profiles_info(settings, state.batcher.engine.idf),
             "limits": {
                 "max_items_per_request": settings.max_items_per_request,
                 "max_chars_per_text": settings.max_chars_per_text,
@@ -271,6 +299,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         metrics.observe_groups(groups, [item.group_id for item in request.items], built)
         report = outcome.report if outcome else None
         body = {
+            "profile": built[0].options.profile if built else resolve_options(request.options, settings).profile,
             "results": results,
             "groups": [g.__dict__ for g in groups],
             "table": outcome.table if outcome else state.table.info(),
@@ -301,11 +330,14 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
                     device=request.device or settings.device,
                     dtype=request.dtype or settings.dtype,
                 )
-            except (TableLoadError, ValueError, OSError, RuntimeError) as exc:  # e.g. device "cuda:7"
+                idf = state.batcher.engine.idf
+                if idf is not None:  # the robust profile's ids must mean the same tokens
+                    check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
+            except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:  # e.g. "cuda:7"
                 raise ApiError(
                     422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
                 ) from exc
-            state.batcher.engine = build_engine(table, settings)
+            state.batcher.engine = build_engine(table, settings, idf)
             gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
             _freeze_heap()
             log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])

@@ -83,6 +83,7 @@ class GetRewardRequest(BaseModel):
     task_type: str | None = None
     format_weight: float | None = None
     bmas_reduction: str | None = None
+    profile: str | None = None
 
 
 def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
@@ -239,9 +240,11 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
     if errors:
         raise _reject(errors)
 
-    options_in = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction}
-    if "format_weight" in request.query_params:
-        options_in["format_weight"] = request.query_params["format_weight"]
+    options_in = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction,
+                  "profile": body.profile}
+    for name in ("format_weight", "profile"):
+        if name in request.query_params:
+            options_in[name] = request.query_params[name]
     try:
         options = ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
     except ValidationError as exc:

@@ -36,6 +36,7 @@ class ScoreOptions(BaseModel):
 
     format_weight: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     bmas_reduction: Literal["sum", "mean"] | None = None
+    profile: StrictStr | None = Field(None, description="Reward profile: mixed-r1 | robust (GET /v1/info lists them).")
 
 
 class ScoreRequest(BaseModel):
@@ -86,6 +87,7 @@ class Timing(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    profile: str = Field(description="The reward profile that scored the items.")
     results: list[ItemResult]
     groups: list[GroupStats]
     table: TableInfo

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     # Reward defaults (each can be overridden per request)
     format_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the format reward (SPEC §8).")
     bmas_reduction: Literal["sum", "mean"] = Field("sum", description="BMAS: sum of both directions or mean.")
+    profile: Literal["mixed-r1", "robust"] = Field(
+        "mixed-r1",
+        description="Reward profile (SPEC §6b): mixed-r1 = the paper's rules; robust = the same, with an "
+        "open-ended reward stop words, keyword lists and repetition cannot raise. Per request: options.profile.",
+    )
+    idf_path: str | None = Field(
+        None,
+        description="idf file for the robust profile's token weights, built with `reward-server idf`. "
+        "Unset: every token weighs 1.",
+    )
     zero_variance_tolerance: float = Field(
         1e-6, ge=0.0, description="A group whose rewards span at most this much has zero variance (no GRPO signal)."
     )
@@ -54,7 +64,7 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
     access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
 
-    @field_validator("model_path", "api_token", "admin_token", "device", mode="before")
+    @field_validator("model_path", "api_token", "admin_token", "device", "idf_path", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``REWARD_MODEL_PATH=`` in a compose file means unset, not the current directory."""

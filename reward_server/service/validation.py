@@ -12,6 +12,7 @@ from typing import Any
 
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
 from reward_server.rewards.errors import RewardInputError
+from reward_server.rewards.profiles import parse_profile
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
 from reward_server.rewards.tasks import TaskType, parse_task_type
 from reward_server.service.errors import MAX_DETAILS, ApiError, summarise
@@ -45,10 +46,22 @@ def _is_valid_unicode(text: str) -> bool:
     return True
 
 
+def resolve_profile(name: str | None, settings: Settings, field: str = "options.profile") -> str:
+    """The profile a request asked for, else the server's; an unknown name is a 422 listing the valid ones."""
+    if name is None:
+        return settings.profile
+    try:
+        return parse_profile(name).name
+    except RewardInputError as exc:
+        raise ApiError(422, "invalid_request", f"{field}: {exc.message}",
+                       [{"item": None, "field": field, "message": exc.message}]) from exc
+
+
 def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> ScoreOptions:
     weight = options.format_weight if options and options.format_weight is not None else settings.format_weight
     reduction = options.bmas_reduction if options and options.bmas_reduction else settings.bmas_reduction
-    return ScoreOptions(format_weight=weight, bmas_reduction=reduction)
+    profile = resolve_profile(options.profile if options else None, settings)
+    return ScoreOptions(format_weight=weight, bmas_reduction=reduction, profile=profile)
 
 
 def check_item_count(count: int, settings: Settings) -> None:
