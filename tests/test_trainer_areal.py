@@ -22,6 +22,7 @@ rlvr = pytest.importorskip("areal.workflow.rlvr", reason="areal not installed (p
 from areal.api import ModelResponse
 from areal.api.cli_args import GenerationHyperparameters
 from areal.api.reward_api import AsyncRewardWrapper
+from areal.utils import stats_tracker
 
 THINK = "<think>look</think>"
 # (response, row fields, expected reward)
@@ -134,6 +135,7 @@ def test_reward_fn_zero_only_when_asked(monkeypatch, fresh_pool):
 
 
 def test_async_mixed_reward_coalesces_concurrent_episodes(server):
+    stats_tracker.export_all(reset=True)
     engine, rows = episodes(SAMPLES, repeat=4)
     reward = AsyncMixedReward(server.url, flush_ms=50)
 
@@ -148,10 +150,10 @@ def test_async_mixed_reward_coalesces_concurrent_episodes(server):
     rewards, requests = asyncio.run(main())
     assert rewards == [s[2] for s in SAMPLES] * 4
     assert 1 <= requests <= 4  # 24 concurrent episodes, a few POST /score
-    keys = list(reward.last)
-    assert len(keys) == 24 and all(set(k) == {"reward", "accuracy", "format", "task_type", "bmas_forward",
-                                               "bmas_backward"} for k in keys)
-    assert sorted(k["task_type"] for k in keys if k["bmas_forward"] is not None) == ["open_ended"] * 4
+    stats = stats_tracker.export_all(reset=True)  # what AReaL logs after the rollout step
+    assert stats["rollout/reward"] == pytest.approx(sum(s[2] for s in SAMPLES) / len(SAMPLES))
+    assert stats["rollout/mixed_reward/accuracy"] == pytest.approx((1 + 0 + 1 + 1 + 1 + 2) / 6)
+    assert stats["rollout/mixed_reward/format"] == pytest.approx(5 / 6)
 
 
 def test_async_mixed_reward_raises_unless_zero_asked():

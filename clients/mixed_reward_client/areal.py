@@ -17,8 +17,9 @@ sample, where ``data`` is the dataset row, and trains on the float it returns. T
 Both read the ground truth from the row's ``ground_truth``, ``answer`` or ``solution`` and the task
 type from its ``task_type`` (else ``MIXED_REWARD_TASK_TYPE``), remove the end-of-sequence text
 AReaL's ``tokenizer.decode`` leaves on the completion, and return the Mixed-R1 reward. AReaL keeps
-one float per sample; ``AsyncMixedReward.last`` keeps the full result keys of the latest calls
-for logging. A failure raises; ``on_failure="zero"`` (or ``MIXED_REWARD_ON_FAILURE=zero``) scores 0
+one float per sample; ``AsyncMixedReward`` also records each sample's ``mixed_reward/accuracy`` and
+``mixed_reward/format`` in AReaL's stats tracker, next to the ``reward`` the workflow records (the
+process-pool ``reward_fn`` cannot: its tracker is in another process). A failure raises; ``on_failure="zero"`` (or ``MIXED_REWARD_ON_FAILURE=zero``) scores 0
 with a warning instead, only when asked.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,7 +108,6 @@ class AsyncMixedReward:
         flush_ms: float = DEFAULT_FLUSH_MS,
         max_batch: int = DEFAULT_MAX_BATCH,
         on_failure: str = "raise",
-        keep_last: int = 4096,
         **options: Any,
     ) -> None:
         self.on_failure = check_on_failure(on_failure)
@@ -120,7 +119,6 @@ class AsyncMixedReward:
         self.eos = eos_strings(eos)
         self.flush_ms = flush_ms
         self.max_batch = max_batch
-        self.last: deque[dict[str, Any]] = deque(maxlen=keep_last)
         if url is not None:
             _settings(url, **dict(options))  # a malformed URL fails here, not mid-training
 
@@ -137,5 +135,15 @@ class AsyncMixedReward:
             log.warning("reward service unavailable, scoring this sample 0 because on_failure='zero': %s", exc)
             return 0.0
         keys = result_keys(row)
-        self.last.append(keys)
+        _track(keys)
         return keys["reward"]
+
+
+def _track(keys: dict[str, Any]) -> None:
+    """The components in AReaL's stats tracker, in the scope the workflow records ``reward`` in."""
+    from areal import workflow_context
+    from areal.utils import stats_tracker
+
+    stats_tracker.get(workflow_context.stat_scope()).scalar(
+        **{f"mixed_reward/{name}": keys[name] for name in ("accuracy", "format")}
+    )
