@@ -35,6 +35,7 @@ from reward_server.service.metrics import ServiceMetrics
 from reward_server.service.openrlhf import router as openrlhf_router
 from reward_server.service.schemas import ErrorResponse, ScoreItem, ScoreRequest, ScoreResponse
 from reward_server.service.settings import Settings
+from reward_server.service.slime import router as slime_router
 from reward_server.service.validation import build_items, resolve_options
 
 log = logging.getLogger("reward_server")
@@ -267,6 +268,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
 
     app.state.score_items = score_items
     app.include_router(openrlhf_router)
+    app.include_router(slime_router)
 
     @app.post("/score", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_json_body_schema(ScoreRequest))
     async def score(http_request: Request) -> JSONResponse:
