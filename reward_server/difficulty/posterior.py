@@ -33,8 +33,8 @@ from dataclasses import dataclass, replace
 class DecayParams:
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
-    local_decay: float = 0.95  # per observation of this prompt; 1.0 disables
-    stale_half_life: float = 50_000.0  # in observed items (the global clock); 0 disables
+    local_decay: float = 0.98  # per observation of this prompt; 1.0 disables
+    stale_half_life: float = 200_000.0  # in observed items (the global clock); 0 disables
 
     def __post_init__(self) -> None:
         if not (self.prior_alpha > 0 and self.prior_beta > 0):

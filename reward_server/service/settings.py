@@ -62,11 +62,11 @@ class Settings(BaseSettings):
     difficulty_prior_alpha: float = Field(1.0, gt=0.0, le=1e6, description="Beta prior alpha of an unseen prompt.")
     difficulty_prior_beta: float = Field(1.0, gt=0.0, le=1e6, description="Beta prior beta of an unseen prompt.")
     difficulty_local_decay: float = Field(
-        0.95, gt=0.0, le=1.0,
+        0.98, gt=0.0, le=1.0,
         description="Fast decay: a prompt's evidence is multiplied by this before each of its new outcomes; 1 = off.",
     )
     difficulty_stale_half_life_items: float = Field(
-        50_000.0, ge=0.0, le=1e12,
+        200_000.0, ge=0.0, le=1e12,
         description="Slow decay: a prompt's evidence halves every this many items scored service-wide; 0 = off.",
     )
     difficulty_grounding_threshold: float = Field(
