@@ -161,3 +161,19 @@ def test_disabled_without_state_path(server) -> None:
     answer = httpx.get(server.url + "/v1/prompts/x")
     assert answer.status_code == 404 and answer.json()["error"]["type"] == "difficulty_disabled"
     assert httpx.post(server.url + "/score", json={"items": [item("x", True)]}).status_code == 200
+
+
+def test_report_reads_a_state_export(diff_server, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from reward_server.cli import main
+
+    items = [item("r-solved", True) for _ in range(8)] + [item("r-mixed", i % 2 == 0) for i in range(8)]
+    httpx.post(diff_server.url + "/score", json={"items": items}).raise_for_status()
+    export = tmp_path / "state.jsonl"
+    export.write_text(httpx.get(diff_server.url + "/v1/prompts").text)
+    rows = export.read_text().count("\n")
+    assert main(["report", str(export), "--out-dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "difficulty.json").read_text())
+    assert report["prompts"] == rows and sum(report["estimated_p_buckets"].values()) == rows
+    assert (tmp_path / "out" / "difficulty_p.png").stat().st_size > 1000
+    assert "informative" in (tmp_path / "out" / "DIFFICULTY.md").read_text()
