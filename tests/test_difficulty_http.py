@@ -177,3 +177,13 @@ def test_report_reads_a_state_export(diff_server, tmp_path: Path) -> None:
     assert report["prompts"] == rows and sum(report["estimated_p_buckets"].values()) == rows
     assert (tmp_path / "out" / "difficulty_p.png").stat().st_size > 1000
     assert "informative" in (tmp_path / "out" / "DIFFICULTY.md").read_text()
+
+
+def test_openrlhf_labels_carry_prompt_id(diff_server) -> None:
+    labels = [json.dumps({"ground_truth": "yes", "task_type": "yes_no", "prompt_id": "orl-1"})] * 2
+    body = {"query": ["Q: <answer>yes</answer>", "Q: <answer>no</answer>"], "prompts": ["Q: "] * 2, "labels": labels}
+    httpx.post(diff_server.url + "/get_reward", json=body).raise_for_status()
+    got = httpx.get(diff_server.url + "/v1/prompts/orl-1").json()
+    assert (got["n"], got["successes"]) == (2, 1)
+    body["labels"] = [json.dumps({"ground_truth": "yes", "task_type": "yes_no", "prompt_id": 1.5})] * 2
+    assert httpx.post(diff_server.url + "/get_reward", json=body).status_code == 422

@@ -150,6 +150,16 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     return label, default_task, None
 
 
+def label_prompt_id(label: Any) -> Any:
+    """A label object's ``prompt_id`` (feeds the difficulty posterior), or None."""
+    if isinstance(label, str) and label.lstrip().startswith("{"):
+        try:
+            label = json.loads(label)
+        except ValueError:
+            return None
+    return label.get("prompt_id") if isinstance(label, dict) else None
+
+
 def unit_score(item: ScoringItem, accuracy: float) -> float:
     """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
     if item.truth.task is not TaskType.OPEN_ENDED:
@@ -226,10 +236,15 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
         if problem is not None:
             errors.append(_detail(index, "labels", problem))
             continue
+        fields = {"id": index, "response": strip_eos(response, eos), "ground_truth": truth, "task_type": task}
+        prompt_id = label_prompt_id(body.labels[index] if body.labels is not None else None)
+        if prompt_id is not None:
+            if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+                errors.append(_detail(index, "labels", "prompt_id: must be a string or an integer"))
+                continue
+            fields["prompt_id"] = prompt_id
         try:
-            items.append(ScoreItem.model_validate(
-                {"id": index, "response": strip_eos(response, eos), "ground_truth": truth, "task_type": task}
-            ))
+            items.append(ScoreItem.model_validate(fields))
         except ValidationError:
             if isinstance(truth, float) and not math.isfinite(truth):
                 errors.append(_detail(index, "labels", f"ground truth must be a finite number, got {truth}"))
