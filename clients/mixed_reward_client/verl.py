@@ -103,6 +103,9 @@ async def compute_score(
         "ground_truth": ground_truth,
         "task_type": task_type_of(extra_info, data_source, task_type),
     }
+    if isinstance(extra_info, Mapping) and extra_info.get("prompt_id") is not None:
+        prompt_id = extra_info["prompt_id"]  # feeds the service's difficulty posterior (VADE sampler)
+        item["prompt_id"] = prompt_id.item() if hasattr(prompt_id, "item") else prompt_id
     try:
         row = await coalescer.score(item, describe_sample(data_source, extra_info))
     except ServerUnavailable as exc:

@@ -113,7 +113,9 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
         description="Per task type and component: count, mean, std, quantiles; the fraction of zero-variance "
         "groups; warnings; and PNG plots. Writes REPORT.md, report.json and the PNGs to --out-dir.",
     )
-    rep.add_argument("input", type=Path, metavar="IN", help="a scored JSONL or Parquet file")
+    rep.add_argument(
+        "input", type=Path, metavar="IN", help="a scored JSONL or Parquet file, or a difficulty-state export (GET /v1/prompts)",
+    )
     rep.add_argument("--out-dir", type=Path, default=None, help="default: IN's name + _report, next to IN")
     rep.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows")
     rep.add_argument("--no-plots", action="store_true", help="statistics only")
@@ -340,11 +342,40 @@ def filter_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from reward_server.offline.report import MissingExtra, ReportError, ReportJob, render_markdown, run_report
+    from reward_server.offline.report import (
+        MissingExtra,
+        ReportError,
+        ReportJob,
+        check_plotting,
+        render_markdown,
+        run_report,
+    )
 
     if not _check_input(args.input):
         return EXIT_USAGE
     out_dir = args.out_dir or args.input.parent / f"{args.input.name.split('.')[0]}_report"
+    from reward_server.offline.difficulty_report import (
+        ExportError,
+        difficulty_report,
+        looks_like_export,
+        render,
+    )
+
+    if looks_like_export(args.input):  # a difficulty-state export (GET /v1/prompts), not scored rows
+        if not args.no_plots:
+            try:
+                check_plotting()
+            except MissingExtra as exc:
+                _err(str(exc))
+                return EXIT_USAGE
+        try:
+            payload = difficulty_report(args.input, out_dir, plots=not args.no_plots)
+        except ExportError as exc:
+            _err(str(exc))
+            return EXIT_DATA
+        print(render(payload))
+        print(f"report -> {out_dir / 'DIFFICULTY.md'} (+ difficulty.json, {len(payload['plots'])} PNG plot)")
+        return EXIT_OK
     job = ReportJob(
         input=args.input,
         out_dir=out_dir,

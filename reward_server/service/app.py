@@ -28,6 +28,7 @@ from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_id
 from reward_server.engine.scorer import RewardEngine
 from reward_server.rewards.groups import summarise_groups
 from reward_server.rewards.profiles import PROFILES
+from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers, summarise, validation_details
@@ -194,8 +195,9 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.batcher.start()
+        refresher = asyncio.create_task(difficulty.refresh_metrics(app))
         _freeze_heap()
         state.ready = True
         try:
@@ -203,6 +205,9 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
         finally:
             state.ready = False
             await state.batcher.stop()
+            refresher.cancel()
+            if app.state.difficulty is not None:
+                await app.state.difficulty.close()  # commits what is queued
 
     app = FastAPI(
         title="mixed-reward",
@@ -260,15 +265,18 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
         if not built:
             return built, None
         try:
-            return built, await metrics.submit(state.batcher, built)
+            outcome = await metrics.submit(state.batcher, built)
         except QueueFull as exc:
             raise ApiError(429, "overloaded", str(exc)) from exc
         except BatcherStopped as exc:
             raise ApiError(503, "not_ready", str(exc)) from exc
+        await difficulty.record_scored(app, items, built, outcome.results)  # durable before we answer
+        return built, outcome
 
     app.state.score_items = score_items
     app.include_router(openrlhf_router)
     app.include_router(slime_router)
+    difficulty.install(app, settings, metrics.registry)
 
     @app.post("/score", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_json_body_schema(ScoreRequest))
     async def score(http_request: Request) -> JSONResponse:
@@ -293,6 +301,8 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
                     row["bmas_backward"] = scored.bmas_backward
                 if item.group_id is not None:
                     row["group_id"] = item.group_id
+                if item.prompt_id is not None:
+                    row["prompt_id"] = item.prompt_id
                 results.append(row)
                 rewards.append(scored.reward)
         groups = summarise_groups(

@@ -28,6 +28,7 @@ _EXPECTED = {
     "ground_truth": "a string, number, list or object",
     "id": "a string or an integer",
     "group_id": "a string or an integer",
+    "prompt_id": "a string or an integer",
     "items": "a list of items",
 }
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}

@@ -151,6 +151,16 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     return label, default_task, None
 
 
+def label_prompt_id(label: Any) -> Any:
+    """A label object's ``prompt_id`` (feeds the difficulty posterior), or None."""
+    if isinstance(label, str) and label.lstrip().startswith("{"):
+        try:
+            label = json.loads(label)
+        except ValueError:
+            return None
+    return label.get("prompt_id") if isinstance(label, dict) else None
+
+
 def unit_score(item: ScoringItem, accuracy: float) -> float:
     """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
     if item.truth.task is not TaskType.OPEN_ENDED:
@@ -185,12 +195,16 @@ def remap_errors(exc: ApiError, response_field: str, label_field: str) -> ApiErr
 
 
 def score_item(
-    index: int, response: str, truth: Any, task: str | None, label_field: str, errors: list[dict[str, Any]]
+    index: int, response: str, truth: Any, task: str | None, label_field: str, errors: list[dict[str, Any]],
+    prompt_id: str | int | None = None,
 ) -> ScoreItem | None:
     """The /score item for one trainer sample, or None with the problem appended to ``errors``
     (named after the trainer's own label field)."""
     try:
-        return ScoreItem.model_validate({"id": index, "response": response, "ground_truth": truth, "task_type": task})
+        fields = {"id": index, "response": response, "ground_truth": truth, "task_type": task}
+        if prompt_id is not None:
+            fields["prompt_id"] = prompt_id
+        return ScoreItem.model_validate(fields)
     except ValidationError:
         if isinstance(truth, float) and not math.isfinite(truth):
             errors.append(item_detail(index, label_field, f"ground truth must be a finite number, got {truth}"))
@@ -259,7 +273,11 @@ async def get_reward(request: Request, body: GetRewardRequest) -> JSONResponse:
         if problem is not None:
             errors.append(item_detail(index, "labels", problem))
             continue
-        item = score_item(index, strip_eos(response, eos), truth, task, "labels", errors)
+        prompt_id = label_prompt_id(body.labels[index] if body.labels is not None else None)
+        if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
+            errors.append(item_detail(index, "labels", "prompt_id: must be a string or an integer"))
+            continue
+        item = score_item(index, strip_eos(response, eos), truth, task, "labels", errors, prompt_id)
         if item is not None:
             items.append(item)
     if errors:

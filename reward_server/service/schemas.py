@@ -25,6 +25,11 @@ class ScoreItem(BaseModel):
     )
     task_type: StrictStr = Field(description="yes_no | mcq | chart | grounding | open_ended, or an alias.")
     group_id: Identifier | None = Field(None, description="The prompt this response was sampled for (GRPO group).")
+    prompt_id: Identifier | None = Field(
+        None,
+        description="Stable id of the prompt across epochs; with a state store, its difficulty posterior "
+        "is updated from this item's correctness (never affects the reward).",
+    )
 
     def ground_truth_text(self) -> str:
         gt = self.ground_truth
@@ -55,6 +60,7 @@ class ItemResult(BaseModel):
     bmas_forward: float | None = Field(None, description="Open-ended only: mean over response tokens of the best match.")
     bmas_backward: float | None = Field(None, description="Open-ended only: mean over truth tokens of the best match.")
     group_id: Identifier | None = None
+    prompt_id: Identifier | None = None
 
 
 class GroupStats(BaseModel):

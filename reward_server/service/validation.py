@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
 from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.profiles import parse_profile
@@ -102,6 +103,9 @@ def build_items(
             elif not _is_valid_unicode(text):
                 fail(index, item, field, "is not valid Unicode: it holds a lone surrogate such as \\ud800")
                 unusable = True
+        if item.prompt_id is not None and (problem := prompt_id_problem(item.prompt_id)) is not None:
+            fail(index, item, "prompt_id", problem)
+            unusable = True
         try:
             task = parse_task_type(item.task_type)
         except RewardInputError as exc:
