@@ -44,7 +44,7 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin rewa
     && mkdir -p "$REWARD_SERVER_CACHE_DIR" && chown 10001 "$REWARD_SERVER_CACHE_DIR"
 USER 10001
 
-# Every REWARD_* variable configures the service (see the README); the port stays 8000, which the
+# Every REWARD_* variable configures the service (see docs/configuration.md); the port stays 8000, which the
 # HEALTHCHECK and docker-compose.yml assume. Mount the checkpoint under /models, read-only.
 ENV REWARD_HOST=0.0.0.0 \
     REWARD_PORT=8000

@@ -13,9 +13,12 @@ install:
 	$(PIP) install -q -e ".[test]"
 	# Test-only extras per area (trainer libraries, ...): tests/requirements-*.txt
 	for f in tests/requirements-*.txt; do if [ -e "$$f" ]; then $(PIP) install -q -r "$$f" || exit 1; fi; done
-	# verl and OpenRLHF pin CUDA-only packages (flash-attn, deepspeed): their reward code runs here
-	# without them, so they are installed bare; their import-time needs are in requirements-clients.txt.
-	$(PIP) install -q --no-deps verl==0.9.1 openrlhf==0.11.2
+	# verl and OpenRLHF pin CUDA-only packages (flash-attn, deepspeed), AReaL torch 2.10: their reward
+	# code runs here without them, so they are installed bare; their import-time needs are in
+	# requirements-clients.txt. wandb only for nemo-gym's `from wandb import Histogram`.
+	$(PIP) install -q --no-deps verl==0.9.1 openrlhf==0.11.2 areal==1.0.4 wandb==0.31.0
+	# nemo-gym 0.7.0 declares Python >= 3.13.14; its server and client code import and run on 3.11.
+	$(PIP) install -q --no-deps --ignore-requires-python nemo-gym==0.7.0
 
 serve: install
 	reward-server serve

@@ -46,7 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from reward_server.embeddings.loader import TableLoadError, load_table
-    from reward_server.service.app import create_app
+    from reward_server.engine.idf import IdfFileError
+    from reward_server.service.app import create_app, load_configured_idf
     from reward_server.service.shutdown import SHUTDOWN_GRACE_SECONDS, DrainingServer
 
     settings = settings_from_args(args)
@@ -58,13 +59,22 @@ def _serve(args: argparse.Namespace) -> int:
     except (TableLoadError, ValueError, OSError) as exc:
         print(f"reward-server: cannot load the embedding table: {exc}", file=sys.stderr)
         return 2
+    try:
+        idf = load_configured_idf(settings, table)
+    except IdfFileError as exc:
+        print(f"reward-server: cannot use the idf file: {exc}", file=sys.stderr)
+        return 2
     info = table.info()
     log.info(
         "table %s (%s, %dx%d, %s on %s, hash %s) loaded in %.1fs",
         info["source"], info["tensor_key"], info["vocab_size"], info["dim"], info["dtype"], info["device"],
         info["content_hash"], time.perf_counter() - started,
     )
-    app = create_app(table, settings)
+    if idf is not None:
+        log.info("idf %s: %d documents, %d tokens", settings.idf_path, idf.documents, len(idf.df))
+    elif settings.profile == "robust":
+        log.warning("profile robust without --idf-path: every token weighs 1 (see docs/rewards.md)")
+    app = create_app(table, settings, idf)
     config = uvicorn.Config(
         app,
         host=settings.host,

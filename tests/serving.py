@@ -29,9 +29,8 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(table: EmbeddingTable, **settings: object) -> Iterator[RunningServer]:
-    config_settings = Settings(host="127.0.0.1", port=0, **settings)
-    app = create_app(table, config_settings)
+def serve_app(app: FastAPI) -> Iterator[str]:
+    """Any ASGI app under uvicorn on a free loopback port (a trainer's own server, too); yields its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -42,11 +41,19 @@ def running_server(table: EmbeddingTable, **settings: object) -> Iterator[Runnin
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the reward server did not start")
+            raise RuntimeError("the server did not start")
         time.sleep(0.01)
     try:
-        yield RunningServer(url=f"http://127.0.0.1:{port}", app=app, settings=config_settings)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextmanager
+def running_server(table: EmbeddingTable, **settings: object) -> Iterator[RunningServer]:
+    config_settings = Settings(host="127.0.0.1", port=0, **settings)
+    app = create_app(table, config_settings)
+    with serve_app(app) as url:
+        yield RunningServer(url=url, app=app, settings=config_settings)

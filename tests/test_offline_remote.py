@@ -111,13 +111,13 @@ def test_service_defaults_and_limits_unless_flags_are_given(tmp_path, fake, caps
     out = tmp_path / "out.jsonl"
     assert main(["score", str(src), str(out), "--url", URL, "--skip-bad"]) == 0
     assert {json.dumps(r["options"], sort_keys=True) for r in service.requests} == {
-        json.dumps({"bmas_reduction": "mean", "format_weight": 0.25}, sort_keys=True)
+        json.dumps({"bmas_reduction": "mean", "format_weight": 0.25}, sort_keys=True)  # no profiles: not sent
     }
     rejected = _read(tmp_path / "out.jsonl.rejected.jsonl")
     assert [(r["line"], r["field"]) for r in rejected] == [(2, "response")]
     assert "the limit is 50" in rejected[0]["message"]
     meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
-    assert meta["options"] == {"format_weight": 0.25, "bmas_reduction": "mean"}
+    assert meta["options"] == {"format_weight": 0.25, "bmas_reduction": "mean", "profile": "mixed-r1"}
     assert [r["reward"] for r in _read(out)] == [10.25, 50.25]
 
     service.requests.clear()

@@ -73,7 +73,7 @@ def test_report_of_a_scored_file(tmp_path, capsys):
         g = payload["tasks"][task]["groups"]
         assert (g["count"], g["zero_variance"]) == (len(groups), zero)
         assert g["zero_variance_fraction"] == pytest.approx(zero / len(groups))
-    assert payload["scored_with"]["options"] == {"format_weight": 1.0, "bmas_reduction": "sum"}
+    assert payload["scored_with"]["options"] == {"format_weight": 1.0, "bmas_reduction": "sum", "profile": "mixed-r1"}
     assert payload["warnings"] == []
 
     md = (report_dir / "REPORT.md").read_text()

@@ -88,25 +88,43 @@ def test_non_finite_component_is_our_bug(accuracy: float) -> None:
         final_reward(accuracy, 1.0, 1.0)
 
 
-# SPEC §7 says the contents of both blocks are arbitrary, so tags inside them do not break the form:
-# exactly what the regex R1-style trainers use accepts.
-SPEC_REGEX = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+# SPEC §7: exactly one think block then exactly one answer block, nothing further. Tags inside the
+# think block are its content; the answer block holds none. This regex states the rule plainly
+# (tempered dots); the scan in format.py must give the same verdict.
+SPEC_REGEX = re.compile(
+    r"<think>(?:(?!</think>).)*</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>", re.DOTALL
+)
 
 
 @pytest.mark.parametrize(
     "response",
     [
-        "<think>a</think><answer>b</answer><answer>c</answer>",  # the answer's content is "b</answer><answer>c"
-        "<think>a</think><think>b</think><answer>c</answer>",  # the think's content is "a</think><think>b"
-        "<think>a<think>b</think></think><answer>c</answer>",
-        "<think>a</think><answer>b<answer>c</answer></answer>",
-        "<think>a<answer>x</answer></think><answer>c</answer>",
+        "<think>a<answer>x</answer></think><answer>c</answer>",  # a draft answer is reasoning
         "<think>I will put the letter in <answer> tags.</think>\n<answer>B</answer>",
+        "<think>a<think>b</think><answer>c</answer>",  # a <think> inside the think block is content
     ],
 )
-def test_tags_inside_the_contents_keep_the_form(response: str) -> None:
+def test_tags_inside_the_think_block_keep_the_form(response: str) -> None:
     assert format_reward(response) == 1.0
     assert SPEC_REGEX.fullmatch(response.strip())
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<think>a</think><answer>b</answer><think>c</think><answer>d</answer>",  # two rounds
+        "<think>a</think><answer>b</answer><answer>c</answer>",  # two answers
+        "<think>a</think><think>b</think><answer>c</answer>",  # two think blocks
+        "<think>a<think>b</think></think><answer>c</answer>",  # a stray </think>
+        "<think>a</think><answer>b<answer>c</answer></answer>",  # nested answers
+        "<think>a</think><answer>b <think>c</think> d</answer>",  # reasoning inside the answer
+        "<think>a</think><answer>b</answer>\n<answer>c</answer>",
+    ],
+)
+def test_more_than_one_block_scores_zero(response: str) -> None:
+    """Two think/answer rounds (or any second block) must not earn the format reward."""
+    assert format_reward(response) == 0.0
+    assert not SPEC_REGEX.fullmatch(response.strip())
 
 
 def test_same_verdict_as_the_spec_regex_on_tag_soup() -> None:

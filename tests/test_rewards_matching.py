@@ -28,9 +28,7 @@ from reward_server.rewards.tasks import TaskType
         ("not sure", None),
         ("", None),
         ("The answer:\n\nYES", "yes"),
-        ("no... actually yes", "no"),
         ("(yes)", "yes"),
-        ("yes/no", "yes"),
         ("ＹＥＳ", "yes"),  # full-width letters fold under NFKC
         ("是的 yes", "yes"),
     ],
@@ -53,6 +51,54 @@ def test_extract_yes_no(text: str, word: str | None) -> None:
 )
 def test_yes_no_reward(span: str, truth: str, expected: float) -> None:
     assert yes_no_reward(span, truth) == expected
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        "yes and no",
+        "yes/no",
+        "Yes or no",
+        "no... actually yes",
+        "maybe yes, maybe no",
+        "Yes. No.",
+        "Yes, no.",
+        "yes, no, yes",
+        "the answer is yes or no",  # a marker with both words listed decides nothing
+        "The answer is yes. The answer is no.",
+        "so yes or no",
+    ],
+)
+def test_both_yes_and_no_is_a_hedge(span: str) -> None:
+    """SPEC §3: a span naming both words without a decisive marker earns nothing, whatever the truth."""
+    assert extract_yes_no(span) is None
+    assert yes_no_reward(span, "yes") == 0.0
+    assert yes_no_reward(span, "no") == 0.0
+
+
+@pytest.mark.parametrize("span", ["not yes", "not no", "Not yes.", "it is not a yes"])
+def test_negated_answer_word_is_no_answer(span: str) -> None:
+    """``not yes`` is not "no" either: it answers nothing."""
+    assert extract_yes_no(span) is None
+    assert yes_no_reward(span, "yes") == yes_no_reward(span, "no") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("span", "word"),
+    [
+        ("yes... the answer is no", "no"),
+        ("Yes and no are both possible; answer: no", "no"),
+        ("I thought no at first, so yes.", "yes"),
+        ("Hmm, yes or no? Therefore, no", "no"),
+        ("Yes, there is no dog in the picture.", "yes"),  # "no dog": a determiner, not an answer
+        ("Yes, it is.", "yes"),
+        ("No, it is not yes.", "no"),  # the negated "yes" is dropped
+        ("The answer: yes", "yes"),
+    ],
+)
+def test_decisive_markers_settle_both_words(span: str, word: str) -> None:
+    assert extract_yes_no(span) == word
+    assert yes_no_reward(span, word) == 1.0
 
 
 # --------------------------------------------------------------------------------------------- MCQ
@@ -97,6 +143,71 @@ def test_yes_no_reward(span: str, truth: str, expected: float) -> None:
 )
 def test_extract_option_letter(text: str, letter: str | None) -> None:
     assert extract_option_letter(text) == letter
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        "A B C D",
+        "A, B",
+        "A/B",
+        "A/B/C/D",
+        "A or B",
+        "A, or B",
+        "A and B",
+        "A or maybe B",
+        "(A)(B)",
+        "(A) (B)",
+        "[A][B]",
+        "A. B. C. D.",
+        "A) or B",
+        "A: B",
+        "A, B, C",
+        "Either A or B",
+        "It could be A or B",
+        "Maybe A, maybe B",
+        "Option A or option B",
+        "A. 3 cm B. 4 cm C. 5 cm D. 6 cm",  # the whole option list copied
+        "(A) 3 cm (B) 4 cm",
+        "The answer is A or B",
+        "answer: A/B",
+        "answer: a, b",
+        "The answer is A. Wait, the answer is B.",
+    ],
+)
+def test_several_options_without_a_decisive_marker_score_zero(span: str) -> None:
+    """SPEC §3: listing options is a hedge; it must not be paid as its first candidate."""
+    assert extract_option_letter(span) is None
+    for truth in ("A", "B", "(A) 3 cm"):
+        assert mcq_reward(span, McqTruth.parse(truth)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("span", "letter"),
+    [
+        ("The answer is (C).", "C"),
+        ("Comparing (A) and (B), the answer is (B).", "B"),  # the marker decides
+        ("The answer is (C), not (A).", "C"),
+        ("The answer is C, I think", "C"),
+        ("(A) 3 cm", "A"),
+        ("C. Because angle B is 30 degrees", "C"),  # a leading option, explanation mentions B
+        ("(C) since AB = BC", "C"),
+        ("A, because B is wrong", "A"),
+        ("C, I think.", "C"),
+    ],
+)
+def test_decisive_markers_pick_one_option(span: str, letter: str) -> None:
+    assert extract_option_letter(span) == letter
+    assert mcq_reward(span, McqTruth.parse(letter)) == 1.0
+
+
+def test_listing_detection_is_linear() -> None:
+    import time
+
+    for text in ("A " * 50_000, "(A)" * 30_000, "A, " * 40_000, "answer is A " * 10_000, "A. " + "x " * 50_000):
+        started = time.perf_counter()
+        extract_option_letter(text)
+        assert time.perf_counter() - started < 1.0, text[:20]
 
 
 def test_split_leading_option() -> None:

@@ -11,7 +11,9 @@ Public surface::
 
 Trainer adapters live in submodules so that importing this package stays cheap:
 ``mixed_reward_client.verl.compute_score``, ``mixed_reward_client.trl.mixed_reward_func``,
-``mixed_reward_client.openrlhf.reward_func``.
+``mixed_reward_client.openrlhf.reward_func``, ``mixed_reward_client.areal.reward_fn`` /
+``AsyncMixedReward``, ``mixed_reward_client.nemo_gym.MixedRewardResourcesServer`` and
+``mixed_reward_client.verifiers.mixed_reward``. slime needs no client code (``POST /slime``).
 """
 
 from mixed_reward_client._batching import ScoreBatch

@@ -36,6 +36,10 @@ class BadRequest(RewardClientError):
         self.details: list[dict[str, Any]] = details if isinstance(details, list) else []
         super().__init__(f"{url} answered {status_code} ({self.error_type}): {self.message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its fields: AReaL's process pool and Ray send errors between processes.
+        return type(self), (self.status_code, self.url, self.body)
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -62,3 +66,11 @@ class ServerUnavailable(RewardClientError):
             f"reward service unavailable: {len(attempts)} attempts{in_rounds} over {elapsed:.1f}s on "
             f"{len(urls)} URL(s) {urls} all failed{why}; last error: {last}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_unavailable, (self.attempts, self.elapsed, self.rounds, self.note)
+
+
+def _rebuild_unavailable(attempts: list[Attempt], elapsed: float, rounds: int | None, note: str) -> ServerUnavailable:
+    return ServerUnavailable(attempts, elapsed, rounds=rounds, note=note)
+

@@ -22,79 +22,19 @@ that error: a failure is never silently scored 0 unless ``on_failure="zero"`` wa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from mixed_reward_client._config import check_on_failure, per_loop, resolve
-from mixed_reward_client.client import AsyncRewardClient, encode_item
+from mixed_reward_client._coalesce import Coalescer, coalescer_for
+from mixed_reward_client._config import check_on_failure, resolve
 from mixed_reward_client.errors import RewardClientError, ServerUnavailable
 
 log = logging.getLogger("mixed_reward_client.verl")
 
 COMPONENTS = ("accuracy", "format")
-
-
-class Coalescer:
-    """Gathers concurrent single-sample calls on one event loop into batched requests."""
-
-    def __init__(self, client: AsyncRewardClient, flush_s: float, max_batch: int) -> None:
-        self.client = client
-        self.flush_s = flush_s
-        self.max_batch = max(1, max_batch)
-        self._pending: list[tuple[dict[str, Any], bytes, asyncio.Future[dict[str, Any]]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self.requests = 0  # batched requests sent, for tests and logs
-
-    async def score(self, item: dict[str, Any], label: str = "sample") -> dict[str, Any]:
-        """Queue one item; raises :class:`RewardClientError` naming ``label`` at once when the item
-        cannot be encoded, so it never reaches (or fails) a batch."""
-        wire, encoded = encode_item(item, label)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending.append((wire, encoded, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.flush_s, self._flush)
-        return await future
-
-    async def aclose(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        await self.client.aclose()
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            self.requests += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._inflight.add(task)  # keep a reference: the loop only holds weak ones
-            task.add_done_callback(self._inflight.discard)
-
-    async def _send(self, batch: list[tuple[dict[str, Any], bytes, asyncio.Future[dict[str, Any]]]]) -> None:
-        try:
-            prepared = self.client._prepared([w for w, _, _ in batch], [b for _, b, _ in batch], None, None)
-            answer = await self.client._score_prepared(prepared)
-        except asyncio.CancelledError:
-            for _, _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting sample, which re-raises it
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, _, future), row in zip(batch, answer.results):
-            if not future.done():
-                future.set_result(row)
+__all__ = ["Coalescer", "compute_score", "describe_sample", "task_type_of"]
 
 
 def describe_sample(data_source: Any, extra_info: Any) -> str:
@@ -157,17 +97,15 @@ async def compute_score(
         bmas_reduction=bmas_reduction,  # type: ignore[arg-type]
         deadline=deadline,
     )
-    coalescer = await per_loop(
-        ("verl", settings, float(flush_ms), int(max_batch)),
-        lambda: Coalescer(
-            AsyncRewardClient(list(settings.urls), **settings.client_kwargs()), flush_ms / 1000.0, max_batch
-        ),
-    )
+    coalescer = await coalescer_for("verl", settings, flush_ms, max_batch)
     item = {
         "response": solution_str,
         "ground_truth": ground_truth,
         "task_type": task_type_of(extra_info, data_source, task_type),
     }
+    if isinstance(extra_info, Mapping) and extra_info.get("prompt_id") is not None:
+        prompt_id = extra_info["prompt_id"]  # feeds the service's difficulty posterior (VADE sampler)
+        item["prompt_id"] = prompt_id.item() if hasattr(prompt_id, "item") else prompt_id
     try:
         row = await coalescer.score(item, describe_sample(data_source, extra_info))
     except ServerUnavailable as exc:

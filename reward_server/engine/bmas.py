@@ -49,6 +49,7 @@ class GroupInput:
     response_ids: torch.Tensor  # (sum N_k,) int64
     response_lengths: torch.Tensor  # (K,) int64
     truth: TruthState | None = None  # prepared truth (cached across batches); built if absent
+    weighted: bool = False  # the robust profile: the caller passes its token weights
 
 
 @dataclass
@@ -87,6 +88,28 @@ def bmas_reference(weight: torch.Tensor, response_ids: list[int], truth_ids: lis
     g = weight[torch.as_tensor(truth_ids, device=weight.device)].float()
     sim = r @ g.T
     return float(sim.amax(dim=1).mean()), float(sim.amax(dim=0).mean())
+
+
+def weighted_reference(
+    weight: torch.Tensor, response_ids: list[int], truth_ids: list[int], token_weights: torch.Tensor
+) -> tuple[float, float]:
+    """The robust profile's directions, one pair at a time: the yardstick for ``token_weights``.
+
+    Each side is the set of its *distinct* tokens; a direction is the ``token_weights``-weighted
+    mean, over one side's distinct tokens, of the best cosine with the other side's tokens.
+    """
+    if not response_ids or not truth_ids:
+        return 0.0, 0.0
+    r_ids = torch.as_tensor(sorted(set(response_ids)), device=weight.device)
+    g_ids = torch.as_tensor(sorted(set(truth_ids)), device=weight.device)
+    r = weight[r_ids].double()
+    sim = (r @ weight[g_ids].double().T).clamp(-1.0, 1.0)
+    same = (r_ids[:, None] == g_ids[None, :]) & (r.norm(dim=1) > 0)[:, None]
+    sim = torch.where(same, torch.ones_like(sim), sim)  # a (non-zero) token's cosine with itself is 1
+    wr, wg = token_weights[r_ids].double(), token_weights[g_ids].double()
+    forward = (wr * sim.amax(dim=1)).sum() / wr.sum()
+    backward = (wg * sim.amax(dim=0)).sum() / wg.sum()
+    return float(forward), float(backward)
 
 
 @dataclass(frozen=True)
@@ -141,8 +164,13 @@ def score_group(
     *,
     budget_bytes: int = 256 << 20,
     block_limit_bytes: int = 0,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward BMAS terms, shape (K,) float32, for every response of one group.
+
+    With ``token_weights`` ((vocab,) float32, positive) each direction is instead the weighted mean
+    over *distinct* tokens (the robust profile: repetition adds nothing, rare words count most);
+    the weighted sums run in float64 so that identical texts still give exactly 1.0.
 
     ``nonzero_rows`` (vocab,) bool marks rows with a non-zero norm (a token's similarity with
     itself is exactly 1 for those). An empty response or an empty truth scores 0 in both
@@ -165,7 +193,7 @@ def score_group(
     # Sub-groups of whole responses holding at most plan.tokens tokens (one response may exceed it
     # alone: then only its own index arrays grow, the float buffers stay chunked).
     if int(ids.numel()) <= plan.tokens or k == 1:
-        return _score_subgroup(weight, nonzero_rows, truth, ids, lengths, plan)
+        return _score_subgroup(weight, nonzero_rows, truth, ids, lengths, plan, token_weights)
     host_lengths = group.response_lengths.cpu()
     forwards, backwards = [], []
     start_item = start_token = 0
@@ -176,7 +204,7 @@ def score_group(
             stop_item += 1
         f, b = _score_subgroup(
             weight, nonzero_rows, truth, ids[start_token : start_token + tokens],
-            lengths[start_item:stop_item], plan,
+            lengths[start_item:stop_item], plan, token_weights,
         )
         forwards.append(f)
         backwards.append(b)
@@ -191,6 +219,7 @@ def _score_subgroup(
     ids: torch.Tensor,
     lengths: torch.Tensor,
     plan: _Plan,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = weight.device
     k = lengths.numel()
@@ -205,7 +234,9 @@ def _score_subgroup(
 
     block = truth.block if plan.cols >= m else None
     if block is not None and n <= plan.rows and pair_row.numel() <= plan.rows:
-        return _score_in_one_chunk(weight, truth, distinct, pair_row, pair_owner, pair_count, lengths)
+        return _score_in_one_chunk(
+            weight, truth, distinct, pair_row, pair_owner, pair_count, lengths, token_weights
+        )
 
     # Rows of response tokens that occur in the truth come from the cached block; put them first so
     # every row chunk has a single source (block gather, or a matmul for novel tokens).
@@ -228,7 +259,8 @@ def _score_subgroup(
     owners_sorted = pair_owner[by_row]
 
     row_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
-    backward = torch.zeros(k, dtype=torch.float32, device=device)
+    col_weights = _column_weights(truth, token_weights)
+    backward = torch.zeros(k, dtype=col_weights.dtype, device=device)
     known = 0 if block is None else int(n_known)
     # Row chunks: known rows [0, known), novel rows [known, n), each cut every plan.rows.
     starts = list(range(0, known, plan.rows)) + list(range(known, n, plan.rows))
@@ -259,12 +291,49 @@ def _score_subgroup(
         # Every response here has ≥1 token (empty ones own no pair): replace its -inf by 0 anyway
         # so an empty response contributes 0, never -inf·0.
         col_max = torch.where(lengths[:, None] > 0, col_max, torch.zeros((), device=device))
-        backward += col_max @ truth.counts[c0:c1]
+        backward += col_max.to(col_weights.dtype) @ col_weights[c0:c1]
+    return _directions(row_max[pair_row], distinct[pair_row], pair_owner, pair_count, lengths,
+                       backward, col_weights, truth, token_weights)
 
-    safe_lengths = lengths.clamp(min=1).float()
-    forward = torch.zeros(k, dtype=torch.float32, device=device)
-    forward.index_add_(0, pair_owner, pair_count.float() * row_max[pair_row])
-    return forward.div_(safe_lengths), backward.div_(float(truth.total))
+
+def _column_weights(truth: TruthState, token_weights: torch.Tensor | None) -> torch.Tensor:
+    """Per distinct truth token: its count (paper), or its weight, once (robust, float64)."""
+    if token_weights is None:
+        return truth.counts
+    return token_weights[truth.uniq].double()
+
+
+def _directions(
+    pair_best: torch.Tensor,
+    pair_token: torch.Tensor,
+    pair_owner: torch.Tensor,
+    pair_count: torch.Tensor,
+    lengths: torch.Tensor,
+    backward_sum: torch.Tensor,
+    col_weights: torch.Tensor,
+    truth: TruthState,
+    token_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both directional means from per-pair best cosines and the weighted column-max sums.
+
+    Paper: forward averages over every response token (a pair counts ``pair_count`` times),
+    backward over every truth token. Robust: each distinct token counts once with its weight, and
+    the sums run in float64, so a perfect match rounds to exactly 1.0 in float32.
+    """
+    k = lengths.numel()
+    device = pair_best.device
+    if token_weights is None:
+        forward = torch.zeros(k, dtype=torch.float32, device=device)
+        forward.index_add_(0, pair_owner, pair_count.float() * pair_best)
+        return forward.div_(lengths.clamp(min=1).float()), backward_sum.div_(float(truth.total))
+    pair_weight = token_weights[pair_token].double()
+    numerator = torch.zeros(k, dtype=torch.float64, device=device)
+    numerator.index_add_(0, pair_owner, pair_weight * pair_best.double())
+    denominator = torch.zeros(k, dtype=torch.float64, device=device)
+    denominator.index_add_(0, pair_owner, pair_weight)
+    forward = numerator / denominator.clamp(min=torch.finfo(torch.float64).tiny)
+    backward = backward_sum / col_weights.sum()
+    return forward.float(), backward.float()
 
 
 def _score_in_one_chunk(
@@ -275,6 +344,7 @@ def _score_in_one_chunk(
     pair_owner: torch.Tensor,
     pair_count: torch.Tensor,
     lengths: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The common case, when every row and pair fits one chunk and the truth block is cached.
 
@@ -295,10 +365,10 @@ def _score_in_one_chunk(
     col_max = torch.full((k, m), float("-inf"), dtype=torch.float32, device=sim.device)
     col_max.scatter_reduce_(0, pair_owner[:, None].expand(-1, m), sim[pair_row], "amax")
     col_max = torch.where(lengths[:, None] > 0, col_max, torch.zeros((), device=sim.device))
-    backward = (col_max @ truth.counts).div_(float(truth.total))
-    forward = torch.zeros(k, dtype=torch.float32, device=sim.device)
-    forward.index_add_(0, pair_owner, pair_count.float() * sim.amax(dim=1)[pair_row])
-    return forward.div_(lengths.clamp(min=1).float()), backward
+    col_weights = _column_weights(truth, token_weights)
+    backward = col_max.to(col_weights.dtype) @ col_weights
+    return _directions(sim.amax(dim=1)[pair_row], distinct[pair_row], pair_owner, pair_count, lengths,
+                       backward, col_weights, truth, token_weights)
 
 
 def score_groups(
@@ -308,9 +378,13 @@ def score_groups(
     *,
     budget_bytes: int = 256 << 20,
     block_limit_bytes: int = 0,
+    token_weights: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Score many groups; one device computation per group, no per-item Python loop."""
     return [
-        score_group(weight, nonzero_rows, g, budget_bytes=budget_bytes, block_limit_bytes=block_limit_bytes)
+        score_group(
+            weight, nonzero_rows, g, budget_bytes=budget_bytes, block_limit_bytes=block_limit_bytes,
+            token_weights=token_weights,
+        )
         for g in groups
     ]

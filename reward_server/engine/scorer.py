@@ -23,9 +23,11 @@ import torch
 
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.bmas import FLOAT_BYTES, GroupInput, TruthState, score_group
+from reward_server.engine.idf import IdfTable
 from reward_server.engine.tokenization import TruthTokenCache, encode_flat
 from reward_server.rewards.combine import final_reward
 from reward_server.rewards.format import format_reward
+from reward_server.rewards.profiles import DEFAULT_PROFILE, PROFILES, f_measure
 from reward_server.rewards.rules import PreparedTruth, rule_accuracy
 from reward_server.rewards.spans import answer_span
 from reward_server.rewards.tasks import TaskType
@@ -39,6 +41,7 @@ class ScoreOptions:
 
     format_weight: float = 1.0
     bmas_reduction: BmasReduction = "sum"
+    profile: str = DEFAULT_PROFILE  # a key of rewards.profiles.PROFILES, validated by the caller
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,16 @@ class RewardEngine:
         truth_cache_entries: int = 65536,
         truth_block_cache_bytes: int = 256 << 20,
         kernel_threads: int | None = None,
+        idf: IdfTable | None = None,
     ) -> None:
         self.table = table
+        self.idf = idf
+        # The robust profile's token weights: idf from the user's file, else uniform.
+        self.token_weights = (
+            idf.weights(table.vocab_size, table.device)
+            if idf is not None
+            else torch.ones(table.vocab_size, dtype=torch.float32, device=table.device)
+        )
         self.memory_budget_bytes = memory_budget_bytes
         self.truth_cache = TruthTokenCache(table, truth_cache_entries, truth_block_cache_bytes)
         self._nonzero_rows = ~table.zero_rows.to(table.device)
@@ -137,7 +148,10 @@ class RewardEngine:
             term = terms.get(index)
             if term is not None:
                 forward, backward = term
-                total = forward + backward
+                if PROFILES[item.options.profile].weighted:  # robust: F-measure, same range as BMAS
+                    total = 2.0 * f_measure(forward, backward)
+                else:
+                    total = forward + backward
                 accuracy[index] = total if item.options.bmas_reduction == "sum" else total / 2.0
             reward = final_reward(accuracy[index], formats[index], item.options.format_weight)
             results.append(
@@ -156,31 +170,44 @@ class RewardEngine:
     ) -> tuple[list[int], list[GroupInput], np.ndarray]:
         """Tokenize the answer spans of ``indices`` and group them by ground truth.
 
-        Returns the item order the groups follow, the groups, and each item's token count.
+        Returns the item order the groups follow, the groups, and each item's token count. A group
+        is one truth under one kind of open-ended reward (plain or weighted), so items of both
+        profiles may share a batch; the truth's cached state is shared by both.
         """
-        by_truth: dict[str, list[int]] = {}
+        by_truth: dict[tuple[str, bool], list[int]] = {}
         for index in indices:
-            by_truth.setdefault(items[index].truth.text, []).append(index)
-        truths = list(by_truth)
-        ordered = [index for truth in truths for index in by_truth[truth]]
+            item = items[index]
+            key = (item.truth.text, PROFILES[item.options.profile].weighted)
+            by_truth.setdefault(key, []).append(index)
+        keys = list(by_truth)
+        ordered = [index for key in keys for index in by_truth[key]]
         spans = [answer_span(items[index].response) for index in ordered]
         flat, lengths = encode_flat(self.table, spans)
-        states = self.truth_cache.states(truths, self.table.device)
-        groups = self.groups_from_ids(flat, lengths, [len(by_truth[t]) for t in truths], states)
+        states = self.truth_cache.states([text for text, _ in keys], self.table.device)
+        groups = self.groups_from_ids(
+            flat, lengths, [len(by_truth[k]) for k in keys], states, [weighted for _, weighted in keys]
+        )
         return ordered, groups, lengths
 
     def groups_from_ids(
-        self, flat: np.ndarray, lengths: np.ndarray, sizes: Sequence[int], states: Sequence[TruthState]
+        self,
+        flat: np.ndarray,
+        lengths: np.ndarray,
+        sizes: Sequence[int],
+        states: Sequence[TruthState],
+        weighted: Sequence[bool] | None = None,
     ) -> list[GroupInput]:
         """Kernel inputs from token ids: ``flat``/``lengths`` hold the responses, group after group,
-        ``sizes[g]`` responses scored against ``states[g]``. One host-to-device copy for all ids."""
+        ``sizes[g]`` responses scored against ``states[g]``, with the robust profile's weights when
+        ``weighted[g]``. One host-to-device copy for all ids."""
         device = self.table.device
         flat_t = torch.from_numpy(flat).to(device, non_blocking=True)
         lengths_t = torch.from_numpy(lengths)
         ends = np.cumsum(lengths)
         groups = []
         id_offset = item_offset = 0
-        for count, state in zip(sizes, states):
+        flags = weighted if weighted is not None else [False] * len(sizes)
+        for count, state, flag in zip(sizes, states, flags):
             stop = int(ends[item_offset + count - 1]) if count else id_offset
             groups.append(
                 GroupInput(
@@ -188,6 +215,7 @@ class RewardEngine:
                     response_ids=flat_t[id_offset:stop],
                     response_lengths=lengths_t[item_offset : item_offset + count],
                     truth=state,
+                    weighted=flag,
                 )
             )
             id_offset = stop
@@ -204,7 +232,10 @@ class RewardEngine:
 
         def run(task: list[tuple[GroupInput, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             return [
-                score_group(self.table.weight, self._nonzero_rows, g, budget_bytes=budget, block_limit_bytes=lim)
+                score_group(
+                    self.table.weight, self._nonzero_rows, g, budget_bytes=budget, block_limit_bytes=lim,
+                    token_weights=self.token_weights if g.weighted else None,
+                )
                 for g, lim in task
             ]
 
@@ -304,6 +335,7 @@ def _split_for_workers(
                         response_ids=group.response_ids[start_token : start_token + tokens],
                         response_lengths=group.response_lengths[start_item:stop_item],
                         truth=group.truth,
+                        weighted=group.weighted,
                     ),
                     limit if start_item == 0 else 0,
                 )

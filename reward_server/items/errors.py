@@ -21,6 +21,7 @@ _EXPECTED = {
     "ground_truth": "a string, number, list or object",
     "id": "a string or an integer",
     "group_id": "a string or an integer",
+    "prompt_id": "a string or an integer",
     "items": "a list of items",
     "options.format_weight": "a number",
     "format_weight": "a number",

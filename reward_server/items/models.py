@@ -35,6 +35,11 @@ class ScoreItem(BaseModel):
         json_schema_extra={"enum": TASK_TYPE_NAMES},
     )
     group_id: Identifier | None = Field(None, description="The prompt this response was sampled for (GRPO group).")
+    prompt_id: Identifier | None = Field(
+        None,
+        description="Stable id of the prompt across epochs; with a state store, its difficulty posterior "
+        "is updated from this item's correctness (never affects the reward).",
+    )
 
     def ground_truth_text(self) -> str:
         gt = self.ground_truth
@@ -47,6 +52,7 @@ class ScoreOptions(BaseModel):
     # Strict: a JSON number only; true/false or "2" would otherwise be read as 1/0/2.
     format_weight: Annotated[float, Strict()] | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     bmas_reduction: Literal["sum", "mean"] | None = None
+    profile: StrictStr | None = Field(None, description="Reward profile: mixed-r1 | robust (GET /v1/info lists them).")
 
 
 class ScoreRequest(BaseModel):

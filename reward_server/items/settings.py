@@ -1,6 +1,6 @@
 """Server configuration: environment variables ``REWARD_*``, overridden by ``reward-server serve`` flags.
 
-Every field here is also a CLI flag (``model_path`` → ``--model-path``) and a README row, generated
+Every field here is also a CLI flag (``model_path`` → ``--model-path``) and a row of docs/configuration.md, generated
 from this one class so the three never disagree.
 """
 
@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     # Reward defaults (each can be overridden per request)
     format_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the format reward (SPEC §8).")
     bmas_reduction: Literal["sum", "mean"] = Field("sum", description="BMAS: sum of both directions or mean.")
+    profile: Literal["mixed-r1", "robust"] = Field(
+        "mixed-r1",
+        description="Reward profile (SPEC §6b): mixed-r1 = the paper's rules; robust = the same, with an "
+        "open-ended reward stop words, keyword lists and repetition cannot raise. Per request: options.profile.",
+    )
+    idf_path: str | None = Field(
+        None,
+        description="idf file for the robust profile's token weights, built with `reward-server idf`. "
+        "Unset: every token weighs 1.",
+    )
     zero_variance_tolerance: float = Field(
         1e-6, ge=0.0, description="A group whose rewards span at most this much has zero variance (no GRPO signal)."
     )
@@ -47,6 +57,36 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(256, ge=1, description="Bound on the kernel's similarity buffers.")
     truth_cache_entries: int = Field(65536, ge=0, description="Ground truths whose token ids are cached.")
 
+    # Per-prompt difficulty (VADE, docs/difficulty.md): off until state_path is set
+    state_path: str | None = Field(
+        None,
+        description="SQLite file (WAL) of per-prompt difficulty posteriors, created on first use; enables "
+        "/v1/prompts and /v1/sample. Unset: off.",
+    )
+    state_synchronous: Literal["full", "normal"] = Field(
+        "full", description="SQLite synchronous mode under WAL: full also survives power loss, normal a killed process."
+    )
+    state_ray_actor: str | None = Field(
+        None, description="Ray mode: name of the one actor that owns the state at state_path, shared by all replicas."
+    )
+    difficulty_prior_alpha: float = Field(1.0, gt=0.0, le=1e6, description="Beta prior alpha of an unseen prompt.")
+    difficulty_prior_beta: float = Field(1.0, gt=0.0, le=1e6, description="Beta prior beta of an unseen prompt.")
+    difficulty_local_decay: float = Field(
+        0.98, gt=0.0, le=1.0,
+        description="Fast decay: a prompt's evidence is multiplied by this before each of its new outcomes; 1 = off.",
+    )
+    difficulty_stale_half_life_items: float = Field(
+        200_000.0, ge=0.0, le=1e12,
+        description="Slow decay: a prompt's evidence halves every this many items scored service-wide; 0 = off.",
+    )
+    difficulty_grounding_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="IoU at or above which a grounding rollout counts as correct."
+    )
+    difficulty_open_ended_threshold: float = Field(
+        0.75, ge=-1.0, le=1.0,
+        description="BMAS mean of both directions ([-1, 1]) at or above which an open-ended rollout counts as correct.",
+    )
+
     # Auth
     api_token: str | None = Field(None, description="If set, scoring calls need 'Authorization: Bearer <token>'.")
     admin_token: str | None = Field(None, description="If set, enables POST /admin/reload with this bearer token.")
@@ -61,7 +101,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
     access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
 
-    @field_validator("model_path", "api_token", "admin_token", "device", mode="before")
+    @field_validator(
+        "model_path", "api_token", "admin_token", "device", "idf_path", "state_path", "state_ray_actor", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``REWARD_MODEL_PATH=`` in a compose file means unset, not the current directory."""

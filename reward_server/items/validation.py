@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.engine.scorer import ScoreOptions, ScoringItem
 from reward_server.items.errors import MAX_DETAILS, RequestRejected, summarise
 from reward_server.items.json_values import value_problem
@@ -17,6 +18,7 @@ from reward_server.items.models import ScoreItem
 from reward_server.items.models import ScoreOptions as ScoreOptionsIn
 from reward_server.items.settings import Settings
 from reward_server.rewards.errors import RewardInputError
+from reward_server.rewards.profiles import parse_profile
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
 from reward_server.rewards.tasks import TaskType, parse_task_type
 
@@ -46,10 +48,22 @@ def _is_valid_unicode(text: str) -> bool:
     return True
 
 
+def resolve_profile(name: str | None, settings: Settings, field: str = "options.profile") -> str:
+    """The profile a request asked for, else the server's; an unknown name is a 422 listing the valid ones."""
+    if name is None:
+        return settings.profile
+    try:
+        return parse_profile(name).name
+    except RewardInputError as exc:
+        raise RequestRejected(422, "invalid_request", f"{field}: {exc.message}",
+                              [{"item": None, "field": field, "message": exc.message}]) from exc
+
+
 def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> ScoreOptions:
     weight = options.format_weight if options and options.format_weight is not None else settings.format_weight
     reduction = options.bmas_reduction if options and options.bmas_reduction else settings.bmas_reduction
-    return ScoreOptions(format_weight=weight, bmas_reduction=reduction)
+    profile = resolve_profile(options.profile if options else None, settings)
+    return ScoreOptions(format_weight=weight, bmas_reduction=reduction, profile=profile)
 
 
 def check_item_count(count: int, settings: Settings) -> None:
@@ -95,6 +109,9 @@ def build_items(
             elif not _is_valid_unicode(text):
                 fail(index, item, field, "is not valid Unicode: it holds a lone surrogate such as \\ud800")
                 unusable = True
+        if item.prompt_id is not None and (problem := prompt_id_problem(item.prompt_id)) is not None:
+            fail(index, item, "prompt_id", problem)
+            unusable = True
         try:
             task = parse_task_type(item.task_type)
         except RewardInputError as exc:

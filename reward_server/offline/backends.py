@@ -44,16 +44,22 @@ class LocalScorer:
     """The service's engine, in-process: no server, same numbers."""
 
     def __init__(self, settings: Settings) -> None:
+        from reward_server.engine.idf import load_idf
+
         table = _cached_table(settings.model_path, settings.device, settings.dtype)
+        idf = load_idf(settings.idf_path, table.tokenizer, table.vocab_size) if settings.idf_path else None
         self.engine = RewardEngine(
             table,
             memory_budget_bytes=settings.memory_budget_mb << 20,
             truth_cache_entries=settings.truth_cache_entries,
+            idf=idf,
         )
 
     def identity(self) -> dict[str, Any]:
         info = self.engine.table.info()
-        return {"table_hash": info["content_hash"], "table_source": info["source"]}
+        idf = self.engine.idf
+        return {"table_hash": info["content_hash"], "table_source": info["source"],
+                "idf_hash": idf.content_hash if idf is not None else None}
 
     def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
         items = [item for row in rows for item in row.items]
@@ -94,6 +100,7 @@ class RemoteScorer:
         *,
         format_weight: float | None = None,
         bmas_reduction: str | None = None,
+        profile: str | None = None,
         token: str | None = None,
         timeout: float = 300.0,
     ) -> None:
@@ -110,7 +117,15 @@ class RemoteScorer:
         self.options = {
             "format_weight": float(format_weight if format_weight is not None else defaults.get("format_weight", 1.0)),
             "bmas_reduction": bmas_reduction or defaults.get("bmas_reduction") or "sum",
+            "profile": profile or defaults.get("profile") or "mixed-r1",
         }
+        # A service older than profiles refuses an unknown option: send it only when it is known.
+        self._request_options = (
+            self.options if profile is not None or "profiles" in info
+            else {k: v for k, v in self.options.items() if k != "profile"}
+        )
+        robust = (info.get("profiles") or {}).get("robust") or {}
+        self.idf_hash = (robust.get("token_weights") or {}).get("content_hash")
         #: the service's ``limits`` (max_items_per_request, max_chars_per_text, max_body_bytes); empty
         #: for a service too old to publish them (then the local settings apply)
         self.limits: dict[str, int] = {
@@ -118,10 +133,14 @@ class RemoteScorer:
         }
 
     def score_options(self) -> ScoreOptions:
-        return ScoreOptions(format_weight=self.options["format_weight"], bmas_reduction=self.options["bmas_reduction"])
+        return ScoreOptions(
+            format_weight=self.options["format_weight"],
+            bmas_reduction=self.options["bmas_reduction"],
+            profile=self.options["profile"],
+        )
 
     def identity(self) -> dict[str, Any]:
-        return {"table_hash": self.table_hash, "table_source": self.table_source}
+        return {"table_hash": self.table_hash, "table_source": self.table_source, "idf_hash": self.idf_hash}
 
     def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
         payload: list[dict[str, Any]] = []
@@ -142,7 +161,7 @@ class RemoteScorer:
         if not payload:
             return []
         try:
-            body = self._request("POST", "/score", json={"items": payload, "options": self.options})
+            body = self._request("POST", "/score", json={"items": payload, "options": self._request_options})
         except _TooLarge:
             if len(payload) == 1:
                 raise BackendError(f"{self.url} refuses even a single item as too large (413)") from None

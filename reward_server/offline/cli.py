@@ -1,4 +1,4 @@
-"""``reward-server score | filter | report``: offline scoring and the data engine.
+"""``reward-server score | filter | report | idf``: offline scoring, the data engine, idf weights.
 
 Exit codes: 0 done (also: the same run had already finished), 1 a bad row or a failing service,
 2 a usage problem (missing input, output in the way, a partial run made with other options),
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_STD
+from reward_server.rewards.profiles import PROFILE_NAMES
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -46,6 +47,10 @@ def _add_scoring_flags(p: argparse.ArgumentParser, *, output_flags: bool = True)
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     g.add_argument("--format-weight", type=float, default=None, help="reward = accuracy + w * format (default 1.0; with --url the service's default)")
     g.add_argument("--bmas-reduction", default=None, choices=["sum", "mean"])
+    g.add_argument("--profile", default=None, choices=list(PROFILE_NAMES),
+                   help="reward profile (default mixed-r1 [env REWARD_PROFILE]; with --url the service's default)")
+    g.add_argument("--idf-path", default=None,
+                   help="idf file for the robust profile, from `reward-server idf` [env REWARD_IDF_PATH]")
     g.add_argument("--memory-budget-mb", type=int, default=None, help="bound on the BMAS similarity buffers")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="responses per scoring batch and checkpoint (default: %(default)s)")
     r = p.add_argument_group("run control")
@@ -108,13 +113,33 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
         description="Per task type and component: count, mean, std, quantiles; the fraction of zero-variance "
         "groups; warnings; and PNG plots. Writes REPORT.md, report.json and the PNGs to --out-dir.",
     )
-    rep.add_argument("input", type=Path, metavar="IN", help="a scored JSONL or Parquet file")
+    rep.add_argument(
+        "input", type=Path, metavar="IN", help="a scored JSONL or Parquet file, or a difficulty-state export (GET /v1/prompts)",
+    )
     rep.add_argument("--out-dir", type=Path, default=None, help="default: IN's name + _report, next to IN")
     rep.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows")
     rep.add_argument("--no-plots", action="store_true", help="statistics only")
     _add_field_flags(rep)
     _add_rule_flags(rep)
     commands["report"] = report_command
+
+    idf = sub.add_parser(
+        "idf", help="build the robust profile's idf file from a training set's ground truths",
+        description="Count, over the distinct open-ended ground truths of DATASET (JSONL or Parquet), how many "
+        "contain each token of the policy's tokenizer, and write the idf file that `serve --idf-path` and "
+        "`score --idf-path` read. Rows of other task types are skipped; rows without one count.",
+    )
+    idf.add_argument("input", type=Path, metavar="DATASET", help="JSONL or Parquet (.parquet) file")
+    idf.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="idf file to write (JSON)")
+    idf.add_argument("--model-path", default=None, help="policy checkpoint whose tokenizer to use (default: the embedded table)")
+    idf.add_argument("--ground-truth-field", default="ground_truth", help="default: %(default)s")
+    idf.add_argument("--task-type-field", default="task_type", help="default: %(default)s")
+    idf.add_argument("--task-type", default=None, help="task type for rows without one")
+    idf.add_argument("--skip-bad", action="store_true", help="skip (and count) bad rows instead of stopping")
+    idf.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    idf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: only when stderr is a terminal)")
+    commands["idf"] = idf_command
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -136,7 +161,8 @@ def _fields(args: argparse.Namespace) -> Any:
 def _settings(args: argparse.Namespace) -> Any:
     from reward_server.items.settings import Settings
 
-    names = ("model_path", "device", "dtype", "format_weight", "bmas_reduction", "memory_budget_mb")
+    names = ("model_path", "device", "dtype", "format_weight", "bmas_reduction", "profile", "idf_path",
+             "memory_budget_mb")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "tolerance", None) is not None:
         overrides["zero_variance_tolerance"] = args.tolerance
@@ -167,12 +193,14 @@ def _scorer(args: argparse.Namespace, job: Any) -> Any:
             args.url,
             format_weight=args.format_weight,
             bmas_reduction=args.bmas_reduction,
+            profile=args.profile,
             token=args.api_token or job.settings.api_token,
         )
         job.options = scorer.score_options()
         limits = {k: v for k, v in scorer.limits.items() if k in ("max_chars_per_text", "max_body_bytes")}
         job.settings = job.settings.model_copy(update={**limits, "format_weight": job.options.format_weight,
-                                                       "bmas_reduction": job.options.bmas_reduction})
+                                                       "bmas_reduction": job.options.bmas_reduction,
+                                                       "profile": job.options.profile})
         return scorer
     from reward_server.offline.backends import LocalScorer
 
@@ -184,7 +212,9 @@ def _score_job(args: argparse.Namespace, input_: Path, output: Path) -> Any:
     from reward_server.offline.score import ScoreJob
 
     settings = _settings(args)
-    options = ScoreOptions(format_weight=settings.format_weight, bmas_reduction=settings.bmas_reduction)
+    options = ScoreOptions(
+        format_weight=settings.format_weight, bmas_reduction=settings.bmas_reduction, profile=settings.profile
+    )
     output_fields = getattr(args, "output_fields", None)
     return ScoreJob(
         input=input_,
@@ -206,6 +236,7 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
     from pydantic import ValidationError
 
     from reward_server.embeddings.errors import TableLoadError
+    from reward_server.engine.idf import IdfFileError
     from reward_server.offline.backends import BackendError
     from reward_server.offline.score import BadRowStop, run_score
     from reward_server.offline.sink import OutputExists, ResumeRefused
@@ -229,7 +260,7 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
             "fix the row (then --restart), or rerun with --skip-bad to skip and count bad rows"
         )
         return EXIT_DATA, None
-    except (ResumeRefused, OutputExists) as exc:
+    except (ResumeRefused, OutputExists, IdfFileError) as exc:
         _err(str(exc))
         return EXIT_USAGE, None
     except (BackendError, TableLoadError, OSError) as exc:
@@ -311,11 +342,40 @@ def filter_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from reward_server.offline.report import MissingExtra, ReportError, ReportJob, render_markdown, run_report
+    from reward_server.offline.report import (
+        MissingExtra,
+        ReportError,
+        ReportJob,
+        check_plotting,
+        render_markdown,
+        run_report,
+    )
 
     if not _check_input(args.input):
         return EXIT_USAGE
     out_dir = args.out_dir or args.input.parent / f"{args.input.name.split('.')[0]}_report"
+    from reward_server.offline.difficulty_report import (
+        ExportError,
+        difficulty_report,
+        looks_like_export,
+        render,
+    )
+
+    if looks_like_export(args.input):  # a difficulty-state export (GET /v1/prompts), not scored rows
+        if not args.no_plots:
+            try:
+                check_plotting()
+            except MissingExtra as exc:
+                _err(str(exc))
+                return EXIT_USAGE
+        try:
+            payload = difficulty_report(args.input, out_dir, plots=not args.no_plots)
+        except ExportError as exc:
+            _err(str(exc))
+            return EXIT_DATA
+        print(render(payload))
+        print(f"report -> {out_dir / 'DIFFICULTY.md'} (+ difficulty.json, {len(payload['plots'])} PNG plot)")
+        return EXIT_OK
     job = ReportJob(
         input=args.input,
         out_dir=out_dir,
@@ -338,4 +398,42 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"\nreport -> {out_dir / 'REPORT.md'} (+ report.json, {len(payload['plots'])} PNG plots)")
     return EXIT_OK
 
-__all__ = ["filter_command", "register", "report_command", "score_command"]
+def idf_command(args: argparse.Namespace) -> int:
+    from reward_server.embeddings.errors import TableLoadError
+    from reward_server.offline.idf_build import IdfJob, run_idf
+    from reward_server.offline.rows import FieldMap, RowError
+
+    if not _check_input(args.input):
+        return EXIT_USAGE
+    if args.output.exists() and not args.overwrite:
+        _err(f"{args.output} already exists; pass --overwrite to replace it")
+        return EXIT_USAGE
+    job = IdfJob(
+        input=args.input,
+        output=args.output,
+        fields=FieldMap(ground_truth=args.ground_truth_field, task_type=args.task_type_field,
+                        default_task_type=args.task_type),
+        model_path=args.model_path,
+        skip_bad=args.skip_bad,
+        progress=args.progress,
+    )
+    try:
+        summary = run_idf(job)
+    except RowError as exc:
+        _err(exc.describe(args.input))
+        _err("nothing was written; fix the row or rerun with --skip-bad")
+        return EXIT_DATA
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_DATA
+    except (TableLoadError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+    print(summary.describe(job))
+    return EXIT_OK
+
+
+__all__ = ["filter_command", "idf_command", "register", "report_command", "score_command"]

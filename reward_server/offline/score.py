@@ -66,8 +66,11 @@ class ScoreJob:
         return {
             "input": input_identity(self.input),
             "fields": self.fields.describe(),
-            "options": {"format_weight": self.options.format_weight, "bmas_reduction": self.options.bmas_reduction},
+            "options": {"format_weight": self.options.format_weight, "bmas_reduction": self.options.bmas_reduction,
+                        "profile": self.options.profile},
             "table": scorer.identity().get("table_hash"),
+            # robust scores depend on the token weights too (mixed-r1 ignores them)
+            "idf": scorer.identity().get("idf_hash") if self.options.profile == "robust" else None,
             "max_chars_per_text": self.settings.max_chars_per_text,
             "output_fields": list(self.output_fields) if self.output_fields else None,
         }
@@ -241,7 +244,8 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
                 "by_task": by_task,
                 "scorer": scorer.identity(),
                 "fields": job.fields.describe(),
-                "options": {"format_weight": job.options.format_weight, "bmas_reduction": job.options.bmas_reduction},
+                "options": {"format_weight": job.options.format_weight, "bmas_reduction": job.options.bmas_reduction,
+                            "profile": job.options.profile},
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )

@@ -16,16 +16,69 @@ from reward_server.rewards.textnorm import collapse_whitespace, normalise_text, 
 # ---------------------------------------------------------------------------------------- yes/no
 
 _YES_NO = re.compile(r"\b(yes|no)\b")
+# "not yes", "not no": a negated answer word is no answer at all (it is not the other word either).
+_NEGATED = re.compile(r"\bnot (?:a )?$")
+# "the answer is no", "answer: yes", "final answer - no": an explicit answer marker decides.
+_YES_NO_MARKER = re.compile(
+    r"\banswers?(?: (?:is|would be|should be|will be))?(?: ?[:=\-])? ?[(\[\"']? ?(yes|no)\b"
+)
+# "..., so yes." / "therefore, no" ending the span: a conclusion decides.
+_YES_NO_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|overall|finally)[,:]? (yes|no)[ .!)\]\"']*$")
+# "Yes, there is no dog": a leading "yes" + punctuation, and every later "no" a determiner
+# ("no dog"), not an answer ("yes, no", "yes and no", "yes or no").
+_LEADING_YES = re.compile(r"^[(\[\"']? ?yes ?[,.!;:]")
+_NOT_A_NOUN = r"(?:and|or|but|nor|yes|no|maybe|perhaps|not)\b"
+_DETERMINER_NO = re.compile(r"\bno (?!" + _NOT_A_NOUN + r")[a-z]")
+# After a marked word: another answer word listed with it ("yes or no", "yes/no", "yes, no").
+_YES_NO_CONTINUES = re.compile(
+    r"[)\]\"']? ?[,/;|&+]? ?(?:(?:or|and|nor|maybe|perhaps)\b ?)?(?:yes|no)\b(?! (?!" + _NOT_A_NOUN + r")[a-z])"
+)
+
+
+def _answer_words(folded: str) -> list[re.Match[str]]:
+    """Whole-word yes/no occurrences that are not negated."""
+    return [m for m in _YES_NO.finditer(folded) if not _NEGATED.search(folded, max(0, m.start() - 7), m.start())]
+
+
+def _decided(folded: str) -> str | None:
+    """The word an explicit marker picks when the span names both yes and no; None if none does."""
+    markers = list(_YES_NO_MARKER.finditer(folded))
+    if any(_YES_NO_CONTINUES.match(folded, m.end()) for m in markers):
+        return None  # "the answer is yes or no"
+    marked = {m.group(1) for m in markers}
+    if len(marked) == 1:
+        return marked.pop()
+    if marked:
+        return None  # "the answer is yes or the answer is no"
+    conclusion = _YES_NO_CONCLUSION.search(folded)
+    if conclusion:
+        return conclusion.group(1)
+    if _LEADING_YES.match(folded):
+        answers_no = [m for m in _YES_NO.finditer(folded) if m.group(1) == "no"]
+        if all(_DETERMINER_NO.match(folded, m.start()) for m in answers_no):
+            return "yes"
+    return None
 
 
 def extract_yes_no(text: str) -> str | None:
-    """The first whole word yes/no (``know``, ``nothing``, ``yesterday`` are not answers)."""
-    match = _YES_NO.search(collapse_whitespace(text).casefold())
-    return match.group(1) if match else None
+    """The yes/no word a span answers with, or None (SPEC §3).
+
+    Whole words only (``know``, ``nothing``, ``yesterday`` are not answers); a negated word
+    (``not yes``) is no answer. A span naming both (``yes and no``, ``yes/no``) answers nothing
+    unless a marker decides it (``the answer is no``, ``…, so yes``): a policy must not be paid
+    for hedging.
+    """
+    folded = collapse_whitespace(text).casefold()
+    words = {m.group(1) for m in _answer_words(folded)}
+    if len(words) == 1:
+        return words.pop()
+    if not words:
+        return None
+    return _decided(folded)
 
 
 def yes_no_reward(span: str, truth: str) -> float:
-    """1 when the span's first yes/no word equals the truth's ("yes" or "no"); no word scores 0."""
+    """1 when the span answers the truth's word ("yes" or "no"); no answer or a hedge scores 0."""
     return 1.0 if extract_yes_no(span) == truth else 0.0
 
 
@@ -44,6 +97,9 @@ _OPTION_MARKER = re.compile(
 )
 # "A. 3 cm", "(A) 3 cm", "A: text", "b) text": a letter, a delimiter, then the option text.
 _LEADING = re.compile(r"^([(\[])? ?([A-Za-z]) ?[)\].:](?: (.*))?$", re.DOTALL)
+_LEADING_DELIMITER = re.compile(r"^([(\[])? ?([A-Za-z])")
+# "C, because ...": a comma after a leading capital also starts an explanation (not "a, the cat").
+_LEADING_COMMA = re.compile(r"^([A-Z]),(?: (.*))?$", re.DOTALL)
 _BRACKETED = re.compile(r"[(\[] ?([A-Za-z]) ?[)\]]")
 # A capital standing alone: not part of a word, a contraction ("I'm"), a compound ("X-ray") or an
 # abbreviation ("U.S."). Three tiers, each one C-level search: any letter other than the pronoun
@@ -51,10 +107,27 @@ _BRACKETED = re.compile(r"[(\[] ?([A-Za-z]) ?[)\]]")
 _ALONE_BEFORE = r"(?<![A-Za-z0-9'\-.])"
 _ALONE_AFTER = r"(?![A-Za-z0-9'\-])(?!\.[A-Za-z])"
 _CAPITAL_TIERS = (
-    re.compile(_ALONE_BEFORE + r"([B-HJ-Z]|A(?! [a-z]))" + _ALONE_AFTER),
+    re.compile(_ALONE_BEFORE + r"([B-HJ-Z]|A(?! (?!(?:or|and|nor|vs)\b)[a-z]))" + _ALONE_AFTER),
     re.compile(_ALONE_BEFORE + r"(A)" + _ALONE_AFTER),
     re.compile(_ALONE_BEFORE + r"(I)" + _ALONE_AFTER),
 )
+
+
+# Another option letter named next to one already read: "A, B", "A/B", "A or B", "(A)(B)", "A. B".
+# A capital "I" or "A" followed by a lower-case word is the pronoun or the article ("C, I think"),
+# and a lower-case letter counts only before punctuation or the end ("a, b"), not "c, a triangle".
+_OTHER_LETTER = (
+    r"(?:[(\[] ?([A-Za-z]) ?[)\]]|([A-Z])(?![A-Za-z0-9'\-])(?!(?<=[AI]) [a-z])|([a-z])(?=[.,;:!?)\]]|$))"
+)
+_LIST_SEPARATOR = r" ?(?:[,/;|&+]|or\b|and\b|nor\b|vs\b\.?)? ?(?:(?:or|and)\b ?)?"
+# What may follow a letter before the list goes on: its closing bracket or full stop.
+_CONTINUES = re.compile(r" ?[)\]]?\.?(?![A-Za-z0-9'\-])" + _LIST_SEPARATOR + _OTHER_LETTER)
+# Two option letters listed anywhere: the first a standalone capital, possibly bracketed.
+_OPTION_LIST = re.compile(
+    r"(?<![A-Za-z0-9'\-.])[(\[]? ?([A-Z]) ?[)\]]?\.?(?![A-Za-z0-9'\-])" + _LIST_SEPARATOR + _OTHER_LETTER
+)
+# An option written in option form inside explanation text: " B. 4 cm", " c) 5 cm", " D: text".
+_OPTION_FORM = re.compile(r"(?<![^ ])([A-Za-z])(?:[.:] |\) |\)$)")
 
 
 def _plausible(text: str, match: re.Match[str]) -> bool:
@@ -71,6 +144,34 @@ def _first_marked(pattern: re.Pattern[str], text: str) -> str | None:
         if _plausible(text, match):
             return match.group(2).upper()
     return None
+
+
+def _continued_letter(text: str, end: int) -> str | None:
+    """The option letter listed right after position ``end`` ("A or B" at A's end: "B"), if any."""
+    match = _CONTINUES.match(text, end)
+    if match is None:
+        return None
+    return next(g for g in match.groups() if g).upper()
+
+
+def _marked_letter(pattern: re.Pattern[str], text: str) -> tuple[str | None, bool]:
+    """The letter every plausible marker agrees on, and whether there was any marker at all.
+
+    Markers naming different letters ("the answer is A ... the answer is B"), or a marked letter
+    with another listed after it ("the answer is A or B"), decide nothing: (None, True).
+    """
+    letters: set[str] = set()
+    for match in pattern.finditer(text):
+        if not _plausible(text, match):
+            continue
+        letter = match.group(2).upper()
+        continued = _continued_letter(text, match.end())
+        if continued is not None and continued != letter:
+            return None, True
+        letters.add(letter)
+    if len(letters) == 1:
+        return letters.pop(), True
+    return None, bool(letters)
 
 
 def _leading(collapsed: str) -> tuple[str, str] | None:
@@ -93,39 +194,85 @@ def _only_letter(collapsed: str) -> str | None:
     return None
 
 
-def _lone_capital(text: str) -> str | None:
-    """Best standalone capital: any letter beats an article-like "A", which beats the pronoun "I"."""
-    for tier in _CAPITAL_TIERS:
-        match = tier.search(text)
-        if match:
-            return match.group(1)
-    return None
+def _listed_letters(text: str) -> set[str]:
+    """Every letter of every listed pair ("A B C D" gives A, B, C, D), upper-case."""
+    letters: set[str] = set()
+    position = 0
+    while True:
+        match = _OPTION_LIST.search(text, position)
+        if match is None:
+            return letters
+        letters.update(g.upper() for g in match.groups() if g)
+        # Continue from the second letter, so "A B C" also yields the pair (B, C).
+        position = max(match.start() + 1, match.end() - 1)
+
+
+def _names_other_option(rest: str, letter: str) -> bool:
+    """Does the text after a leading "X." name another option (an option list, not explanation)?
+
+    Explanation may mention letters ("(C) since angle B is 30°"); an option list writes them in
+    option form ("A. 3 cm B. 4 cm"), brackets them, lists them, or is nothing but a letter.
+    """
+    other = _only_letter(rest)
+    if other is not None:
+        return other != letter
+    named = {m.group(1).upper() for m in _BRACKETED.finditer(rest)}
+    named |= {m.group(1).upper() for m in _OPTION_FORM.finditer(rest)}
+    named |= _listed_letters(rest)
+    return bool(named - {letter})
+
+
+def _lone_capitals(text: str, tier: re.Pattern[str]) -> set[str]:
+    return {m.group(1) for m in tier.finditer(text)}
 
 
 def _letter_in(collapsed: str) -> str | None:
+    """The one option letter a span commits to, or None for no letter or several (SPEC §3)."""
     if not collapsed:
         return None
-    letter = _only_letter(collapsed) or _first_marked(_ANSWER_MARKER, collapsed)
+    letter = _only_letter(collapsed)
     if letter:
         return letter
+    letter, marked = _marked_letter(_ANSWER_MARKER, collapsed)
+    if marked:
+        return letter  # an explicit answer decides, or its disagreement decides nothing
     leading = _leading(collapsed)
+    comma = _LEADING_COMMA.match(collapsed) if leading is None else None
+    if comma:
+        leading = comma.group(1), comma.group(2) or ""
     if leading:
-        return leading[0]
-    letter = _first_marked(_OPTION_MARKER, collapsed)
-    if letter:
+        letter, rest = leading
+        after_delimiter = _LEADING_DELIMITER.match(collapsed)
+        assert after_delimiter is not None
+        continued = _continued_letter(collapsed, after_delimiter.end(2))
+        if (continued is not None and continued != letter) or _names_other_option(rest, letter):
+            return None
         return letter
-    bracketed = _BRACKETED.search(collapsed)
-    if bracketed:
-        return bracketed.group(1).upper()
-    return _lone_capital(collapsed)
+    # No decisive marker: every option the span names counts, and more than one is a hedge.
+    candidates = {m.group(2).upper() for m in _OPTION_MARKER.finditer(collapsed) if _plausible(collapsed, m)}
+    candidates |= {m.group(1).upper() for m in _BRACKETED.finditer(collapsed)}
+    candidates |= _lone_capitals(collapsed, _CAPITAL_TIERS[0])
+    candidates |= _listed_letters(collapsed)
+    if len(candidates) == 1:
+        return candidates.pop()
+    if candidates:
+        return None
+    # Only the article-like "A" or the pronoun "I" stand alone: the weaker reading, one at a time.
+    for tier in _CAPITAL_TIERS[1:]:
+        found = _lone_capitals(collapsed, tier)
+        if found:
+            return found.pop()
+    return None
 
 
 def extract_option_letter(text: str) -> str | None:
-    """The option letter a response chose, upper-case, or None.
+    """The option letter a response chose, upper-case, or None (no letter, or a hedge).
 
-    Order: the whole span is a letter; "answer is X"; a leading "X." / "(X)" with option text;
-    "option X"; the first bracketed letter; a lone capital (the pronoun "I" and an article-like "A"
-    only when nothing else is there).
+    Decisive, in order: the whole span is a letter; "answer is X" (every such marker agreeing, no
+    second letter listed after it); a leading "X." / "(X)" followed by explanation, not by more
+    options. Otherwise the span must name exactly one option ("option X", "(X)", a lone capital):
+    ``A B C D``, ``A/B``, ``A or B``, ``(A)(B)`` name several and score 0. The pronoun "I" and an
+    article-like "A" count only when nothing else is there.
     """
     return _letter_in(collapse_whitespace(text))
 

@@ -49,7 +49,10 @@ def prepare_ground_truth(task: TaskType, ground_truth: str) -> PreparedTruth:
     if task is TaskType.YES_NO:
         parsed = extract_yes_no(text)
         if parsed is None:
-            raise InvalidGroundTruth(f"yes/no ground truth has no whole word 'yes' or 'no': {_preview(text)}")
+            raise InvalidGroundTruth(
+                "yes/no ground truth must answer with one whole word 'yes' or 'no' "
+                f"(not none, not both, not negated): {_preview(text)}"
+            )
     elif task is TaskType.MCQ:
         parsed = McqTruth.parse(text)
         if not parsed.full_text:

@@ -28,11 +28,14 @@ from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.embeddings.placement import resolve_device, resolve_dtype
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
+from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
 from reward_server.engine.scorer import RewardEngine
 from reward_server.items.models import ScoreItem, ScoreRequest
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items, resolve_options
 from reward_server.rewards.groups import summarise_groups
+from reward_server.rewards.profiles import PROFILES
+from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers
@@ -42,6 +45,7 @@ from reward_server.service.openapi import SCORING_ERRORS, error_responses, insta
 from reward_server.service.openrlhf import GetRewardRequest
 from reward_server.service.openrlhf import router as openrlhf_router
 from reward_server.service.schemas import ScoreResponse, TableInfo
+from reward_server.service.slime import router as slime_router
 
 log = logging.getLogger("reward_server")
 
@@ -58,12 +62,29 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def build_engine(table: EmbeddingTable, settings: Settings) -> RewardEngine:
+def build_engine(table: EmbeddingTable, settings: Settings, idf: IdfTable | None = None) -> RewardEngine:
     return RewardEngine(
         table,
         memory_budget_bytes=settings.memory_budget_mb << 20,
         truth_cache_entries=settings.truth_cache_entries,
+        idf=idf,
     )
+
+
+def load_configured_idf(settings: Settings, table: EmbeddingTable) -> IdfTable | None:
+    """The idf file of ``settings.idf_path``, checked against the table; raises :class:`IdfFileError`."""
+    if settings.idf_path is None:
+        return None
+    return load_idf(settings.idf_path, table.tokenizer, table.vocab_size)
+
+
+def profiles_info(settings: Settings, idf: IdfTable | None) -> dict[str, Any]:
+    """``/v1/info``'s profiles: what each changes, and which token weights the robust one uses."""
+    listed: dict[str, Any] = {name: profile.info() for name, profile in PROFILES.items()}
+    listed["robust"]["token_weights"] = (
+        {"source": "idf", "path": settings.idf_path, **idf.info()} if idf is not None else {"source": "uniform"}
+    )
+    return listed
 
 
 @dataclass
@@ -111,13 +132,17 @@ def _placement(field: str, resolve: Any, *args: Any) -> Any:
         ) from exc
 
 
-def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastAPI:
+def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: IdfTable | None = None) -> FastAPI:
+    """The app for ``table``. ``idf`` defaults to ``settings.idf_path``'s file (which may raise
+    :class:`IdfFileError`: ``reward-server serve`` loads it first, to exit 2 naming the file)."""
     settings = settings or Settings()
+    if idf is None:
+        idf = load_configured_idf(settings, table)
     metrics = ServiceMetrics()
     state = ServiceState(
         settings=settings,
         batcher=Batcher(
-            build_engine(table, settings),
+            build_engine(table, settings, idf),
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             max_batch_items=settings.batch_max_items,
             max_queue_items=settings.queue_max_items,
@@ -126,8 +151,9 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.batcher.start()
+        refresher = asyncio.create_task(difficulty.refresh_metrics(app))
         _freeze_heap()
         state.ready = True
         try:
@@ -135,6 +161,9 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         finally:
             state.ready = False
             await state.batcher.stop()
+            refresher.cancel()
+            if app.state.difficulty is not None:
+                await app.state.difficulty.close()  # commits what is queued
 
     app = FastAPI(
         title="mixed-reward",
@@ -172,7 +201,12 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
             "version": reward_server.__version__,
             "model": table.source,
             **table.info(),
-            "defaults": {"format_weight": settings.format_weight, "bmas_reduction": settings.bmas_reduction},
+            "defaults": {
+                "format_weight": settings.format_weight,
+                "bmas_reduction": settings.bmas_reduction,
+                "profile": settings.profile,
+            },
+            "profiles": profiles_info(settings, state.batcher.engine.idf),
             "limits": {
                 "max_items_per_request": settings.max_items_per_request,
                 "max_chars_per_text": settings.max_chars_per_text,
@@ -188,14 +222,18 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         if not built:
             return built, None
         try:
-            return built, await metrics.submit(state.batcher, built)
+            outcome = await metrics.submit(state.batcher, built)
         except QueueFull as exc:
             raise ApiError(429, "overloaded", str(exc)) from exc
         except BatcherStopped as exc:
             raise ApiError(503, "not_ready", str(exc)) from exc
+        await difficulty.record_scored(app, items, built, outcome.results)  # durable before we answer
+        return built, outcome
 
     app.state.score_items = score_items
     app.include_router(openrlhf_router)
+    app.include_router(slime_router)
+    difficulty.install(app, settings, metrics.registry)
 
     @app.post(
         "/score", response_model=ScoreResponse, responses=error_responses(*SCORING_ERRORS),
@@ -223,6 +261,8 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
                     row["bmas_backward"] = scored.bmas_backward
                 if item.group_id is not None:
                     row["group_id"] = item.group_id
+                if item.prompt_id is not None:
+                    row["prompt_id"] = item.prompt_id
                 results.append(row)
                 rewards.append(scored.reward)
         groups = summarise_groups(
@@ -231,6 +271,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
         metrics.observe_groups(groups, [item.group_id for item in request.items], built)
         report = outcome.report if outcome else None
         body = {
+            "profile": built[0].options.profile if built else resolve_options(request.options, settings).profile,
             "results": results,
             "groups": [g.__dict__ for g in groups],
             "table": outcome.table if outcome else state.table.info(),
@@ -266,11 +307,14 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None) -> FastA
             old = state.table.info()
             try:
                 table = await asyncio.to_thread(load_table, request.model_path, device=device, dtype=dtype)
-            except (TableLoadError, ValueError, OSError, RuntimeError) as exc:
+                idf = state.batcher.engine.idf
+                if idf is not None:  # the robust profile's ids must mean the same tokens
+                    check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
+            except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:
                 raise ApiError(
                     422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
                 ) from exc
-            state.batcher.engine = build_engine(table, settings)
+            state.batcher.engine = build_engine(table, settings, idf)
             gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
             _freeze_heap()
             log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])

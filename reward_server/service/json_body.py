@@ -42,6 +42,20 @@ async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
         return _second_look(exc, body, model)
 
 
+def parse_json(body: bytes, reason: str | None = None) -> Any:
+    """A body as a JSON value (lone surrogates allowed), or the 422 ``body`` error: not UTF-8, too
+    deep, or not JSON (with ``reason``, the strict parser's words, when it already said why)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        raise body_error(f"is not valid UTF-8 (byte 0x{body[bad.start]:02x} at offset {bad.start})") from None
+    try:
+        return loads_lenient(body)
+    except ValueError as exc:
+        message = TOO_DEEP if str(exc) == TOO_DEEP else f"body is not valid JSON: {reason or exc}"
+        raise body_error(message) from None
+
+
 def _second_look(exc: ValidationError, body: bytes, model: type[ModelT]) -> ModelT:
     """The error path only: say precisely what is wrong, or accept what only the strict parser refused."""
     errors = exc.errors()
@@ -53,20 +67,12 @@ def _second_look(exc: ValidationError, body: bytes, model: type[ModelT]) -> Mode
             parsed = None
         details = validation_details(errors, parsed)
         raise RequestRejected(422, "invalid_request", summarise(details), details) from None
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        raise body_error(f"is not valid UTF-8 (byte 0x{body[bad.start]:02x} at offset {bad.start})") from None
     reason = str(invalid.get("ctx", {}).get("error", invalid.get("msg")))
     if "recursion limit" in reason:
         raise body_error(TOO_DEEP) from None
     # JSON that only pydantic-core's strict parser refuses (a lone surrogate "\ud800"): validate
     # the parsed object, so the per-item checks can name the item and field.
-    try:
-        parsed = loads_lenient(body)
-    except ValueError as lenient:
-        message = TOO_DEEP if str(lenient) == TOO_DEEP else f"body is not valid JSON: {reason}"
-        raise body_error(message) from None
+    parsed = parse_json(body, reason)
     try:
         return model.model_validate(parsed)
     except ValidationError as inner:

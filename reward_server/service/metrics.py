@@ -54,6 +54,7 @@ import reward_server
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.scorer import BatchReport, ItemScore, ScoringItem
 from reward_server.rewards.groups import GroupSummary
+from reward_server.rewards.profiles import PROFILE_NAMES
 from reward_server.rewards.tasks import TaskType
 
 TASK_TYPES: tuple[str, ...] = tuple(task.value for task in TaskType)
@@ -79,6 +80,11 @@ ERROR_REASONS = (
     "admin_disabled",
     "reload_in_progress",
     "invalid_table",
+    "difficulty_disabled",
+    "unknown_prompt",
+    "unknown_pool",
+    "k_too_large",
+    "state_unavailable",
     "http_error",
     "internal_error",
     OTHER,
@@ -123,7 +129,7 @@ def reward_components(task_type: str) -> dict[str, tuple[float, ...]]:
 
 
 class RewardValueHistograms(Collector):
-    """``reward_value{task_type, component}``: one histogram family whose bucket bounds differ by
+    """``reward_value{task_type, component, profile}``: one histogram family whose bucket bounds differ by
     series, so a binary accuracy is not spread over [-2, 2] and BMAS is not squeezed into [0, 1].
 
     prometheus-client's Histogram has one bucket set per family, hence this small collector. It
@@ -132,25 +138,26 @@ class RewardValueHistograms(Collector):
 
     BMAS terms can in principle be negative, so an open-ended ``_sum`` can decrease, which
     ``rate()`` reads as a counter reset. It takes a whole scrape interval of answers unrelated to
-    their ground truths (each token's best match negative); the README notes the caveat.
+    their ground truths (each token's best match negative); docs/metrics.md notes the caveat.
     """
 
     name = "reward_value"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._bounds: dict[tuple[str, str], np.ndarray] = {}
-        self._counts: dict[tuple[str, str], np.ndarray] = {}
-        self._sums: dict[tuple[str, str], float] = {}
+        self._bounds: dict[tuple[str, str, str], np.ndarray] = {}
+        self._counts: dict[tuple[str, str, str], np.ndarray] = {}
+        self._sums: dict[tuple[str, str, str], float] = {}
         for task in TASK_TYPES:
             for component, bounds in reward_components(task).items():
-                key = (task, component)
-                self._bounds[key] = np.asarray(bounds, dtype=np.float64)
-                self._counts[key] = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
-                self._sums[key] = 0.0
+                for profile in PROFILE_NAMES:  # constants, so the label set stays bounded
+                    key = (task, component, profile)
+                    self._bounds[key] = np.asarray(bounds, dtype=np.float64)
+                    self._counts[key] = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
+                    self._sums[key] = 0.0
 
-    def observe(self, task_type: str, component: str, values: Sequence[float]) -> None:
-        key = (task_type, component)
+    def observe(self, task_type: str, component: str, values: Sequence[float], profile: str = PROFILE_NAMES[0]) -> None:
+        key = (task_type, component, profile)
         if not values or key not in self._bounds:
             return
         array = np.asarray(values, dtype=np.float64)
@@ -165,19 +172,21 @@ class RewardValueHistograms(Collector):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(
             self.name,
-            "Reward values returned, per task type and component (reward, accuracy, format, bmas_*).",
-            labels=("task_type", "component"),
+            "Reward values returned, per task type, component (reward, accuracy, format, bmas_*) and profile.",
+            labels=("task_type", "component", "profile"),
         )
         with self._lock:
             snapshot = [(key, self._counts[key].copy(), self._sums[key]) for key in self._counts]
-        for (task, component), counts, total in snapshot:
+        for (task, component, profile), counts, total in snapshot:
             cumulative = np.cumsum(counts)
-            les = [floatToGoString(b) for b in self._bounds[(task, component)]] + ["+Inf"]
-            family.add_metric([task, component], [(le, float(c)) for le, c in zip(les, cumulative)], None)
+            les = [floatToGoString(b) for b in self._bounds[(task, component, profile)]] + ["+Inf"]
+            family.add_metric(
+                [task, component, profile], [(le, float(c)) for le, c in zip(les, cumulative)], None
+            )
             # Added by hand: prometheus-client leaves _sum and _count out of histograms with
             # negative buckets (OpenMetrics forbids a _sum that may decrease). This endpoint serves
             # the 0.0.4 text format, where they are allowed, and the dashboard's means need them.
-            labels = {"task_type": task, "component": component}
+            labels = {"task_type": task, "component": component, "profile": profile}
             family.samples.append(Sample(f"{self.name}_count", labels, float(cumulative[-1])))
             family.samples.append(Sample(f"{self.name}_sum", labels, total))
         yield family
@@ -247,8 +256,8 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.items = Counter(
-            "reward_items", "Items per task type and outcome: scored, rejected (queue full or "
-            "shutting down) or failed (a server bug).", ("task_type", "outcome"), registry=r,
+            "reward_items", "Items per task type, outcome (scored, rejected: queue full or "
+            "shutting down, failed: a server bug) and profile.", ("task_type", "outcome", "profile"), registry=r,
         )
         self.batch_items = Histogram(
             "reward_batch_items", "Items per device batch (concurrent requests coalesced).",
@@ -288,7 +297,8 @@ class ServiceMetrics:
         )
         for task in TASK_TYPES:
             for outcome in ITEM_OUTCOMES:
-                self.items.labels(task, outcome)
+                for profile in PROFILE_NAMES:
+                    self.items.labels(task, outcome, profile)
         for task in (*TASK_TYPES, MIXED):
             self.groups.labels(task)
             self.zero_variance_groups.labels(task)
@@ -367,20 +377,20 @@ class ServiceMetrics:
     def observe_outcome(self, items: Sequence[ScoringItem], outcome: RequestOutcome) -> None:
         """Queue wait of one request, its items per task type, and every reward component."""
         self.queue_wait.observe(outcome.queue_seconds)
-        by_task: dict[str, list[ItemScore]] = {}
+        by_task: dict[tuple[str, str], list[ItemScore]] = {}
         for item, scored in zip(items, outcome.results):
-            by_task.setdefault(item.truth.task.value, []).append(scored)
-        for task, scores in by_task.items():
-            self.items.labels(task, "scored").inc(len(scores))
+            by_task.setdefault((item.truth.task.value, item.options.profile), []).append(scored)
+        for (task, profile), scores in by_task.items():
+            self.items.labels(task, "scored", profile).inc(len(scores))
             values = self.reward_values
-            values.observe(task, "reward", [s.reward for s in scores])
-            values.observe(task, "accuracy", [s.accuracy for s in scores])
-            values.observe(task, "format", [s.format for s in scores])
+            values.observe(task, "reward", [s.reward for s in scores], profile)
+            values.observe(task, "accuracy", [s.accuracy for s in scores], profile)
+            values.observe(task, "format", [s.format for s in scores], profile)
             if task == TaskType.OPEN_ENDED.value:
-                values.observe(task, "bmas_forward", [s.bmas_forward for s in scores if s.bmas_forward is not None])
-                values.observe(
-                    task, "bmas_backward", [s.bmas_backward for s in scores if s.bmas_backward is not None]
-                )
+                forward = [s.bmas_forward for s in scores if s.bmas_forward is not None]
+                backward = [s.bmas_backward for s in scores if s.bmas_backward is not None]
+                values.observe(task, "bmas_forward", forward, profile)
+                values.observe(task, "bmas_backward", backward, profile)
 
     def observe_groups(
         self,
@@ -410,11 +420,12 @@ class ServiceMetrics:
                 self.zero_variance_groups.labels(task).inc()
 
     def _count_items(self, items: Iterable[ScoringItem], outcome: str) -> None:
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, str], int] = {}
         for item in items:
-            counts[item.truth.task.value] = counts.get(item.truth.task.value, 0) + 1
-        for task, count in counts.items():
-            self.items.labels(task, outcome).inc(count)
+            key = (item.truth.task.value, item.options.profile)
+            counts[key] = counts.get(key, 0) + 1
+        for (task, profile), count in counts.items():
+            self.items.labels(task, outcome, profile).inc(count)
 
     # --- HTTP -----------------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class GetRewardRequest(BaseModel):
     task_type: str | None = Field(None, json_schema_extra={"enum": [*TASK_TYPE_NAMES, None]})
     format_weight: Annotated[float, Strict()] | None = None  # range checked by ScoreOptions
     bmas_reduction: str | None = None
+    profile: str | None = None
 
 
 class GetRewardResponse(BaseModel):
@@ -93,11 +94,11 @@ class GetRewardResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
-def _detail(index: int | None, field: str, message: str) -> dict[str, Any]:
+def item_detail(index: int | None, field: str, message: str) -> dict[str, Any]:
     return {"item": index, "field": field, "message": message}
 
 
-def _reject(details: list[dict[str, Any]]) -> RequestRejected:
+def reject(details: list[dict[str, Any]]) -> RequestRejected:
     return RequestRejected(422, "invalid_item", summarise(details), details)
 
 
@@ -158,6 +159,16 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     return label, default_task, None
 
 
+def label_prompt_id(label: Any) -> Any:
+    """A label object's ``prompt_id`` (feeds the difficulty posterior), or None."""
+    if isinstance(label, str) and label.lstrip().startswith("{"):
+        try:
+            label = loads_lenient(label)
+        except ValueError:
+            return None
+    return label.get("prompt_id") if isinstance(label, dict) else None
+
+
 def unit_score(item: ScoringItem, accuracy: float) -> float:
     """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
     if item.truth.task is not TaskType.OPEN_ENDED:
@@ -166,29 +177,71 @@ def unit_score(item: ScoringItem, accuracy: float) -> float:
     return (accuracy - low) / (-2.0 * low)
 
 
-def _eos_list(request: Request, body: GetRewardRequest) -> Sequence[str]:
+def eos_list(request: Request, body_eos: str | list[str] | None = None) -> Sequence[str]:
     from_url = request.query_params.getlist("eos")
     if from_url:
         return from_url
-    if body.eos is not None:
-        return [body.eos] if isinstance(body.eos, str) else body.eos
+    if body_eos is not None:
+        return [body_eos] if isinstance(body_eos, str) else body_eos
     return DEFAULT_EOS
 
 
-def _remap(exc: RequestRejected) -> RequestRejected:
-    """/score's item errors, in this protocol's field names (``query``, ``labels``)."""
+def remap_errors(exc: RequestRejected, response_field: str, label_field: str) -> RequestRejected:
+    """/score's item errors, in a trainer protocol's field names (OpenRLHF: ``query``, ``labels``)."""
     details = []
     for detail in exc.details:
         field = detail.get("field")
         if field == "response":
-            details.append({**detail, "field": "query"})
+            details.append({**detail, "field": response_field})
         elif field in ("ground_truth", "task_type"):
-            details.append({**detail, "field": "labels", "message": f"{field}: {detail.get('message')}"})
+            details.append({**detail, "field": label_field, "message": f"{field}: {detail.get('message')}"})
         else:
             details.append(detail)
     if not details:
         return exc
     return RequestRejected(exc.status, exc.type, summarise(details), details)
+
+
+def score_item(
+    index: int, response: str, truth: Any, task: str | None, label_field: str, errors: list[dict[str, Any]],
+    prompt_id: str | int | None = None,
+) -> ScoreItem | None:
+    """The /score item for one trainer sample, or None with the problem appended to ``errors``
+    (named after the trainer's own label field)."""
+    try:
+        fields = {"id": index, "response": response, "ground_truth": truth, "task_type": task}
+        if prompt_id is not None:
+            fields["prompt_id"] = prompt_id
+        return ScoreItem.model_validate(fields)
+    except ValidationError:
+        if isinstance(truth, float) and not math.isfinite(truth):
+            errors.append(item_detail(index, label_field, f"ground truth must be a finite number, got {truth}"))
+        else:
+            errors.append(item_detail(index, label_field, f"ground truth must be a string, number, list or object, "
+                                                      f"got {type(truth).__name__}"))
+        return None
+
+
+def request_options(
+    request: Request, format_weight: Any = None, bmas_reduction: Any = None, profile: Any = None
+) -> ScoreOptions:
+    """Scoring options from the body's fields, overridden by ``?format_weight=`` and
+    ``?bmas_reduction=`` / ``?profile=`` in the URL (trainers that post a fixed body are configured by URL)."""
+    options_in = {"format_weight": format_weight, "bmas_reduction": bmas_reduction, "profile": profile}
+    for name in options_in:
+        if name in request.query_params:
+            options_in[name] = request.query_params[name]
+    if isinstance(options_in["format_weight"], str):  # a URL carries text: read it as a number, strictly
+        text = options_in["format_weight"]
+        try:
+            options_in["format_weight"] = float(text)
+        except ValueError:
+            raise reject([item_detail(None, "format_weight", f"must be a number, got {text[:64]!r}")]) from None
+    try:
+        return ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
+        raise reject([item_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
 
 
 @router.post(
@@ -203,32 +256,32 @@ async def get_reward(request: Request) -> JSONResponse:
     errors: list[dict[str, Any]] = []
     for name, values in (("prompts", body.prompts), ("labels", body.labels)):
         if values is not None and len(values) != count:
-            errors.append(_detail(None, name, f"has {len(values)} entries for {count} queries"))
+            errors.append(item_detail(None, name, f"has {len(values)} entries for {count} queries"))
     if body.labels is None and count:
-        errors.append(_detail(None, "labels", "required: each label carries the ground truth and task type"))
+        errors.append(item_detail(None, "labels", "required: each label carries the ground truth and task type"))
     if errors:
-        raise _reject(errors)
+        raise reject(errors)
 
     default_task = request.query_params.get("task_type") or body.task_type
-    eos = _eos_list(request, body)
+    eos = eos_list(request, body.eos)
     limit = request.app.state.service.settings.max_chars_per_text
     items: list[ScoreItem] = []
     for index, query in enumerate(body.query):
         prompt = body.prompts[index] if body.prompts is not None else None
         if not isinstance(query, str):
-            errors.append(_detail(index, "query", f"must be a string, got {type(query).__name__}"))
+            errors.append(item_detail(index, "query", f"must be a string, got {type(query).__name__}"))
             continue
         if prompt is not None and not isinstance(prompt, str):
-            errors.append(_detail(index, "prompts", f"must be a string, got {type(prompt).__name__}"))
+            errors.append(item_detail(index, "prompts", f"must be a string, got {type(prompt).__name__}"))
             continue
         # Checked before the prompt search, which is linear but allocates per character.
         if len(query) > limit + len(prompt or ""):
-            errors.append(_detail(index, "query", f"is {len(query)} characters; the limit is {limit} "
+            errors.append(item_detail(index, "query", f"is {len(query)} characters; the limit is {limit} "
                                   "plus the prompt's length"))
             continue
         response = response_from_query(query, prompt)
         if response is None:
-            errors.append(_detail(index, "query", "does not contain its prompt (prompts[i]), so the response "
+            errors.append(item_detail(index, "query", "does not contain its prompt (prompts[i]), so the response "
                                   "cannot be separated from it; send the decoded prompt + response"))
             continue
         truth, task, problem = parse_label(body.labels[index] if body.labels is not None else None, default_task)
@@ -236,38 +289,23 @@ async def get_reward(request: Request) -> JSONResponse:
             problem = ("has no task_type: use {\"ground_truth\": ..., \"task_type\": ...} or add "
                        "?task_type=<type> to the URL")
         if problem is not None:
-            errors.append(_detail(index, "labels", problem))
+            errors.append(item_detail(index, "labels", problem))
             continue
-        try:
-            items.append(ScoreItem.model_validate(
-                {"id": index, "response": strip_eos(response, eos), "ground_truth": truth, "task_type": task}
-            ))
-        except ValidationError:
-            if isinstance(truth, float) and not math.isfinite(truth):
-                errors.append(_detail(index, "labels", f"ground truth must be a finite number, got {truth}"))
-            else:
-                errors.append(_detail(index, "labels", f"ground truth must be a string, number, list or object, "
-                                                       f"got {type(truth).__name__}"))
+        prompt_id = label_prompt_id(body.labels[index] if body.labels is not None else None)
+        if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
+            errors.append(item_detail(index, "labels", "prompt_id: must be a string or an integer"))
+            continue
+        item = score_item(index, strip_eos(response, eos), truth, task, "labels", errors, prompt_id)
+        if item is not None:
+            items.append(item)
     if errors:
-        raise _reject(errors)
+        raise reject(errors)
 
-    options_in: dict[str, Any] = {"format_weight": body.format_weight, "bmas_reduction": body.bmas_reduction}
-    if "format_weight" in request.query_params:  # a URL carries text: read it as a number here, strictly
-        text = request.query_params["format_weight"]
-        try:
-            options_in["format_weight"] = float(text)
-        except ValueError:
-            raise _reject([_detail(None, "format_weight", f"must be a number, got {text[:64]!r}")]) from None
-    try:
-        options = ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
-    except ValidationError as exc:
-        field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
-        raise _reject([_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
-
+    options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)
     try:
         built, outcome = await request.app.state.score_items(items, options)
     except RequestRejected as exc:
-        raise _remap(exc) from exc
+        raise remap_errors(exc, "query", "labels") from exc
     scored = outcome.results if outcome is not None else []
     return JSONResponse({
         "rewards": [s.reward for s in scored],

@@ -23,6 +23,7 @@ class ItemResult(BaseModel):
     bmas_forward: float | None = Field(None, description="Open-ended only: mean over response tokens of the best match.")
     bmas_backward: float | None = Field(None, description="Open-ended only: mean over truth tokens of the best match.")
     group_id: Identifier | None = None
+    prompt_id: Identifier | None = None
 
 
 class GroupStats(BaseModel):
@@ -55,6 +56,7 @@ class Timing(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    profile: str = Field(description="The reward profile that scored the items.")
     results: list[ItemResult]
     groups: list[GroupStats]
     table: TableInfo

@@ -1,0 +1,278 @@
+"""HTTP routes of the per-prompt difficulty state (docs/difficulty.md), and the hook that feeds it.
+
+    GET  /v1/prompts/{prompt_id}   one prompt's posterior (404 if never scored)
+    GET  /v1/prompts               the whole state as JSONL, one prompt per line
+    PUT  /v1/pools/{name}          register a candidate pool {"prompt_ids": [...]}
+    POST /v1/sample                {"candidates": [...] | "pool": name, "k": n, "seed"?} -> k distinct ids
+
+Every route answers 404 ``difficulty_disabled`` while the server runs without ``--state-path``.
+Scoring calls :func:`record_scored` after the rewards are computed and before answering, so an
+acknowledged ``/score`` is a durable update; the rewards themselves never read this state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from reward_server.difficulty.backend import DifficultyBackend, LocalBackend, SampleRefused
+from reward_server.difficulty.correctness import Thresholds, is_correct
+from reward_server.difficulty.ids import canonical_prompt_id, prompt_id_problem
+from reward_server.difficulty.posterior import DecayParams
+from reward_server.difficulty.store import INFORMATIVE_RANGE, P_BUCKETS, DifficultyStore, Observation
+from reward_server.engine.scorer import ItemScore, ScoringItem
+from reward_server.items.settings import Settings
+from reward_server.service.auth import check_bearer
+from reward_server.service.errors import ApiError
+from reward_server.service.schemas import ErrorResponse, Identifier, ScoreItem
+
+log = logging.getLogger("reward_server.difficulty")
+router = APIRouter(tags=["difficulty"])
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 404, 422, 503)}
+MAX_CANDIDATES = 1_000_000
+
+
+def decay_params(settings: Settings) -> DecayParams:
+    return DecayParams(
+        prior_alpha=settings.difficulty_prior_alpha,
+        prior_beta=settings.difficulty_prior_beta,
+        local_decay=settings.difficulty_local_decay,
+        stale_half_life=settings.difficulty_stale_half_life_items,
+    )
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(
+        grounding=settings.difficulty_grounding_threshold, open_ended=settings.difficulty_open_ended_threshold
+    )
+
+
+def open_backend(settings: Settings) -> DifficultyBackend | None:
+    """The backend the settings ask for: none, the embedded SQLite store, or the shared Ray actor."""
+    if settings.state_ray_actor:
+        if not settings.state_path:
+            raise ValueError("state_ray_actor needs state_path: the file the actor keeps its state in")
+        from reward_server.difficulty.ray_actor import RayBackend, get_or_create_actor
+
+        actor = get_or_create_actor(
+            settings.state_ray_actor, settings.state_path, decay_params(settings), settings.state_synchronous
+        )
+        return RayBackend(actor)
+    if settings.state_path:
+        return LocalBackend(DifficultyStore(settings.state_path, decay_params(settings), settings.state_synchronous))
+    return None
+
+
+def observations(
+    items: Sequence[ScoreItem], built: Sequence[ScoringItem], scores: Sequence[ItemScore], limits: Thresholds
+) -> list[Observation]:
+    """One observation per scored item that carries a prompt id, in request order."""
+    out = []
+    for item, prepared, score in zip(items, built, scores):
+        if item.prompt_id is None:
+            continue
+        correct = is_correct(prepared.truth.task, score.accuracy, score.bmas_forward, score.bmas_backward, limits)
+        out.append(Observation(canonical_prompt_id(item.prompt_id), correct))
+    return out
+
+
+async def record_scored(
+    request_app: Any, items: Sequence[ScoreItem], built: Sequence[ScoringItem], scores: Sequence[ItemScore]
+) -> None:
+    """Durably update the posteriors of the scored items; the caller answers only after this."""
+    backend: DifficultyBackend | None = getattr(request_app.state, "difficulty", None)
+    if backend is None:
+        return
+    found = observations(items, built, scores, request_app.state.difficulty_thresholds)
+    if not found:
+        return
+    try:
+        await backend.record(found)
+    except Exception as exc:
+        log.exception("difficulty state: update failed")
+        raise ApiError(
+            503, "state_unavailable", f"the rewards were computed but the difficulty state could not be "
+            f"updated durably ({type(exc).__name__}); retry the request"
+        ) from exc
+    request_app.state.difficulty_metrics.updates.inc(len(found))
+
+
+class DifficultyMetrics(Collector):
+    """``reward_difficulty_*``: prompts tracked, a gauge histogram of estimated p (bounds 0.1 .. 1.0),
+    the share of informative prompts, and updates applied. The state summary is read from the
+    last :meth:`refresh` (every few seconds, off the scrape path: in Ray mode it is a remote call)."""
+
+    def __init__(self, registry: CollectorRegistry, live: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.summary: dict[str, Any] | None = None
+        self._live = live  # the embedded store answers at scrape time, from memory
+        self.updates = Counter(
+            "reward_difficulty_updates", "Rollout outcomes applied to per-prompt posteriors.", registry=registry
+        )
+        registry.register(self)
+
+    async def refresh(self, backend: DifficultyBackend) -> None:
+        self.summary = await backend.summary()
+
+    def collect(self) -> Iterator[Metric]:
+        summary = self._live() if self._live is not None else self.summary
+        if summary is None:
+            return
+        tracked = GaugeMetricFamily("reward_difficulty_prompts", "Prompts with a difficulty posterior.")
+        tracked.add_metric([], float(summary["prompts"]))
+        yield tracked
+        cumulative, buckets = 0, []
+        for bound, count in zip(P_BUCKETS, summary["buckets"]):
+            cumulative += count
+            buckets.append((f"{bound:.1f}", float(cumulative)))
+        buckets[-1] = ("+Inf", float(cumulative))
+        yield GaugeHistogramMetricFamily(
+            "reward_difficulty_estimated_p", "Prompts by posterior mean success probability (now).",
+            buckets=buckets, gsum_value=float(summary["sum"]),
+        )
+        lo, hi = INFORMATIVE_RANGE
+        share = GaugeMetricFamily(
+            "reward_difficulty_informative_share",
+            f"Share of tracked prompts with estimated p in [{lo}, {hi}] (a GRPO group there has signal).",
+        )
+        share.add_metric([], float(summary["informative_share"]))
+        yield share
+
+
+def install(app: FastAPI, settings: Settings, registry: CollectorRegistry) -> None:
+    """Open the backend the settings ask for, include the routes and register the metrics."""
+    app.state.difficulty = open_backend(settings)
+    app.state.difficulty_thresholds = thresholds(settings)
+    backend = app.state.difficulty
+    live = backend.store.summary if isinstance(backend, LocalBackend) else None
+    app.state.difficulty_metrics = DifficultyMetrics(registry, live)
+    app.include_router(router)
+
+
+async def refresh_metrics(app: FastAPI, every_s: float = 5.0) -> None:
+    """Background task of the app's lifespan: keep the metrics' state summary fresh."""
+    import asyncio
+
+    backend = app.state.difficulty
+    if backend is None or isinstance(backend, LocalBackend):
+        return
+    while True:
+        try:
+            await app.state.difficulty_metrics.refresh(backend)
+        except Exception:
+            log.exception("difficulty state: metrics refresh failed")
+        await asyncio.sleep(every_s)
+
+
+def _backend(request: Request) -> DifficultyBackend:
+    settings: Settings = request.app.state.service.settings
+    check_bearer(request, settings.api_token, "the difficulty API")
+    backend = getattr(request.app.state, "difficulty", None)
+    if backend is None:
+        raise ApiError(
+            404, "difficulty_disabled",
+            "per-prompt difficulty is off; start the server with --state-path (REWARD_STATE_PATH) to enable it",
+        )
+    return backend
+
+
+def _check_id(value: object, field: str) -> str:
+    problem = prompt_id_problem(value)
+    if problem is not None:
+        raise ApiError(422, "invalid_request", f"{field}: {problem}", [{"item": None, "field": field, "message": problem}])
+    return canonical_prompt_id(value)  # type: ignore[arg-type]
+
+
+class SampleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: list[Identifier] | None = Field(
+        None, max_length=MAX_CANDIDATES, description="Prompt ids to choose from (duplicates count once)."
+    )
+    pool: StrictStr | None = Field(None, description="Name of a pool registered with PUT /v1/pools/{name}.")
+    k: StrictInt = Field(ge=1, description="How many distinct prompt ids to return.")
+    seed: StrictInt | None = Field(None, ge=0, description="Makes the draw repeatable.")
+
+
+class PoolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_ids: list[Identifier] = Field(min_length=1, max_length=MAX_CANDIDATES)
+
+
+def _ids(values: Sequence[object], field: str) -> list[str]:
+    details = []
+    ids = []
+    for index, value in enumerate(values):
+        problem = prompt_id_problem(value)
+        if problem is not None:
+            details.append({"item": index, "field": field, "message": problem})
+        else:
+            ids.append(canonical_prompt_id(value))  # type: ignore[arg-type]
+    if details:
+        raise ApiError(422, "invalid_request", f"{field}[{details[0]['item']}]: {details[0]['message']}", details)
+    return ids
+
+
+@router.get("/v1/prompts/{prompt_id:path}", responses=_ERRORS)
+async def get_prompt(prompt_id: str, request: Request) -> dict[str, Any]:
+    """alpha, beta (decayed to now), n, successes, estimated_p, last_update (unix seconds)."""
+    backend = _backend(request)
+    key = _check_id(prompt_id, "prompt_id")
+    found = await backend.get(key)
+    if found is None:
+        raise ApiError(
+            404, "unknown_prompt", f"prompt_id: no scored item has carried prompt_id {key!r}",
+            [{"item": None, "field": "prompt_id", "message": "never scored"}],
+        )
+    return found
+
+
+@router.get("/v1/prompts", responses=_ERRORS)
+async def export_state(request: Request) -> StreamingResponse:
+    """The whole state as JSONL (one prompt per line, sorted by id); ``reward-server report`` reads it."""
+    backend = _backend(request)
+    rows = await backend.export_rows()
+
+    async def lines() -> AsyncIterator[bytes]:
+        for start in range(0, len(rows), 1000):
+            yield "".join(json.dumps(row) + "\n" for row in rows[start : start + 1000]).encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.put("/v1/pools/{name}", responses=_ERRORS)
+async def register_pool(name: str, body: PoolRequest, request: Request) -> dict[str, Any]:
+    """Register (or replace) a named candidate pool, durably; sample from it with ``{"pool": name}``."""
+    backend = _backend(request)
+    pool = _check_id(name, "name")
+    ids = _ids(body.prompt_ids, "prompt_ids")
+    await backend.register_pool(pool, ids)
+    return {"pool": pool, "size": len(dict.fromkeys(ids))}
+
+
+@router.post("/v1/sample", responses=_ERRORS)
+async def sample(body: SampleRequest, request: Request) -> JSONResponse:
+    """``k`` distinct prompt ids by Thompson sampling on p(1-p): the prompts most likely to give a
+    GRPO group with reward variance. Unseen candidates are drawn from the prior."""
+    backend = _backend(request)
+    if (body.candidates is None) == (body.pool is None):
+        raise ApiError(
+            422, "invalid_request", "body: give exactly one of 'candidates' or 'pool'",
+            [{"item": None, "field": "candidates", "message": "give exactly one of 'candidates' or 'pool'"}],
+        )
+    candidates = None if body.candidates is None else _ids(body.candidates, "candidates")
+    result = await backend.sample(candidates, body.pool, body.k, body.seed)
+    if isinstance(result, SampleRefused):
+        status, field = (404, "pool") if result.reason == "unknown_pool" else (422, "k")
+        raise ApiError(status, result.reason, f"{field}: {result.message}",
+                       [{"item": None, "field": field, "message": result.message}])
+    return JSONResponse({"prompt_ids": result, "k": body.k})

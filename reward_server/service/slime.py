@@ -1,0 +1,138 @@
+"""slime's remote reward protocol: ``POST /slime``.
+
+slime (THUDM/slime, ``slime/rollout/rm_hub/__init__.py``, ``remote_rm``) is configured with
+``--rm-type remote_rm --rm-url http://host:8000/slime --reward-key reward`` and posts, once per
+sample, with aiohttp and no headers of its own::
+
+    {"prompt": sample.prompt, "response": sample.response, "label": sample.label}
+
+It stores the reply JSON as ``sample.reward`` and trains on ``sample.reward[args.reward_key]``.
+The reply is therefore one object per sample, always with the same keys::
+
+    {"reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward"}
+
+``bmas_forward``/``bmas_backward`` are the open-ended terms, ``null`` for other tasks (never a
+made-up number). With ``--group-rm`` slime still calls ``remote_rm`` once per sample (its
+``batched_async_rm`` gathers the per-sample calls); a custom group reward function may instead post
+the whole group as a JSON list of those objects, and gets a list of replies back, in order.
+
+The label is the dataset's label column: a JSON object (or its JSON text) ``{"ground_truth"|
+"answer"|"solution": ..., "task_type": ...}``, read as OpenRLHF's labels are; any other label is
+the ground truth itself, with the task type from ``task_type`` in the body or ``?task_type=`` in the
+URL. The prompt is not scored (slime's response is the generated text alone). Trailing
+end-of-sequence strings are removed as for OpenRLHF (``?eos=`` replaces the list). ``?token=``,
+``?format_weight=`` and ``?bmas_reduction=`` configure what a fixed body cannot carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+
+from reward_server.items.errors import RequestRejected
+from reward_server.service.auth import check_bearer
+from reward_server.service.json_body import parse_json
+from reward_server.service.openrlhf import (
+    eos_list,
+    item_detail,
+    parse_label,
+    reject,
+    remap_errors,
+    request_options,
+    score_item,
+    strip_eos,
+)
+from reward_server.service.schemas import ScoreItem
+
+router = APIRouter()
+
+RESULT_KEYS = ("reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward")
+
+
+class SlimeSample(BaseModel):
+    """The body slime's ``remote_rm`` posts; extra fields are ignored, as by /score."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Any = None
+    response: StrictStr
+    label: Any = None
+    task_type: StrictStr | None = None
+
+
+def _samples(raw: bytes) -> tuple[list[SlimeSample], bool]:
+    """The samples of a body (one object, or a list of them) and whether it was a list."""
+    parsed = parse_json(raw) if raw else None  # the same 422s as every route: UTF-8, depth, JSON
+    grouped = isinstance(parsed, list)
+    rows = parsed if grouped else [parsed]
+    if not isinstance(parsed, (dict, list)):
+        raise reject([item_detail(None, "body", "must be a JSON object {\"prompt\", \"response\", \"label\"} "
+                               "or a list of them")])
+    samples: list[SlimeSample] = []
+    errors: list[dict[str, Any]] = []
+    for index, row in enumerate(rows):
+        where = index if grouped else None
+        if not isinstance(row, dict):
+            errors.append(item_detail(where, "body", f"each sample must be a JSON object, got {type(row).__name__}"))
+            continue
+        try:
+            samples.append(SlimeSample.model_validate(row))
+        except ValidationError as exc:
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "body"
+                errors.append(item_detail(where, field, str(error["msg"])))
+    if errors:
+        raise reject(errors)
+    return samples, grouped
+
+
+@router.post("/slime")
+async def slime_reward(request: Request) -> JSONResponse:
+    """Score slime samples: one reply object per posted object, a list of them for a posted list."""
+    check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
+    samples, grouped = _samples(await request.body())
+    url_task = request.query_params.get("task_type")
+    eos = eos_list(request)
+    items: list[ScoreItem] = []
+    errors: list[dict[str, Any]] = []
+    for index, sample in enumerate(samples):
+        truth, task, problem = parse_label(sample.label, sample.task_type or url_task)
+        if problem is None and task is None:
+            problem = ("has no task_type: use {\"ground_truth\": ..., \"task_type\": ...} as the label or add "
+                       "?task_type=<type> to --rm-url")
+        if problem is not None:
+            errors.append(item_detail(index if grouped else None, "label", problem))
+            continue
+        item = score_item(index, strip_eos(sample.response, eos), truth, task, "label", errors)
+        if item is not None:
+            items.append(item)
+    if errors:
+        if not grouped:
+            errors = [{**e, "item": None} for e in errors]
+        raise reject(errors)
+
+    options = request_options(request)
+    try:
+        built, outcome = await request.app.state.score_items(items, options)
+    except RequestRejected as exc:
+        mapped = remap_errors(exc, "response", "label")
+        if not grouped and mapped.details:
+            mapped = RequestRejected(mapped.status, mapped.type, mapped.message.removeprefix("item 0: "),
+                              [{**d, "item": None} for d in mapped.details])
+        raise mapped from exc
+    scored = outcome.results if outcome is not None else []
+    replies = [
+        {
+            "reward": s.reward,
+            "accuracy": s.accuracy,
+            "format": s.format,
+            "task_type": item.truth.task.value,
+            "bmas_forward": s.bmas_forward,
+            "bmas_backward": s.bmas_backward,
+        }
+        for item, s in zip(built, scored)
+    ]
+    return JSONResponse(replies if grouped else replies[0])

@@ -1,0 +1,142 @@
+"""POST /slime: slime's ``--rm-type remote_rm`` protocol, against the real server.
+
+slime is not on the package index, so the request is the one its code builds, reproduced here
+from THUDM/slime at commit 624b824a898ab0ec1fcb4d373004c7f3852bf515,
+``slime/rollout/rm_hub/__init__.py`` (``remote_rm``)::
+
+    payload = {"prompt": sample.prompt, "response": sample.response, "label": sample.label}
+    async with session.post(args.rm_url, json=payload) as resp:
+        resp.raise_for_status()
+        return await resp.json()
+
+and ``slime/utils/types.py`` (``Sample.get_reward_value``)::
+
+    return self.reward if not args.reward_key else self.reward[args.reward_key]
+
+With ``--group-rm``, ``batched_async_rm`` gathers one ``remote_rm`` call per sample of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import httpx
+import pytest
+from serving import running_server
+
+THINK = "<think>I see whiskers.</think>"
+KEYS = {"reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward"}
+PROMPT = [{"role": "user", "content": "Is there a cat in the image? Answer yes or no."}]
+# (response, label, expected reward)
+SAMPLES = [
+    (THINK + "<answer>yes</answer>", {"ground_truth": "yes", "task_type": "yes_no"}, 2.0),
+    (THINK + "<answer>no</answer>", json.dumps({"answer": "yes", "task_type": "yes_no"}), 1.0),
+    (THINK + "<answer>(B) 3 cm</answer>", json.dumps({"solution": "B", "task_type": "mcq"}), 2.0),
+    ("12,000", {"ground_truth": 12000, "task_type": "chart"}, 1.0),  # untagged: accuracy only
+    (THINK + "<answer>[10, 10, 50, 50]</answer>", {"ground_truth": [10, 10, 50, 50], "task_type": "grounding"}, 2.0),
+    (THINK + "<answer>a cat on a mat</answer>", {"ground_truth": "a cat on a mat", "task_type": "open_ended"}, 3.0),
+]
+
+
+async def remote_rm(rm_url: str, prompt, response: str, label) -> dict:
+    """slime's remote_rm request, as quoted in the module docstring (one attempt)."""
+    payload = {"prompt": prompt, "response": response, "label": label}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+        session.post(rm_url, json=payload) as resp,
+    ):
+        resp.raise_for_status()
+        return await resp.json()
+
+
+def slime_rewards(rm_url: str, samples, reward_key: str = "reward") -> tuple[list[dict], list[float]]:
+    async def group():  # batched_async_rm: asyncio.gather over per-sample calls
+        return await asyncio.gather(*(remote_rm(rm_url, PROMPT, r, label) for r, label, _ in samples))
+
+    replies = asyncio.run(group())
+    return replies, [reply[reward_key] for reply in replies]  # Sample.get_reward_value
+
+
+def test_remote_rm_per_sample_and_reward_key(server):
+    replies, rewards = slime_rewards(server.url + "/slime", SAMPLES)
+    assert rewards == [s[2] for s in SAMPLES]
+    assert all(set(r) == KEYS for r in replies)
+    assert [r["task_type"] for r in replies] == ["yes_no", "yes_no", "mcq", "chart", "grounding", "open_ended"]
+    assert [r["bmas_forward"] is None for r in replies] == [True] * 5 + [False]
+    open_ended = replies[-1]
+    assert open_ended["accuracy"] == pytest.approx(open_ended["bmas_forward"] + open_ended["bmas_backward"])
+    assert [r["reward"] for r in replies] == [r["accuracy"] + r["format"] for r in replies]
+
+
+def test_same_rewards_as_score(server):
+    _, rewards = slime_rewards(server.url + "/slime", SAMPLES)
+    items = []
+    for response, label, _ in SAMPLES:
+        label = json.loads(label) if isinstance(label, str) else label
+        truth = next(label[k] for k in ("ground_truth", "answer", "solution") if k in label)
+        items.append({"response": response, "ground_truth": truth, "task_type": label["task_type"]})
+    direct = httpx.post(server.url + "/score", json={"items": items}, timeout=30).json()
+    assert rewards == [row["reward"] for row in direct["results"]]
+
+
+def test_group_as_a_list(server):
+    body = [{"prompt": PROMPT, "response": r, "label": label} for r, label, _ in SAMPLES]
+    response = httpx.post(server.url + "/slime", json=body, timeout=30)
+    assert response.status_code == 200
+    replies = response.json()
+    assert isinstance(replies, list) and [r["reward"] for r in replies] == [s[2] for s in SAMPLES]
+    assert all(set(r) == KEYS for r in replies)
+    assert httpx.post(server.url + "/slime", json=[], timeout=30).json() == []
+
+
+def test_plain_label_with_task_type_in_the_url(server):
+    _, rewards = slime_rewards(server.url + "/slime?task_type=yes_no", [(THINK + "<answer>Yes</answer>", "yes", 2.0)])
+    assert rewards == [2.0]
+
+
+def test_trailing_eos_is_not_held_against_format(server):
+    _, rewards = slime_rewards(server.url + "/slime", [(THINK + "<answer>yes</answer><|im_end|>", SAMPLES[0][1], 2.0)])
+    assert rewards == [2.0]
+
+
+def test_url_options_format_weight(server):
+    _, rewards = slime_rewards(server.url + "/slime?format_weight=0.5", SAMPLES[:1])
+    assert rewards == [1.5]
+
+
+@pytest.mark.parametrize(
+    ("body", "item", "field", "message"),
+    [
+        ({"prompt": "p", "response": "<answer>yes</answer>", "label": None}, None, "label", "null"),
+        ({"prompt": "p", "response": "<answer>yes</answer>", "label": "yes"}, None, "label", "task_type"),
+        ({"prompt": "p", "response": "x", "label": "{not json"}, None, "label", "does not parse"),
+        ({"prompt": "p", "label": "yes"}, None, "response", "Field required"),
+        ({"response": "x", "label": {"ground_truth": "yes", "task_type": "dance"}}, None, "label", "task_type"),
+        ([{"response": "x", "label": {"ground_truth": "y", "task_type": "yes_no"}}, {"response": 3, "label": "y"}],
+         1, "response", "string"),
+        ("just text", None, "body", "JSON object"),
+    ],
+)
+def test_bad_samples_are_422_naming_the_field(server, body, item, field, message):
+    response = httpx.post(server.url + "/slime", json=body, timeout=30)
+    assert response.status_code == 422
+    detail = response.json()["error"]["details"][0]
+    assert (detail["item"], detail["field"]) == (item, field)
+    assert message in detail["message"]
+
+
+def test_aiohttp_raises_for_a_rejected_sample_so_slime_retries_and_fails_loudly(server):
+    with pytest.raises(aiohttp.ClientResponseError) as caught:
+        slime_rewards(server.url + "/slime", [("<answer>yes</answer>", None, 0.0)])
+    assert caught.value.status == 422
+
+
+def test_token_in_the_url(default_table):
+    with running_server(default_table, api_token="s3cret") as srv:
+        sample = [(THINK + "<answer>yes</answer>", SAMPLES[0][1], 2.0)]
+        with pytest.raises(aiohttp.ClientResponseError) as caught:
+            slime_rewards(srv.url + "/slime", sample)
+        assert caught.value.status == 401
+        assert slime_rewards(srv.url + "/slime?token=s3cret", sample)[1] == [2.0]

@@ -1,0 +1,127 @@
+"""verifiers 0.4 (prime-rl's environments): ``Task.score`` - verifiers' own scoring of a finished
+rollout - with ``mixed_reward_client.verifiers`` plugged in as a task reward by import path (the
+``--env.taskset.task.rewards.<name>.fn`` config) or returned from a ``@vf.reward`` method,
+against the real server. Traces are built as a rollout leaves them: a user node and a sampled
+assistant node."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import mixed_reward_client._config as client_config
+import pytest
+from mixed_reward_client import ServerUnavailable
+from mixed_reward_client._coalesce import Coalescer
+from mixed_reward_client.verifiers import mixed_reward_func
+
+vf = pytest.importorskip("verifiers.v1", reason="verifiers not installed")
+from verifiers.v1.graph import MessageNode
+from verifiers.v1.types import AssistantMessage, UserMessage
+
+THINK = "<think>look</think>"
+# (reply, ground truth, task type, expected reward)
+SAMPLES = [
+    (THINK + "<answer>yes</answer>", "yes", "yes_no", 2.0),
+    (THINK + "<answer>no</answer>", "yes", "yes_no", 1.0),
+    (THINK + "<answer>(B) 3 cm</answer>", "B", "mcq", 2.0),
+    (THINK + "<answer>[10, 10, 50, 50]</answer>", "[10, 10, 50, 50]", "grounding", 2.0),
+    (THINK + "<answer>a cat on a mat</answer>", "a cat on a mat", "open_ended", 3.0),
+]
+PLUGGED = {"mixed_reward": vf.RewardFunctionConfig(fn="mixed_reward_client.verifiers:mixed_reward")}
+
+
+class CatData(vf.TaskData):
+    ground_truth: str
+    task_type: str
+
+
+class CatTask(vf.Task[CatData]):
+    """A task with no reward of its own: the config plugs one in."""
+
+
+def dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def rollout(task: vf.Task, reply: str) -> vf.Trace:
+    return vf.Trace(
+        task=vf.TraceTask(type=type(task).__name__, data=task.data),
+        agent=vf.AgentInfo(config=vf.AgentConfig()),
+        nodes=[MessageNode(message=UserMessage(content=task.data.prompt)),
+               MessageNode(parent=0, message=AssistantMessage(content=reply), sampled=True)],
+    )
+
+
+def score_all(tasks_and_replies) -> tuple[list[vf.Trace], int]:
+    async def main():
+        traces = [rollout(task, reply) for task, reply in tasks_and_replies]
+        await asyncio.gather(*(task.score(trace) for (task, _), trace in zip(tasks_and_replies, traces)))
+        coalescers = [c for c in client_config._PER_LOOP[asyncio.get_running_loop()].values()
+                      if isinstance(c, Coalescer)]
+        return traces, sum(c.requests for c in coalescers)
+
+    return asyncio.run(main())
+
+
+def plugged_tasks(samples, repeat: int = 1):
+    config = vf.TaskConfig(rewards=PLUGGED)
+    return [(CatTask(CatData(prompt="Is there a cat?", ground_truth=gt, task_type=tt), config), reply)
+            for reply, gt, tt, _ in samples * repeat]
+
+
+def test_plugged_reward_scores_every_trace(server, monkeypatch):
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    traces, requests = score_all(plugged_tasks(SAMPLES, repeat=4))
+    assert [t.reward for t in traces] == [s[3] for s in SAMPLES] * 4
+    assert all(set(t.rewards) == {"mixed_reward"} for t in traces)
+    assert all(set(t.metrics) == {"mixed_reward/accuracy", "mixed_reward/format"} for t in traces)
+    assert [t.metrics["mixed_reward/accuracy"] for t in traces[:5]] == pytest.approx([1.0, 0.0, 1.0, 1.0, 2.0])
+    assert 1 <= requests <= 4  # 20 concurrent Task.score calls, a few POST /score
+
+
+def test_same_rewards_as_score(server, monkeypatch):
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    traces, _ = score_all(plugged_tasks(SAMPLES))
+    items = [{"response": r, "ground_truth": gt, "task_type": tt} for r, gt, tt, _ in SAMPLES]
+    direct = httpx.post(server.url + "/score", json={"items": items}, timeout=30).json()
+    assert [t.reward for t in traces] == [row["reward"] for row in direct["results"]]
+
+
+def test_reward_method_with_options(server):
+    reward = mixed_reward_func(server.url, format_weight=0.5, task_type="yes_no")
+
+    class YesNoData(vf.TaskData):
+        answer: str
+
+    class YesNoTask(vf.Task[YesNoData]):
+        @vf.reward(weight=1.0)
+        async def mixed(self, task, trace) -> float:
+            return await reward(task, trace)
+
+    task = YesNoTask(YesNoData(prompt="Is there a cat?", answer="yes"))
+    (trace,), _ = score_all([(task, THINK + "<answer>yes</answer>")])
+    assert trace.reward == 1.5 and trace.metrics == {"mixed_reward/accuracy": 1.0, "mixed_reward/format": 1.0}
+
+
+def test_service_down_is_a_task_error_not_zero(monkeypatch):
+    monkeypatch.setenv("MIXED_REWARD_URL", dead_url())
+    monkeypatch.setenv("MIXED_REWARD_MAX_ATTEMPTS", "1")
+    with pytest.raises(vf.TaskError) as caught:
+        score_all(plugged_tasks(SAMPLES[:1]))
+    assert isinstance(caught.value.__cause__, ServerUnavailable)
+
+
+def test_zero_only_when_asked(server):
+    reward = mixed_reward_func(dead_url(), max_attempts=1, on_failure="zero")
+
+    class ZeroTask(vf.Task[CatData]):
+        @vf.reward
+        async def mixed(self, task, trace) -> float:
+            return await reward(task, trace)
+
+    (trace,), _ = score_all([(ZeroTask(CatData(prompt="Q", ground_truth="yes", task_type="yes_no")), "x")])
+    assert trace.reward == 0.0 and trace.metrics == {"mixed_reward/accuracy": 0.0, "mixed_reward/format": 0.0}
