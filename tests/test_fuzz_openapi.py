@@ -39,11 +39,13 @@ bearer = "{ADMIN_TOKEN}"
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(default_table):
+def fuzzed_server(default_table, tmp_path_factory):
     # Small limits so generated requests stay cheap; /admin/reload of the default reloads in ~1 s.
+    # The difficulty state is on, so its routes are fuzzed for real rather than answering 404.
+    state = tmp_path_factory.mktemp("fuzz-state") / "state.sqlite"
     with running_server(
         default_table, api_token=SCORING_TOKEN, admin_token=ADMIN_TOKEN, max_items_per_request=64,
-        max_chars_per_text=4096, max_body_bytes=1 << 20,
+        max_chars_per_text=4096, max_body_bytes=1 << 20, state_path=str(state),
     ) as srv:
         yield srv
 
@@ -71,6 +73,8 @@ def test_openapi_documents_every_status_auth_and_task_names(fuzzed_server, serve
     assert statuses[("/score", "post")] >= {"200", "401", "413", "422", "429", "503"}
     assert statuses[("/get_reward", "post")] >= {"200", "401", "413", "422", "429", "503"}
     assert statuses[("/admin/reload", "post")] >= {"200", "401", "404", "409", "413", "422"}
+    assert statuses[("/slime", "post")] >= {"200", "401", "413", "422", "429", "503"}
+    assert statuses[("/v1/sample", "post")] >= {"200", "401", "404", "413", "422"}
     assert statuses[("/readyz", "get")] >= {"200", "503"}
     schemes = document["components"]["securitySchemes"]
     assert schemes["scoringToken"] == {"type": "http", "scheme": "bearer", "description": "REWARD_API_TOKEN"}
@@ -78,6 +82,9 @@ def test_openapi_documents_every_status_auth_and_task_names(fuzzed_server, serve
     assert paths["/score"]["post"]["security"] == [{"scoringToken": []}]
     assert paths["/get_reward"]["post"]["security"] == [{"scoringToken": []}, {"scoringTokenQuery": []}]
     assert paths["/admin/reload"]["post"]["security"] == [{"adminToken": []}]
+    assert paths["/slime"]["post"]["security"] == [{"scoringToken": []}, {"scoringTokenQuery": []}]
+    assert paths["/v1/sample"]["post"]["security"] == [{"scoringToken": []}]
+    assert not any(key.startswith("x-") for ops in paths.values() for op in ops.values() for key in op)
     item = document["components"]["schemas"]["ScoreItem"]["properties"]["task_type"]
     assert item["enum"] == list(TASK_ALIASES)
     assert {"yes_no", "mcq", "chart", "grounding", "open_ended", "multiple_choice", "bbox", "caption"} <= set(

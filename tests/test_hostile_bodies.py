@@ -1,7 +1,7 @@
 """Hostile bodies on every endpoint, over real HTTP: always a JSON 4xx naming the field, never a 5xx.
 
 Deep nesting, invalid UTF-8, huge numbers and NaN/Infinity literals anywhere, on /score,
-/get_reward, /admin/reload and the GET routes; plus the rules that go with them: the token is
+/get_reward, /slime, /admin/reload, the difficulty routes and the GET routes; plus the rules that go with them: the token is
 checked before the body, options are numbers only, an error never echoes an id the schema
 forbids, a reload names the field that is wrong.
 """
@@ -26,16 +26,22 @@ SAMPLE = {"query": ["Is it? <think>t</think><answer>yes</answer>"], "prompts": [
                                                                                           "task_type": "yes_no"}]}
 
 
+BODY_ROUTES = ["/score", "/get_reward", "/slime", "/admin/reload", "/v1/sample", "PUT /v1/pools/p1"]
+
+
 @pytest.fixture(scope="module")
-def srv(default_table):
-    with running_server(default_table, api_token=API, admin_token=ADMIN) as running:
+def srv(default_table, tmp_path_factory):
+    state = tmp_path_factory.mktemp("hostile-state") / "state.sqlite"
+    with running_server(default_table, api_token=API, admin_token=ADMIN, state_path=str(state)) as running:
         yield running
 
 
 def post(srv, path: str, content: bytes, headers: dict | None = None) -> httpx.Response:
+    """POST (or ``"PUT /path"``) with the route's token unless ``headers`` are given."""
+    method, _, path = path.rpartition(" ")
     if headers is None:
         headers = ADMIN_AUTH if path == "/admin/reload" else AUTH
-    return httpx.post(srv.url + path, content=content, headers=headers, timeout=120)
+    return httpx.request(method or "POST", srv.url + path, content=content, headers=headers, timeout=120)
 
 
 def assert_json_4xx(r: httpx.Response, status: int | None = None) -> list[dict]:
@@ -94,7 +100,7 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("path", ["/score", "/get_reward", "/admin/reload"])
+@pytest.mark.parametrize("path", BODY_ROUTES)
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_broken_bodies_are_one_422_on_every_endpoint(srv, path: str, name: str) -> None:
     details = assert_json_4xx(post(srv, path, BROKEN[name]), 422)
@@ -206,6 +212,12 @@ NAN_LITERALS = ["NaN", "Infinity", "-Infinity"]
         ("/get_reward", '{"query": ["q"], "labels": ["1"], "task_type": @@}'),
         ("/get_reward", '{"query": ["q"], "labels": ["1"], "task_type": "chart", "eos": @@}'),
         ("/get_reward", "@@"),
+        ("/slime", '{"prompt": "Q", "response": "<answer>1</answer>", "label": [0, 0, @@, 1], "task_type": "bbox"}'),
+        ("/slime", '[{"prompt": "Q", "response": "r", "label": {"ground_truth": @@, "task_type": "chart"}}]'),
+        ("/slime", '{"prompt": "Q", "response": @@, "label": "1", "task_type": "chart"}'),
+        ("/v1/sample", '{"candidates": ["a", @@], "k": 1}'),
+        ("/v1/sample", '{"candidates": ["a"], "k": @@}'),
+        ("PUT /v1/pools/p1", '{"prompt_ids": [@@]}'),
         ("/admin/reload", '{"model_path": @@}'),
         ("/admin/reload", '{"dtype": @@}'),
         ("/admin/reload", "@@"),
@@ -261,7 +273,7 @@ def test_error_details_echo_a_valid_id(srv) -> None:
     assert (detail["id"], detail["field"]) == ("r-7", "response")
 
 
-@pytest.mark.parametrize("path", ["/score", "/get_reward", "/admin/reload"])
+@pytest.mark.parametrize("path", BODY_ROUTES)
 @pytest.mark.parametrize("content", [b'{"items": 3, "query": 3, "dtype": 5}', BROKEN["closed brackets x100000"],
                                      BROKEN["invalid UTF-8 byte"], b""])
 def test_the_token_is_checked_before_the_body(srv, path: str, content: bytes) -> None:

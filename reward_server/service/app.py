@@ -41,10 +41,11 @@ from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.errors import ApiError, install_error_handlers
 from reward_server.service.json_body import read_json_body
 from reward_server.service.metrics import ServiceMetrics
-from reward_server.service.openapi import SCORING_ERRORS, error_responses, install_openapi, json_body
+from reward_server.service.openapi import SCORING_ERRORS, error_responses, install_openapi, route_doc
 from reward_server.service.openrlhf import GetRewardRequest
 from reward_server.service.openrlhf import router as openrlhf_router
 from reward_server.service.schemas import ScoreResponse, TableInfo
+from reward_server.service.slime import SlimeSample
 from reward_server.service.slime import router as slime_router
 
 log = logging.getLogger("reward_server")
@@ -237,7 +238,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
 
     @app.post(
         "/score", response_model=ScoreResponse, responses=error_responses(*SCORING_ERRORS),
-        openapi_extra=json_body(ScoreRequest),
+        openapi_extra=route_doc(ScoreRequest, auth="scoring"),
     )
     async def score(http_request: Request) -> JSONResponse:
         """Score a batch; one result per item, in order, plus group statistics when items carry group_id."""
@@ -287,7 +288,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
 
     @app.post(
         "/admin/reload", response_model=ReloadResponse, responses=error_responses(401, 404, 409, 413, 422),
-        openapi_extra=json_body(ReloadRequest),
+        openapi_extra=route_doc(ReloadRequest, auth="admin"),
     )
     async def reload_table(http_request: Request) -> dict[str, Any]:
         """Swap in a newer checkpoint's table without dropping a request: the batch in flight
@@ -320,5 +321,5 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
             log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
             return {"previous": old, "current": table.info()}
 
-    install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest)
+    install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest, SlimeSample, *difficulty.BODIES)
     return app

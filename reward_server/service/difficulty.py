@@ -33,11 +33,14 @@ from reward_server.engine.scorer import ItemScore, ScoringItem
 from reward_server.items.settings import Settings
 from reward_server.service.auth import check_bearer
 from reward_server.service.errors import ApiError
-from reward_server.service.schemas import ErrorResponse, Identifier, ScoreItem
+from reward_server.service.json_body import read_json_body
+from reward_server.service.openapi import error_responses, route_doc
+from reward_server.service.schemas import Identifier, ScoreItem
 
 log = logging.getLogger("reward_server.difficulty")
 router = APIRouter(tags=["difficulty"])
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 404, 422, 503)}
+_ERRORS = error_responses(401, 404, 422)
+_BODY_ERRORS = error_responses(401, 404, 413, 422)
 MAX_CANDIDATES = 1_000_000
 
 
@@ -208,6 +211,9 @@ class PoolRequest(BaseModel):
     prompt_ids: list[Identifier] = Field(min_length=1, max_length=MAX_CANDIDATES)
 
 
+BODIES = (SampleRequest, PoolRequest)  # read by hand; their schemas are added to the OpenAPI document
+
+
 def _ids(values: Sequence[object], field: str) -> list[str]:
     details = []
     ids = []
@@ -222,7 +228,7 @@ def _ids(values: Sequence[object], field: str) -> list[str]:
     return ids
 
 
-@router.get("/v1/prompts/{prompt_id:path}", responses=_ERRORS)
+@router.get("/v1/prompts/{prompt_id:path}", responses=_ERRORS, openapi_extra=route_doc(auth="scoring"))
 async def get_prompt(prompt_id: str, request: Request) -> dict[str, Any]:
     """alpha, beta (decayed to now), n, successes, estimated_p, last_update (unix seconds)."""
     backend = _backend(request)
@@ -236,8 +242,17 @@ async def get_prompt(prompt_id: str, request: Request) -> dict[str, Any]:
     return found
 
 
-@router.get("/v1/prompts", responses=_ERRORS)
-async def export_state(request: Request) -> StreamingResponse:
+class NdjsonResponse(StreamingResponse):
+    media_type = "application/x-ndjson"
+
+
+_NDJSON = {200: {"description": "One JSON object per line (JSON Lines).",
+                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/v1/prompts", responses={**_NDJSON, **_ERRORS},
+            openapi_extra=route_doc(auth="scoring"))
+async def export_state(request: Request) -> NdjsonResponse:
     """The whole state as JSONL (one prompt per line, sorted by id); ``reward-server report`` reads it."""
     backend = _backend(request)
     rows = await backend.export_rows()
@@ -246,24 +261,26 @@ async def export_state(request: Request) -> StreamingResponse:
         for start in range(0, len(rows), 1000):
             yield "".join(json.dumps(row) + "\n" for row in rows[start : start + 1000]).encode()
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return NdjsonResponse(lines())
 
 
-@router.put("/v1/pools/{name}", responses=_ERRORS)
-async def register_pool(name: str, body: PoolRequest, request: Request) -> dict[str, Any]:
+@router.put("/v1/pools/{name}", responses=_BODY_ERRORS, openapi_extra=route_doc(PoolRequest, auth="scoring"))
+async def register_pool(name: str, request: Request) -> dict[str, Any]:
     """Register (or replace) a named candidate pool, durably; sample from it with ``{"pool": name}``."""
-    backend = _backend(request)
+    backend = _backend(request)  # the token before the body
+    body = await read_json_body(request, PoolRequest)
     pool = _check_id(name, "name")
     ids = _ids(body.prompt_ids, "prompt_ids")
     await backend.register_pool(pool, ids)
     return {"pool": pool, "size": len(dict.fromkeys(ids))}
 
 
-@router.post("/v1/sample", responses=_ERRORS)
-async def sample(body: SampleRequest, request: Request) -> JSONResponse:
+@router.post("/v1/sample", responses=_BODY_ERRORS, openapi_extra=route_doc(SampleRequest, auth="scoring"))
+async def sample(request: Request) -> JSONResponse:
     """``k`` distinct prompt ids by Thompson sampling on p(1-p): the prompts most likely to give a
     GRPO group with reward variance. Unseen candidates are drawn from the prior."""
-    backend = _backend(request)
+    backend = _backend(request)  # the token before the body
+    body = await read_json_body(request, SampleRequest)
     if (body.candidates is None) == (body.pool is None):
         raise ApiError(
             422, "invalid_request", "body: give exactly one of 'candidates' or 'pool'",

@@ -1,9 +1,10 @@
 """The OpenAPI document: every status a route can answer, its auth, and the bodies read by hand.
 
 Routes read their bodies with :func:`reward_server.service.json_body.read_json_body` (after the
-token check), which FastAPI cannot see, so the request schemas are added here. ``security`` is
-declared on an operation only when this server enforces a token for it (the document describes
-the running server, and a client generated from it must not send a token nobody checks).
+token check), which FastAPI cannot see, so each says so with :func:`route_doc` and the request
+schemas are added here. ``security`` is declared on an operation only when this server enforces a
+token for it (the document describes the running server, and a client generated from it must not
+send a token nobody checks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ SCORING_ERRORS = (401, 413, 422, 429, 503)  # /score and /get_reward
 
 _WHEN = {
     401: "Missing or wrong bearer token (only when the server has one configured).",
-    404: "The admin API is disabled (no REWARD_ADMIN_TOKEN).",
+    404: "Not found: the admin API is disabled (no REWARD_ADMIN_TOKEN), the difficulty API is off (no "
+    "REWARD_STATE_PATH), or an unknown prompt or pool.",
     409: "Another reload is in progress.",
     413: "Body larger than REWARD_MAX_BODY_BYTES, or more items than REWARD_MAX_ITEMS_PER_REQUEST.",
     422: "Invalid body or item: not JSON, not UTF-8, nested > 200 levels, wrong field types or values. "
@@ -44,24 +46,35 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _WHEN[code]} for code in codes}
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra=`` for a route that reads its body by hand."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-        }
-    }
+def json_body(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra=`` for a route that reads its body by hand (a model, or a JSON schema)."""
+    schema = model if isinstance(model, dict) else {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_AUTH_KEY = "x-reward-auth"
+
+
+def route_doc(body: type[BaseModel] | dict[str, Any] | None = None, auth: str | None = None) -> dict[str, Any]:
+    """``openapi_extra=`` for a route: its hand-read body and which token guards it (``scoring``,
+    ``scoring+query`` where ``?token=`` is accepted too, or ``admin``)."""
+    extra = json_body(body) if body is not None else {}
+    if auth is not None:
+        extra[_AUTH_KEY] = auth
+    return extra
+
+
+def _security(auth: str, settings: Settings) -> list[dict[str, list[str]]] | None:
+    if auth == "admin":
+        return [{"adminToken": []}] if settings.admin_token else None
+    if not settings.api_token:
+        return None
+    return [{"scoringToken": []}, {"scoringTokenQuery": []}] if auth == "scoring+query" else [{"scoringToken": []}]
 
 
 def install_openapi(app: FastAPI, settings: Settings, *models: type[BaseModel]) -> None:
     """Add the hand-read body schemas, the security schemes and per-route security to the document."""
     original = app.openapi
-    security = {
-        ("/score", "post"): [{"scoringToken": []}] if settings.api_token else None,
-        ("/get_reward", "post"): [{"scoringToken": []}, {"scoringTokenQuery": []}] if settings.api_token else None,
-        ("/admin/reload", "post"): [{"adminToken": []}] if settings.admin_token else None,
-    }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -73,10 +86,12 @@ def install_openapi(app: FastAPI, settings: Settings, *models: type[BaseModel]) 
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
             components["securitySchemes"] = SECURITY_SCHEMES
-            for (path, method), requirement in security.items():
-                operation = document.get("paths", {}).get(path, {}).get(method)
-                if operation is not None and requirement is not None:
-                    operation["security"] = requirement
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    auth = operation.pop(_AUTH_KEY, None)
+                    requirement = None if auth is None else _security(auth, settings)
+                    if requirement is not None:
+                        operation["security"] = requirement
             app.openapi_schema = document
         return app.openapi_schema
 

@@ -50,7 +50,7 @@ from reward_server.items.models import TASK_TYPE_NAMES, ScoreItem, ScoreOptions
 from reward_server.rewards.tasks import TaskType
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
-from reward_server.service.openapi import SCORING_ERRORS, error_responses, json_body
+from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
 
 router = APIRouter()
 
@@ -246,7 +246,7 @@ def request_options(
 
 @router.post(
     "/get_reward", response_model=GetRewardResponse, responses=error_responses(*SCORING_ERRORS),
-    openapi_extra=json_body(GetRewardRequest),
+    openapi_extra=route_doc(GetRewardRequest, auth="scoring+query"),
 )
 async def get_reward(request: Request) -> JSONResponse:
     """Score OpenRLHF samples: one reward per query, in order."""

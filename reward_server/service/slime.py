@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from reward_server.items.errors import RequestRejected
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import parse_json
+from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
 from reward_server.service.openrlhf import (
     eos_list,
     item_detail,
@@ -89,7 +90,23 @@ def _samples(raw: bytes) -> tuple[list[SlimeSample], bool]:
     return samples, grouped
 
 
-@router.post("/slime")
+class SlimeReply(BaseModel):
+    reward: float
+    accuracy: float
+    format: float
+    task_type: str
+    bmas_forward: float | None
+    bmas_backward: float | None
+
+
+_BODY = {"anyOf": [{"$ref": "#/components/schemas/SlimeSample"},
+                   {"type": "array", "items": {"$ref": "#/components/schemas/SlimeSample"}}]}
+
+
+@router.post(
+    "/slime", response_model=SlimeReply | list[SlimeReply], responses=error_responses(*SCORING_ERRORS),
+    openapi_extra=route_doc(_BODY, auth="scoring+query"),
+)
 async def slime_reward(request: Request) -> JSONResponse:
     """Score slime samples: one reply object per posted object, a list of them for a posted list."""
     check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
