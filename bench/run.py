@@ -319,7 +319,7 @@ def bench_http(table, reps: int, prompts: int) -> list[tuple[str, float, float, 
     return rows
 
 
-async def _aiohttp_post_many(url: str, bodies: list[bytes]) -> float:
+async def _aiohttp_post_many(url: str, bodies: list[bytes], timed_rounds: int = 1) -> float:
     """Every body as its own concurrent POST through one aiohttp session (no connection limit),
     as OpenRLHF/slime send one request per sample; returns the wall time of the whole burst."""
     import aiohttp
@@ -333,7 +333,8 @@ async def _aiohttp_post_many(url: str, bodies: list[bytes]) -> float:
 
         await asyncio.gather(*(one(b) for b in bodies))  # warm: open the connections
         started = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
+        for _ in range(timed_rounds):
+            await asyncio.gather(*(one(b) for b in bodies))
         return time.perf_counter() - started
 
 
@@ -343,6 +344,12 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the server process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_qwen_http(directory: Path, dtype: str, reps: int, prompts: int) -> dict[str, float]:
@@ -361,34 +368,42 @@ def bench_qwen_http(directory: Path, dtype: str, reps: int, prompts: int) -> dic
         first_s = time.perf_counter() - t
         warm = workloads.grpo_open_ended(prompts=prompts, salt=10_000)
         client.post("/score", json={"items": [i.__dict__ for i in warm]}).raise_for_status()  # truths cached
-        big, many, toks = [], [], []
+        big, many, toks, extra_cpu = [], [], [], []
+        pid = info["pid"]
         for rep in range(reps):
             items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1)
             spans = [answer_span(i.response) for i in items]
             toks.append(timed(lambda s=spans: tokenizer.encode_batch(s, add_special_tokens=False), 1)[0])
             body = json.dumps({"items": [i.__dict__ for i in items]}).encode()
-            t = time.perf_counter()
+            cpu, t = _cpu_s(pid), time.perf_counter()
             client.post("/score", content=body, headers={"content-type": "application/json"}).raise_for_status()
             big.append(time.perf_counter() - t)
+            big_cpu = _cpu_s(pid) - cpu
             items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1001)
-            many.append(asyncio.run(_aiohttp_post_many(url, [json.dumps({"items": [i.__dict__]}).encode()
-                                                              for i in items])))
+            bodies = [json.dumps({"items": [i.__dict__]}).encode() for i in items]
+            asyncio.run(_aiohttp_post_many(url, bodies, timed_rounds=0))  # same truths: warm the caches
+            cpu = _cpu_s(pid)
+            many.append(asyncio.run(_aiohttp_post_many(url, bodies)))
+            # the burst runs twice (warm-up + timed): server CPU above the batched path, per request
+            extra_cpu.append(((_cpu_s(pid) - cpu) / 2 - big_cpu) / len(bodies))
         rss = _peak_rss_mib(info["pid"])
     n = prompts * 8
     big_s, many_s, tok_s = statistics.median(big), statistics.median(many), statistics.median(toks)
     return {"dtype": dtype, "ready_s": info["ready_s"], "first_request_ms": first_s * 1e3, "items": n,
             "big_items_per_s": n / big_s, "e2e_over_tokenization": big_s / tok_s,
-            "many_items_per_s": n / many_s, "many_over_big": big_s / many_s, "peak_rss_mib": rss}
+            "many_items_per_s": n / many_s, "many_over_big": big_s / many_s, "peak_rss_mib": rss,
+            "per_request_cpu_us": statistics.median(extra_cpu) * 1e6}
 
 
 def print_qwen_http(results: list[dict[str, float]]) -> None:
     print("\nQwen2.5-VL-shaped checkpoint via `reward-server serve --model-path` (HTTP, separate process)")
     head = f"{'table dtype':<12}{'ready s':>9}{'1st req ms':>11}{'items/s':>9}{'e2e/tok':>9}" \
-           f"{'1-item items/s':>15}{'1-item/big':>11}{'peak RSS MiB':>13}"
+           f"{'1-item items/s':>15}{'1-item/big':>11}{'CPU us/req':>11}{'peak RSS MiB':>13}"
     print(head)
     for r in results:
         print(f"{r['dtype']:<12}{r['ready_s']:>9.1f}{r['first_request_ms']:>11.0f}{r['big_items_per_s']:>9.0f}"
               f"{r['e2e_over_tokenization']:>9.2f}{r['many_items_per_s']:>15.0f}{r['many_over_big']:>11.2f}"
+              f"{r['per_request_cpu_us']:>11.0f}"
               f"{r['peak_rss_mib']:>13.0f}")
     if len(results) == 2:
         print(f"bfloat16 / float32 items/s (one big request): "
