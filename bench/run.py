@@ -415,8 +415,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller per-item samples")
     parser.add_argument("--table", choices=["all", "default", "qwen"], default="all")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--qwen-checkpoint", type=Path, default=Path("/tmp/mixed-reward-qwen25vl"),
-                        help="built by bench/qwen_checkpoint.py if absent (full size: 2.2 GB on disk)")
+    parser.add_argument("--qwen-checkpoint", type=Path, default=None,
+                        help="built by bench/qwen_checkpoint.py if absent (default "
+                             "/tmp/mixed-reward-qwen25vl-DIM; full size: 2.2 GB on disk)")
     parser.add_argument("--qwen-dim", type=int, default=None,
                         help="table width of a checkpoint to build (default 3584; --quick: 512)")
     args = parser.parse_args()
@@ -446,10 +447,10 @@ def main() -> None:
     if args.table in ("all", "qwen"):
         import qwen_checkpoint
 
-        directory = args.qwen_checkpoint
+        dim = args.qwen_dim or (512 if args.quick else qwen_checkpoint.QWEN_DIM)
+        directory = args.qwen_checkpoint or Path(f"/tmp/mixed-reward-qwen25vl-{dim}")
         if not (directory / "model.safetensors.index.json").is_file():
-            qwen_checkpoint.build_qwen_checkpoint(
-                directory, dim=args.qwen_dim or (512 if args.quick else qwen_checkpoint.QWEN_DIM))
+            qwen_checkpoint.build_qwen_checkpoint(directory, dim=dim)
         del table, grpo
         print_qwen_http([bench_qwen_http(directory, d, reps, 64) for d in ("float32", "bfloat16")])
 
