@@ -4,6 +4,12 @@
     python bench/run.py --quick    # smaller Qwen-sized check and fewer repetitions (< 2 min)
     python bench/run.py --table default   # skip the Qwen-sized (152,064 x 3,584) random table
 
+The Qwen part also serves a Qwen2.5-VL-shaped checkpoint (bench/qwen_checkpoint.py; built once
+into --qwen-checkpoint if absent, full size 152,064 x 3,584 bf16, 512 wide with --quick) through
+`reward-server serve --model-path`, once with a float32 and once with a bfloat16 table, and
+prints load time, first-request latency, e2e/tokenization, 512 one-item requests (aiohttp) vs one
+512-item request, and the server's peak RSS. One server at a time: tables are never both alive.
+
 Every figure is the median of ``--reps`` repetitions on the same inputs in the same process; the
 response texts change on every repetition of the end-to-end runs (a new salt), the ground truths
 do not (they repeat across GRPO epochs, and the engine caches them). Scores are checked against the
@@ -252,9 +258,10 @@ async def _raw_post_many(url: str, bodies: list[bytes], path: str = "/score") ->
 
 
 @contextlib.contextmanager
-def served(extra_args: list[str] | None = None):
+def served(extra_args: list[str] | None = None, info: dict | None = None):
     """`reward-server serve` in its own process, as deployed: a server thread inside this process
-    would share the client's GIL and measure the two together."""
+    would share the client's GIL and measure the two together. ``info`` receives the pid and the
+    seconds from spawn to ready (table load included)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -263,8 +270,9 @@ def served(extra_args: list[str] | None = None):
          *(extra_args or [])],
     )
     url = f"http://127.0.0.1:{port}"
+    spawned = time.perf_counter()
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while True:
             if proc.poll() is not None:
                 raise RuntimeError("the reward server exited during start-up")
@@ -276,6 +284,8 @@ def served(extra_args: list[str] | None = None):
             if time.monotonic() > deadline:
                 raise RuntimeError("the reward server did not become ready")
             time.sleep(0.2)
+        if info is not None:
+            info.update(pid=proc.pid, ready_s=time.perf_counter() - spawned)
         yield url
     finally:
         proc.terminate()
@@ -309,11 +319,107 @@ def bench_http(table, reps: int, prompts: int) -> list[tuple[str, float, float, 
     return rows
 
 
+async def _aiohttp_post_many(url: str, bodies: list[bytes], timed_rounds: int = 1) -> float:
+    """Every body as its own concurrent POST through one aiohttp session (no connection limit),
+    as OpenRLHF/slime send one request per sample; returns the wall time of the whole burst."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(body: bytes) -> None:
+            async with session.post(url + "/score", data=body, headers={"content-type": "application/json"}) as r:
+                if r.status != 200:
+                    raise RuntimeError(await r.text())
+                await r.read()
+
+        await asyncio.gather(*(one(b) for b in bodies))  # warm: open the connections
+        started = time.perf_counter()
+        for _ in range(timed_rounds):
+            await asyncio.gather(*(one(b) for b in bodies))
+        return time.perf_counter() - started
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The server process's peak resident set (VmHWM) from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the server process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_qwen_http(directory: Path, dtype: str, reps: int, prompts: int) -> dict[str, float]:
+    """The Qwen2.5-VL-shaped checkpoint end to end through `reward-server serve --model-path`:
+    load time, first-request latency, one big request vs the tokenization floor (same Qwen
+    tokenizer, same spans), one-item requests, peak RSS of the server."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    info: dict = {}
+    with served(["--model-path", str(directory), "--dtype", dtype], info) as url, \
+            httpx.Client(base_url=url, timeout=600) as client:
+        first = workloads.grpo_open_ended(prompts=1, salt=20_000)
+        t = time.perf_counter()
+        client.post("/score", json={"items": [i.__dict__ for i in first]}).raise_for_status()
+        first_s = time.perf_counter() - t
+        warm = workloads.grpo_open_ended(prompts=prompts, salt=10_000)
+        client.post("/score", json={"items": [i.__dict__ for i in warm]}).raise_for_status()  # truths cached
+        big, many, toks, extra_cpu = [], [], [], []
+        pid = info["pid"]
+        for rep in range(reps):
+            items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1)
+            spans = [answer_span(i.response) for i in items]
+            toks.append(timed(lambda s=spans: tokenizer.encode_batch(s, add_special_tokens=False), 1)[0])
+            body = json.dumps({"items": [i.__dict__ for i in items]}).encode()
+            cpu, t = _cpu_s(pid), time.perf_counter()
+            client.post("/score", content=body, headers={"content-type": "application/json"}).raise_for_status()
+            big.append(time.perf_counter() - t)
+            big_cpu = _cpu_s(pid) - cpu
+            items = workloads.grpo_open_ended(prompts=prompts, salt=rep + 1001)
+            bodies = [json.dumps({"items": [i.__dict__]}).encode() for i in items]
+            asyncio.run(_aiohttp_post_many(url, bodies, timed_rounds=0))  # same truths: warm the caches
+            cpu = _cpu_s(pid)
+            many.append(asyncio.run(_aiohttp_post_many(url, bodies)))
+            # the burst runs twice (warm-up + timed): server CPU above the batched path, per request
+            extra_cpu.append(((_cpu_s(pid) - cpu) / 2 - big_cpu) / len(bodies))
+        rss = _peak_rss_mib(info["pid"])
+    n = prompts * 8
+    big_s, many_s, tok_s = statistics.median(big), statistics.median(many), statistics.median(toks)
+    return {"dtype": dtype, "ready_s": info["ready_s"], "first_request_ms": first_s * 1e3, "items": n,
+            "big_items_per_s": n / big_s, "e2e_over_tokenization": big_s / tok_s,
+            "many_items_per_s": n / many_s, "many_over_big": big_s / many_s, "peak_rss_mib": rss,
+            "per_request_cpu_us": statistics.median(extra_cpu) * 1e6}
+
+
+def print_qwen_http(results: list[dict[str, float]]) -> None:
+    print("\nQwen2.5-VL-shaped checkpoint via `reward-server serve --model-path` (HTTP, separate process)")
+    head = f"{'table dtype':<12}{'ready s':>9}{'1st req ms':>11}{'items/s':>9}{'e2e/tok':>9}" \
+           f"{'1-item items/s':>15}{'1-item/big':>11}{'CPU us/req':>11}{'peak RSS MiB':>13}"
+    print(head)
+    for r in results:
+        print(f"{r['dtype']:<12}{r['ready_s']:>9.1f}{r['first_request_ms']:>11.0f}{r['big_items_per_s']:>9.0f}"
+              f"{r['e2e_over_tokenization']:>9.2f}{r['many_items_per_s']:>15.0f}{r['many_over_big']:>11.2f}"
+              f"{r['per_request_cpu_us']:>11.0f}"
+              f"{r['peak_rss_mib']:>13.0f}")
+    if len(results) == 2:
+        print(f"bfloat16 / float32 items/s (one big request): "
+              f"{results[1]['big_items_per_s'] / results[0]['big_items_per_s']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller per-item samples")
     parser.add_argument("--table", choices=["all", "default", "qwen"], default="all")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--qwen-checkpoint", type=Path, default=None,
+                        help="built by bench/qwen_checkpoint.py if absent (default "
+                             "/tmp/mixed-reward-qwen25vl-DIM; full size: 2.2 GB on disk)")
+    parser.add_argument("--qwen-dim", type=int, default=None,
+                        help="table width of a checkpoint to build (default 3584; --quick: 512)")
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 5)
     torch.manual_seed(0)
@@ -338,6 +444,15 @@ def main() -> None:
         print(rows[-1].workload, "done", flush=True)
     http = bench_http(table, reps, 64) if args.table in ("all", "default") else []
     print_table(rows, http)
+    if args.table in ("all", "qwen"):
+        import qwen_checkpoint
+
+        dim = args.qwen_dim or (512 if args.quick else qwen_checkpoint.QWEN_DIM)
+        directory = args.qwen_checkpoint or Path(f"/tmp/mixed-reward-qwen25vl-{dim}")
+        if not (directory / "model.safetensors.index.json").is_file():
+            qwen_checkpoint.build_qwen_checkpoint(directory, dim=dim)
+        del table, grpo
+        print_qwen_http([bench_qwen_http(directory, d, reps, 64) for d in ("float32", "bfloat16")])
 
 
 if __name__ == "__main__":

@@ -221,3 +221,40 @@ def test_weighted_empty_sides_score_zero() -> None:
     assert forward[0].item() == 0.0 and backward[0].item() == 0.0
     forward, backward = _run(weight, nonzero, [], [[3, 4]], 256 << 20, token_weights=weights)
     assert forward.tolist() == [0.0] and backward.tolist() == [0.0]
+def _devices() -> list:
+    cuda = pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    )
+    return ["cpu", cuda]
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_table_cached_equals_fresh(device: str, dtype: torch.dtype) -> None:
+    """SPEC §6: with a bf16/fp16 table (the CUDA default), a score from the cached truth block, from
+    a fresh matmul and from the float32 definition agree within 1e-5, so a reward never depends on
+    what was scored before. On CPU this runs the same code path CUDA runs in bf16."""
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.randn(VOCAB, 256, generator=gen)
+    weight = (weight / weight.norm(dim=1, keepdim=True)).to(dtype).to(device)
+    nonzero = weight.float().norm(dim=1) > 0
+    rng = random.Random(6)
+    truth, responses = _group(rng, 9, 60)
+    state = prepare_truth(torch.tensor(truth, device=device))
+    cold = _run(weight, nonzero, truth, responses, 256 << 20, 1 << 30, state)
+    assert state.block is not None
+    warm = _run(weight, nonzero, truth, responses, 256 << 20, 1 << 30, state)  # rows from the block
+    fresh = _run(weight, nonzero, truth, responses, 256 << 20, 0)  # every row a fresh matmul
+    chunked = _run(weight, nonzero, truth, responses, 4 << 10, 0)
+    wide = weight.float()
+    for i, response in enumerate(responses):
+        if not response:
+            continue
+        # The definition in float32 over the same half-precision rows; a token's similarity with
+        # itself is exactly 1 (the kernel's rule), though a rounded row's norm is only ~1 ± 1e-3.
+        sim = wide[torch.tensor(response, device=device)] @ wide[torch.tensor(truth, device=device)].T
+        sim[torch.tensor(response)[:, None] == torch.tensor(truth)[None, :]] = 1.0
+        ref_f, ref_b = sim.amax(dim=1).mean().item(), sim.amax(dim=0).mean().item()
+        for f, b in (cold, warm, fresh, chunked):
+            assert abs(f[i].item() - ref_f) <= 1e-5
+            assert abs(b[i].item() - ref_b) <= 1e-5

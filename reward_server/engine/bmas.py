@@ -24,7 +24,7 @@ padded, so there is nothing to mask: a max only ever sees real cosines (the prop
 "-inf padding" rule protects; the running maxima start at -inf, never 0).
 
 This module is torch only: no HTTP, no tokenizer, device-agnostic (CPU float32, CUDA bf16: the
-matmul runs in the table's dtype, every reduction in float32). No per-item Python loop, no
+table is stored in its dtype, gathered rows are widened so matmuls and reductions run in float32). No per-item Python loop, no
 ``.item()``/``.tolist()`` per item.
 """
 
@@ -132,8 +132,16 @@ def _plan(distinct_truth: int, dim: int, budget_bytes: int) -> _Plan:
 
 
 def _similarity(weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Cosines of two unit-row sets in float32: matmul in the table's dtype, clamped to [-1, 1]."""
-    return (weight[rows] @ weight[cols].T).float().clamp_(-1.0, 1.0)
+    """Cosines of two unit-row sets, computed in float32 and clamped to [-1, 1].
+
+    The gathered rows are widened to float32 *before* the matmul: a bf16/fp16 matmul rounds its
+    output to ~3 significant digits, and since the cached truth block and a fresh matmul for novel
+    rows have different shapes, the same cosine could come out ~4e-3 apart depending on what was
+    scored before (SPEC §6 allows 1e-5). Widened, each product of two half-precision values is
+    exact in float32 (and in TF32, whose 11-bit mantissa holds them), so only float32 accumulation
+    order remains (~1e-7). The copy is of gathered rows only, sized by the plan's float32 budget.
+    """
+    return (weight[rows].float() @ weight[cols].float().T).clamp_(-1.0, 1.0)
 
 
 def truth_block(weight: torch.Tensor, nonzero_rows: torch.Tensor, uniq: torch.Tensor) -> torch.Tensor:
