@@ -105,18 +105,22 @@ def wait_ready(name: str, timeout_s: float = START_TIMEOUT_S) -> None:
     raise DeployFailed(f"not ready after {timeout_s:.0f}s: {detail}", table=False)
 
 
-def deploy(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Deploy (or update) the application of ``settings`` on the connected cluster and wait for it."""
+def deploy(*applications: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Deploy (or update) one application per ``Settings`` on the connected cluster (they start
+    side by side) and wait until all run."""
     from ray import serve
     from ray.serve.api import RunTarget
 
     from reward_server.ray_serve.deployment import build_application
 
-    check_ray_settings(settings)
-    target = RunTarget(target=build_application(settings), name=settings.ray_app_name,
-                       route_prefix=settings.ray_route_prefix)
-    serve.run_many([target], wait_for_applications_running=False)
-    wait_ready(settings.ray_app_name, timeout_s)
+    targets = []
+    for settings in applications:
+        check_ray_settings(settings)
+        targets.append(RunTarget(target=build_application(settings), name=settings.ray_app_name,
+                                 route_prefix=settings.ray_route_prefix))
+    serve.run_many(targets, wait_for_applications_running=False)
+    for settings in applications:
+        wait_ready(settings.ray_app_name, timeout_s)
 
 
 def shutdown_app(settings: Settings) -> None:
