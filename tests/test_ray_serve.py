@@ -25,12 +25,12 @@ import yaml
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from checkpoints import build_bert_checkpoint  # noqa: E402
-from mixed_reward_client import AsyncRewardClient, BadRequest, RetryPolicy, RewardClient  # noqa: E402
-from mixed_reward_client._coalesce import Coalescer  # noqa: E402
-from mixed_reward_client.ray import AsyncRayRewardClient, RayRewardClient  # noqa: E402
-from serving import running_server  # noqa: E402
-from test_service_http import (  # noqa: E402,F401 - the single-process HTTP tests, run against the replicas
+from checkpoints import build_bert_checkpoint
+from mixed_reward_client import AsyncRewardClient, BadRequest, RetryPolicy, RewardClient
+from mixed_reward_client._coalesce import Coalescer
+from mixed_reward_client.ray import AsyncRayRewardClient, RayRewardClient
+from serving import running_server
+from test_service_http import (  # noqa: F401 - the single-process HTTP tests, run against the replicas
     ONE_OF_EACH,
     test_empty_batch_is_fine,
     test_info_health_and_ready,
@@ -41,13 +41,13 @@ from test_service_http import (  # noqa: E402,F401 - the single-process HTTP tes
     test_zero_variance_group,
 )
 
-from reward_server.items.settings import Settings  # noqa: E402
-from reward_server.ray_serve.launch import EXIT_BAD_CONFIG, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, deploy  # noqa: E402
-from reward_server.ray_serve.options import deployment_options  # noqa: E402
+from reward_server.items.settings import Settings
+from reward_server.ray_serve.launch import EXIT_BAD_CONFIG, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, deploy
+from reward_server.ray_serve.options import deployment_options
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = {"authorization": "Bearer admin-secret"}
-SECURED = dict(api_token="tok", max_items_per_request=4, max_chars_per_text=200, max_body_bytes=4096)
+SECURED = {"api_token": "tok", "max_items_per_request": 4, "max_chars_per_text": 200, "max_body_bytes": 4096}
 
 
 def subprocess_env() -> dict[str, str]:
@@ -291,43 +291,47 @@ def test_reload_rolls_through_every_replica_under_load(cluster: Any, tmp_path: P
     assert info(cluster.url)["replicas"]["tables"] == {new: 2}
 
 
-def run_cli(*args: str, hide_ray: bool = False, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    code = "import sys\n" + ("sys.modules['ray'] = None\n" if hide_ray else "")
+def start_cli(*args: str, hide_ray: bool = False) -> subprocess.Popen[str]:
+    code = "import sys\n" + ("sys.modules['ray'] = None\n" if hide_ray else "")  # `import ray` now fails
     code += "from reward_server.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), check=False)
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=subprocess_env())
 
 
-def test_serve_ray_without_ray_says_how_to_install_it() -> None:
-    done = run_cli("serve", "--ray", hide_ray=True, timeout=60)
-    assert done.returncode == EXIT_RAY_MISSING, done.stderr
-    assert 'pip install "mixed-reward[ray]"' in done.stderr
-    client = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['ray'] = None\n"
-         "import mixed_reward_client.ray as m\ntry:\n    m.RayRewardClient()\nexcept m.RewardClientError as e:\n"
-         "    print(e)"], capture_output=True, text=True, timeout=60, env=subprocess_env(), check=False)
-    assert client.returncode == 0 and 'pip install "ray[serve]==2.60.0"' in client.stdout, client.stderr
-
-
-def test_serve_ray_bad_settings_and_unreachable_cluster_exit_at_once() -> None:
-    started = time.monotonic()
-    done = run_cli("serve", "--ray", "--min-replicas", "3", timeout=60)
-    assert done.returncode == EXIT_BAD_CONFIG and "--max-replicas" in done.stderr, done.stderr
-    closed = free_port()
-    done = run_cli("serve", "--ray", "--ray-address", f"127.0.0.1:{closed}", timeout=60)
-    assert done.returncode == EXIT_CLUSTER_UNREACHABLE, done.stderr
-    assert f"no Ray cluster reachable at 127.0.0.1:{closed}" in done.stderr
-    assert time.monotonic() - started < 60
-
-
-def test_serve_ray_with_a_table_no_replica_can_load_exits_2_naming_it(cluster: Any, tmp_path: Path) -> None:
+def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, tmp_path: Path) -> None:
+    """Run side by side (each is a fresh process): no ray, contradicting settings, no cluster at the
+    address, a table no replica can load; and the Ray client without ray."""
     missing = tmp_path / "no-such-checkpoint"
-    done = run_cli("serve", "--ray", "--ray-address", cluster.gcs, "--ray-app-name", "broken",
-                   "--ray-route-prefix", "/broken", "--replicas", "1", "--model-path", str(missing),
-                   "--host", "127.0.0.1", "--port", "0")
-    assert done.returncode == EXIT_BAD_CONFIG, done.stderr[-3000:]
-    assert "cannot load the embedding table" in done.stderr and str(missing) in done.stderr
+    closed = free_port()
+    started = time.monotonic()
+    runs = {
+        "no ray": start_cli("serve", "--ray", hide_ray=True),
+        "bad settings": start_cli("serve", "--ray", "--min-replicas", "3"),
+        "unreachable": start_cli("serve", "--ray", "--ray-address", f"127.0.0.1:{closed}"),
+        "bad table": start_cli("serve", "--ray", "--ray-address", cluster.gcs, "--ray-app-name", "broken",
+                               "--ray-route-prefix", "/broken", "--replicas", "1", "--model-path", str(missing),
+                               "--host", "127.0.0.1", "--port", "0"),
+        "client": subprocess.Popen(
+            [sys.executable, "-c", ("import sys; sys.modules['ray'] = None\n"
+             "import mixed_reward_client.ray as m\ntry:\n    m.RayRewardClient()\nexcept m.RewardClientError as e:\n"
+             "    print(e)")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()),
+    }
+    outputs = {name: run.communicate(timeout=240) for name, run in runs.items()}
+    done = {name: (runs[name].returncode, *out) for name, out in outputs.items()}
+
+    code, _, err = done["no ray"]
+    assert code == EXIT_RAY_MISSING and 'pip install "mixed-reward[ray]"' in err, err
+    code, _, err = done["bad settings"]
+    assert code == EXIT_BAD_CONFIG and "--max-replicas" in err, err
+    code, _, err = done["unreachable"]
+    assert code == EXIT_CLUSTER_UNREACHABLE and f"no Ray cluster reachable at 127.0.0.1:{closed}" in err, err
+    code, _, err = done["bad table"]
+    assert code == EXIT_BAD_CONFIG, err[-3000:]
+    assert "cannot load the embedding table" in err and str(missing) in err
     assert "broken" not in serve.status().applications  # it cleaned up after itself
+    code, out, err = done["client"]
+    assert code == 0 and 'pip install "ray[serve]==2.60.0"' in out, err
+    assert time.monotonic() - started < 180  # nothing hung
 
 
 def test_the_serve_config_file_builds_the_documented_application() -> None:

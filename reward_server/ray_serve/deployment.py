@@ -53,7 +53,7 @@ class _MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, host: str) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
@@ -146,7 +146,7 @@ class RewardReplica:
                 await self._report_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the registry restarting: report again next second
+            except ray.exceptions.RayError:  # the registry restarting: report again next second
                 log.warning("replica %s: cannot reach the registry", self.replica_id, exc_info=True)
             await asyncio.sleep(REPORT_EVERY_S)
 
@@ -206,8 +206,8 @@ class RewardReplica:
             return
         try:
             await self.registry.forget.remote(self.replica_id)
-        except Exception:  # the registry may already be gone with the cluster
-            pass
+        except ray.exceptions.RayError:  # the registry may already be gone with the cluster
+            log.debug("replica %s: the registry is gone", self.replica_id)
 
 
 def build_application(settings: Settings, cluster_gpus: float | None = None) -> Application:

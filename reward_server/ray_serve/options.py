@@ -27,11 +27,11 @@ class BadRayConfig(ValueError):
 def check_ray_settings(settings: Settings) -> None:
     if (settings.min_replicas is None) != (settings.max_replicas is None):
         raise BadRayConfig("--min-replicas and --max-replicas go together (autoscaling between them)")
-    if settings.min_replicas is not None and settings.max_replicas is not None:
-        if settings.min_replicas > settings.max_replicas:
-            raise BadRayConfig(
-                f"--min-replicas {settings.min_replicas} is larger than --max-replicas {settings.max_replicas}"
-            )
+    if settings.min_replicas is not None and settings.max_replicas is not None \
+            and settings.min_replicas > settings.max_replicas:
+        raise BadRayConfig(
+            f"--min-replicas {settings.min_replicas} is larger than --max-replicas {settings.max_replicas}"
+        )
     if not settings.ray_route_prefix.startswith("/"):
         raise BadRayConfig(f"--ray-route-prefix must start with '/', got {settings.ray_route_prefix!r}")
 
