@@ -29,6 +29,7 @@ from checkpoints import build_bert_checkpoint
 from mixed_reward_client import AsyncRewardClient, BadRequest, RetryPolicy, RewardClient
 from mixed_reward_client._coalesce import Coalescer
 from mixed_reward_client.ray import AsyncRayRewardClient, RayRewardClient
+from prometheus_harness import dashboard_queries, running_prometheus
 from serving import running_server
 from test_service_http import (  # noqa: F401 - the single-process HTTP tests, run against the replicas
     ONE_OF_EACH,
@@ -215,6 +216,22 @@ def test_replicas_share_one_difficulty_state_and_each_has_its_metrics(cluster: A
     after = scored_per_replica(cluster)
     served = {target: after[target] - before[target] for target in after}
     assert sum(served.values()) == 60 and all(count > 0 for count in served.values()), served
+
+
+def test_prometheus_scrapes_every_replica_through_http_service_discovery(cluster: Any) -> None:
+    """The deploy scrape config with http_sd_configs on /v1/metrics/targets: one series set per
+    replica, which the dashboard and alerts sum; every dashboard query evaluates."""
+    per_replica = scored_per_replica(cluster)
+    with running_prometheus("unused:0", http_sd=cluster.url + "/v1/metrics/targets") as prometheus:
+        prometheus.wait_for("sum(reward_ready)", lambda r: bool(r) and float(r[0]["value"][1]) == 2, timeout=60)
+        prometheus.wait_for('sum(reward_items_total{outcome="scored"})',
+                            lambda r: bool(r) and float(r[0]["value"][1]) >= sum(per_replica.values()), timeout=60)
+        scraped = prometheus.values('sum by (instance) (reward_items_total{outcome="scored"})', "instance")
+        assert {instance for (instance,) in scraped} == set(per_replica)
+        tables = prometheus.query("count(count by (content_hash) (reward_table_info))")
+        assert float(tables[0]["value"][1]) == 1  # RewardTablesDiverge stays quiet
+        for _title, expr in dashboard_queries():
+            prometheus.query(expr)  # raises on an error
 
 
 def test_a_killed_replica_is_replaced_and_no_item_is_lost_or_changed(cluster: Any, reference: Any) -> None:
