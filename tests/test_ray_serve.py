@@ -299,6 +299,10 @@ def test_reload_rolls_through_every_replica_under_load(cluster: Any, tmp_path: P
             stop.set()
             return [s for w in workers for s in await w], reload
 
+    bad = httpx.post(cluster.url + "/admin/reload", json={"model_path": str(tmp_path / "nope")}, headers=ADMIN,
+                     timeout=120)
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_table"  # as in one process
+    assert info(cluster.url)["replicas"]["tables"] == {old: 2}  # nothing was published
     statuses, reload = asyncio.run(main())
     assert reload.status_code == 200, reload.text
     new = reload.json()["current"]["content_hash"]
@@ -349,6 +353,22 @@ def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, t
     code, out, err = done["client"]
     assert code == 0 and 'pip install "ray[serve]==2.60.0"' in out, err
     assert time.monotonic() - started < 180  # nothing hung
+
+
+def test_the_registry_forgets_a_replica_that_stops_reporting() -> None:
+    from reward_server.ray_serve.registry import ReplicaRegistryImpl, summary
+
+    registry = ReplicaRegistryImpl(ttl_s=0.2)
+    assert registry.report("a", {"content_hash": "h1", "generation": 0}) == (0, None)
+    registry.report("b", {"content_hash": "h1", "generation": 0})
+    assert registry.publish({"model_path": "/m", "device": None, "dtype": None}) == 1
+    assert registry.report("a", {"content_hash": "h2", "generation": 1})[0] == 1
+    assert summary(registry.live(), 1)["tables"] == {"h2": 1, "h1": 1}
+    time.sleep(0.3)
+    registry.report("b", {"content_hash": "h2", "generation": 1})
+    assert [r["replica_id"] for r in registry.live()] == ["b"]  # "a" went quiet: dropped
+    registry.forget("b")
+    assert registry.live() == []
 
 
 def test_the_serve_config_file_builds_the_documented_application() -> None:
