@@ -1,34 +1,41 @@
-# syntax=docker/dockerfile:1
 # The reward service. GPU hosts (default):   docker build -t mixed-reward .
 #                     CPU-only hosts:         docker build -t mixed-reward:cpu --build-arg VARIANT=cpu .
+# Offline (no network in the build): put the wheels in wheelhouse/ (scripts/docker-env.sh wheelhouse)
+# and add  --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse  (docs/deployment.md).
 # The policy checkpoint is never baked in: mount it read-only and point REWARD_MODEL_PATH at it
 # (unset: the embedded default table, installed below). Nothing is downloaded at run time.
+# No `# syntax=` line and no BuildKit-only instruction: the legacy builder (DOCKER_BUILDKIT=0),
+# which needs no network for a frontend, builds it as well as BuildKit does.
 ARG VARIANT=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG CPU_IMAGE=python:3.11-slim-bookworm
 
 # GPU: the CUDA runtime base. torch==2.13.0 from PyPI is the CUDA build on Linux x86_64.
+# Python comes from the distribution unless the base already has it (with venv).
 FROM ${CUDA_IMAGE} AS base-gpu
 ARG DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
+RUN python3 -c "import venv, ensurepip" 2>/dev/null || { apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/*; }
 ENV TORCH_INDEX_URL=""
 
 # CPU: plain Python; torch==2.13.0 from PyTorch's CPU index (no CUDA libraries, a much smaller image).
 FROM ${CPU_IMAGE} AS base-cpu
 ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 
-FROM base-${VARIANT} AS runtime
+# The virtual environment is built in its own stage, so neither the wheelhouse nor pip's build
+# files reach the image: the runtime stage copies /opt/venv alone.
+FROM base-${VARIANT} AS build
+# pip reads these from the environment; unset (the default), pip uses the package indexes.
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONUNBUFFERED=1 \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /app
+COPY wheelhouse/ /wheelhouse/
 
 # The README's install, step by step (torch first so `pip install .` never picks another build).
 RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
@@ -37,11 +44,20 @@ COPY pyproject.toml README.md ./
 COPY reward_server ./reward_server
 RUN pip install .
 
+FROM base-${VARIANT} AS runtime
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+COPY --from=build /opt/venv /opt/venv
+
 # The loader remembers where each checkpoint layout keeps its embedding (saves a ~5 s import of
 # transformers' modelling code per start and reload); give the non-root user a place to write it.
+# /models is where the checkpoint is mounted, read-only (docker-compose.yml).
 ENV REWARD_SERVER_CACHE_DIR=/var/cache/reward_server
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reward \
-    && mkdir -p "$REWARD_SERVER_CACHE_DIR" && chown 10001 "$REWARD_SERVER_CACHE_DIR"
+    && mkdir -p "$REWARD_SERVER_CACHE_DIR" /models && chown 10001 "$REWARD_SERVER_CACHE_DIR"
 USER 10001
 
 # Every REWARD_* variable configures the service (see docs/configuration.md); the port stays 8000, which the
