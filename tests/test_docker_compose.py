@@ -61,6 +61,7 @@ def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Compose
     # The build compose runs, from the compose files' build section; only the base images and the
     # package source are local (docker_harness.Engine.build_args lists them for `docker build`).
     project.compose("build", "reward", timeout=1200)
+    engine.keep_only_the_newest_build_cache()
     return project
 
 
