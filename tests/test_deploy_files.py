@@ -172,6 +172,10 @@ def test_dockerfile_installs_what_the_readme_installs() -> None:
     runs = [args for kind, args in instructions if kind == "RUN"]
     pip_steps = [re.sub(r"\s+\$\{TORCH_INDEX_URL.*$", "", run) for run in runs if run.startswith("pip install")]
     assert pip_steps == list(INSTALL_STEPS)
+    # Before `pip install .`, only the package's own dependencies, read from pyproject.toml (a layer
+    # that a change of the source leaves cached); nothing the README does not install.
+    (dependencies,) = [run for run in runs if "pip install -r /tmp/dependencies.txt" in run]
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in dependencies
     # The README's and `make install`'s steps: the same torch pin and default table, then this
     # package (a development install may be editable and add the test extras; the image does not).
     package = re.compile(r"pip install (-e )?[\"']?\.(\[[\w,]+\])?[\"']?(\s|$)")
