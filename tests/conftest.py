@@ -27,3 +27,21 @@ def server(default_table):
 
     with running_server(default_table) as srv:
         yield srv
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The compose test runs last, while its engine and images are prepared in the background from
+    now on (tests/docker_harness.py): a fresh machine's minutes of apt and debootstrap overlap the
+    rest of the suite instead of adding to it."""
+    docker = [item for item in items if item.get_closest_marker("docker")]
+    if not docker or config.option.collectonly:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("docker")] + docker
+    from docker_harness import prepare_in_background
+
+    prepare_in_background()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "docker_harness" in sys.modules:
+        sys.modules["docker_harness"].finish_background_preparation()

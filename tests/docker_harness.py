@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -80,14 +81,70 @@ class Engine:
         return [arg for name in names for arg in ("--build-arg", f"{name}={self.env[name]}")]
 
 
+class _Preparation:
+    """``scripts/docker-env.sh up`` running in the background from the start of the test session.
+
+    On a fresh machine it takes minutes (apt, debootstrap, the wheelhouse download), mostly waiting
+    on the package mirrors rather than the CPU, so tests/conftest.py starts it as soon as the compose
+    test is collected and sorts that test last: the suite overlaps the wait instead of adding it.
+    Output goes to files, not pipes, so a chatty apt can never block on a full pipe.
+    """
+
+    def __init__(self) -> None:
+        # Open for the life of the background process, closed in result().
+        self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(["bash", str(SCRIPT), "up"], stdout=self.out, stderr=self.err, text=True)
+
+    def result(self, timeout: float) -> tuple[int, str, str]:
+        try:
+            returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        with self.out, self.err:
+            self.out.seek(0)
+            self.err.seek(0)
+            return returncode, self.out.read(), self.err.read()
+
+
+_preparation: _Preparation | None = None
+
+
+def prepare_in_background() -> None:
+    """Start ``docker-env.sh up`` now; :func:`start_engine` collects it (called by tests/conftest.py)."""
+    global _preparation
+    if _preparation is None:
+        _preparation = _Preparation()
+
+
+def finish_background_preparation() -> None:
+    """At the end of the session: wait for a preparation no test collected (a run stopped early, -x)
+    and stop the dockerd it started, so no engine is left running."""
+    global _preparation
+    if _preparation is None:
+        return
+    preparation, _preparation = _preparation, None
+    returncode, stdout, _ = preparation.result(timeout=1500)
+    if returncode == 0 and "ENGINE=started" in stdout.splitlines():
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120, check=False)
+
+
 def start_engine(timeout: float = 1500) -> Engine:
-    done = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    if done.returncode == 3:
-        raise EngineUnavailable(done.stderr.strip().splitlines()[-1])
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/docker-env.sh up exited {done.returncode}:\n{done.stderr[-4000:]}")
-    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    global _preparation
+    if _preparation is not None:
+        preparation, _preparation = _preparation, None
+        returncode, stdout, stderr = preparation.result(timeout=timeout)
+    else:
+        done = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+    if returncode == 3:
+        raise EngineUnavailable(stderr.strip().splitlines()[-1])
+    if returncode != 0:
+        raise RuntimeError(f"scripts/docker-env.sh up exited {returncode}:\n{stderr[-4000:]}")
+    env = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
     return Engine(env={k: v for k, v in env.items() if k != "ENGINE"}, started=env["ENGINE"] == "started")
 
 
