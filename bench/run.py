@@ -377,6 +377,7 @@ def print_qwen_http(results: list[dict[str, float]]) -> None:
               f"{r['e2e_over_tokenization']:>9.2f}{r['many_items_per_s']:>15.0f}{r['many_over_big']:>11.2f}"
               f"{r['per_request_cpu_us']:>11.0f}"
               f"{r['peak_rss_mib']:>13.0f}")
+    print("target: 1-item/big >= 0.6 (512 concurrent one-item requests vs one 512-item request, items/s)")
     if len(results) == 2:
         print(f"bfloat16 / float32 items/s (one big request): "
               f"{results[1]['big_items_per_s'] / results[0]['big_items_per_s']:.2f}")
