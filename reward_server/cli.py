@@ -52,6 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.ray:  # replicas on a Ray cluster: reward_server/ray_serve/launch.py (its exit codes too)
+        from reward_server.ray_serve.launch import serve_on_ray
+
+        return serve_on_ray(settings)
     log = logging.getLogger("reward_server")
     started = time.perf_counter()
     try:

@@ -67,9 +67,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def scrape_config_for(target: str, directory: Path, interval: str = "1s") -> Path:
+def scrape_config_for(target: str, directory: Path, interval: str = "1s", http_sd: str | None = None) -> Path:
     """The deploy scrape config, pointed at ``target`` and scraping every ``interval``; the alert
-    rules beside it are copied too, so the test evaluates the same rules as production."""
+    rules beside it are copied too, so the test evaluates the same rules as production. With
+    ``http_sd`` (a URL), the targets come from HTTP service discovery instead (Ray Serve replicas)."""
     config = yaml.safe_load(SCRAPE_CONFIG.read_text())
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
@@ -78,6 +79,9 @@ def scrape_config_for(target: str, directory: Path, interval: str = "1s") -> Pat
         job["scrape_timeout"] = interval
         for static in job.get("static_configs", []):
             static["targets"] = [target]
+        if http_sd is not None:
+            del job["static_configs"]
+            job["http_sd_configs"] = [{"url": http_sd, "refresh_interval": interval}]
     for rules in config.get("rule_files", []):
         shutil.copy(SCRAPE_CONFIG.parent / rules, directory / rules)
     path = directory / "prometheus.yml"
@@ -130,12 +134,13 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(target: str) -> Iterator[Prometheus]:
-    """A real Prometheus on 127.0.0.1, scraping ``target`` every second, with throwaway storage."""
+def running_prometheus(target: str, http_sd: str | None = None) -> Iterator[Prometheus]:
+    """A real Prometheus on 127.0.0.1, scraping ``target`` (or what ``http_sd`` lists) every second,
+    with throwaway storage."""
     binary, _ = ensure_prometheus()
     with tempfile.TemporaryDirectory(prefix="reward-prometheus-") as tmp:
         directory = Path(tmp)
-        config = scrape_config_for(target, directory)
+        config = scrape_config_for(target, directory, http_sd=http_sd)
         for _attempt in range(3):  # the free port may be taken between choosing and binding it
             port = _free_port()
             log = (directory / "prometheus.log").open("w")

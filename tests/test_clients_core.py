@@ -153,12 +153,14 @@ def test_503_not_ready_is_retried_until_the_server_is_back(default_table):
             with pytest.raises(ServerUnavailable) as caught:
                 client.score([YES])
             assert [a.reason.split(":")[0] for a in caught.value.attempts] == ["HTTP 503"] * 3
-            threading.Timer(0.3, lambda: setattr(state, "ready", True)).start()
             patient = RetryPolicy(max_attempts=20, backoff=0.05, max_backoff=0.1)
             with RewardClient(srv.url, retry=patient) as client:
+                # The timer starts after the clock, so the call cannot succeed before 0.3 s: it
+                # succeeds only by retrying through the 503s.
                 started = time.monotonic()
+                threading.Timer(0.3, lambda: setattr(state, "ready", True)).start()
                 assert client.score([YES]).rewards == [2.0]
-                assert time.monotonic() - started >= 0.25
+                assert time.monotonic() - started >= 0.3
 
 
 def test_large_batches_are_split_keeping_groups_whole(server):

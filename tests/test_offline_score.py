@@ -194,7 +194,9 @@ def test_parquet_input(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     assert main(["score", str(src), str(a), "--batch-size", "7"]) == 0
     assert main(["score", str(jsonl), str(b)]) == 0
-    assert _read(a) == _read(b)
+    # Splitting a group across batches changes the matmul shapes, so floats may differ in the last
+    # bits; SPEC §6 allows 1e-5 against a per-item computation.
+    assert _read(a) == [pytest.approx(row, abs=1e-6) for row in _read(b)]
 
 
 def test_url_mode_equals_in_process(tmp_path, server):

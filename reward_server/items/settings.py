@@ -98,11 +98,40 @@ class Settings(BaseSettings):
         "in-flight requests finish (up to 30 s more). Pair with Kubernetes terminationGracePeriodSeconds.",
     )
 
+    # Ray Serve (deploy/scale-out.md): N replicas of this service on a Ray cluster; needs the [ray] extra
+    ray: bool = Field(
+        False, description="Serve on Ray Serve (replicas on a Ray cluster) instead of one uvicorn process."
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to join: auto (must be running), host:6379, ray://host:10001, local (start "
+        "one). Unset: RAY_ADDRESS or a cluster running on this machine, else start a local one.",
+    )
+    ray_app_name: str = Field("mixed-reward", description="Ray Serve application name (what RayRewardClient calls).")
+    ray_route_prefix: str = Field("/", description="Ray Serve HTTP route prefix of the application.")
+    replicas: int = Field(1, ge=1, le=1024, description="Ray mode: fixed number of replicas (one engine and table each).")
+    min_replicas: int | None = Field(
+        None, ge=0, le=1024, description="Ray mode: autoscaling lower bound (with max_replicas; replaces replicas)."
+    )
+    max_replicas: int | None = Field(None, ge=1, le=1024, description="Ray mode: autoscaling upper bound.")
+    target_ongoing_requests: float = Field(
+        16.0, gt=0.0, description="Ray mode, autoscaling: ongoing requests per replica the autoscaler aims at."
+    )
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Ray mode: requests one replica takes at once (its batcher coalesces them)."
+    )
+    num_gpus: float | None = Field(
+        None, ge=0.0, description="Ray mode: GPUs per replica, whole or fractional (0.25: four replicas a GPU). "
+        "Unset: 1 when the cluster has GPUs, else 0 (CPU).",
+    )
+    num_cpus: float = Field(1.0, ge=0.0, description="Ray mode: CPUs Ray reserves per replica.")
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
     access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
 
     @field_validator(
-        "model_path", "api_token", "admin_token", "device", "idf_path", "state_path", "state_ray_actor", mode="before"
+        "model_path", "api_token", "admin_token", "device", "idf_path", "state_path", "state_ray_actor", "ray_address",
+        "min_replicas", "max_replicas", "num_gpus", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -14,7 +14,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +107,43 @@ class ServiceState:
         return self.batcher.engine.table
 
 
+@dataclass(frozen=True)
+class ServiceHooks:
+    """What a host around the app adds to it (Ray Serve: ``reward_server/ray_serve``), so that the
+    routes stay one implementation. ``info`` adds keys to ``/v1/info``; ``reloaded`` runs after this
+    process swapped its table on ``/admin/reload`` (with the request's ``model_path``, ``device``,
+    ``dtype`` and the new table's info) and adds keys to the answer: in Ray mode it rolls the table
+    through every other replica."""
+
+    info: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    reloaded: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+
+
+async def swap_table(
+    state: ServiceState, model_path: str | None, device: str | None, dtype: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a table and swap it in under the reload lock: the batch in flight finishes on the old
+    table, every later batch uses the new one. Returns (previous info, current info); raises
+    :class:`ApiError` 422 naming ``model_path`` when the table cannot be used."""
+    settings = state.settings
+    async with state.reload_lock:
+        old = state.table.info()
+        try:
+            table = await asyncio.to_thread(load_table, model_path, device=device, dtype=dtype)
+            idf = state.batcher.engine.idf
+            if idf is not None:  # the robust profile's ids must mean the same tokens
+                check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
+        except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:
+            raise ApiError(
+                422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
+            ) from exc
+        state.batcher.engine = build_engine(table, settings, idf)
+        gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
+        _freeze_heap()
+        log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
+        return old, table.info()
+
+
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,6 +153,8 @@ class ReloadRequest(BaseModel):
 
 
 class ReloadResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # Ray mode adds "replicas": which replica serves which table
+
     previous: TableInfo
     current: TableInfo
 
@@ -134,10 +173,14 @@ def _placement(field: str, resolve: Any, *args: Any) -> Any:
         ) from exc
 
 
-def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: IdfTable | None = None) -> FastAPI:
+def create_app(
+    table: EmbeddingTable, settings: Settings | None = None, idf: IdfTable | None = None,
+    hooks: ServiceHooks | None = None,
+) -> FastAPI:
     """The app for ``table``. ``idf`` defaults to ``settings.idf_path``'s file (which may raise
     :class:`IdfFileError`: ``reward-server serve`` loads it first, to exit 2 naming the file)."""
     settings = settings or Settings()
+    hooks = hooks or ServiceHooks()
     if idf is None:
         idf = load_configured_idf(settings, table)
     metrics = ServiceMetrics()
@@ -217,6 +260,7 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
                 "max_body_bytes": settings.max_body_bytes,
             },
             "task_types": ["yes_no", "mcq", "chart", "grounding", "open_ended"],
+            **(await hooks.info() if hooks.info is not None else {}),
         }
 
     async def score_items(items: list[ScoreItem], options: Any) -> tuple[list[Any], RequestOutcome | None]:
@@ -307,22 +351,9 @@ def create_app(table: EmbeddingTable, settings: Settings | None = None, idf: Idf
         # Checked before loading, so that the error names the field (not model_path).
         target = _placement("device", resolve_device, device)
         _placement("dtype", resolve_dtype, dtype, target)
-        async with state.reload_lock:
-            old = state.table.info()
-            try:
-                table = await asyncio.to_thread(load_table, request.model_path, device=device, dtype=dtype)
-                idf = state.batcher.engine.idf
-                if idf is not None:  # the robust profile's ids must mean the same tokens
-                    check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
-            except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:
-                raise ApiError(
-                    422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
-                ) from exc
-            state.batcher.engine = build_engine(table, settings, idf)
-            gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
-            _freeze_heap()
-            log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
-            return {"previous": old, "current": table.info()}
+        old, current = await swap_table(state, request.model_path, device, dtype)
+        extra = {} if hooks.reloaded is None else await hooks.reloaded(request.model_dump(), current)
+        return {"previous": old, "current": current, **extra}
 
     install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest, SlimeSample, *difficulty.BODIES)
     return app

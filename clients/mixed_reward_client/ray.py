@@ -1,0 +1,188 @@
+"""Ray-native clients: score through the Serve deployment's ``DeploymentHandle``, no HTTP hop.
+
+For trainer code that already lives on the Ray cluster the service runs on (verl, OpenRLHF, slime,
+ROLL workers started by ``reward-server serve --ray``, see deploy/scale-out.md)::
+
+    from mixed_reward_client.ray import RayRewardClient
+    client = RayRewardClient("mixed-reward")          # the Serve application name
+    batch = client.score(items)                       # same ScoreBatch as RewardClient.score
+
+Same API, results and errors as the HTTP clients (they share every decision: batching, splitting,
+retries, deadline, error types): the replica runs the call through the same FastAPI app
+in-process, so a 4xx comes back as :class:`BadRequest` with the same error body, and a replica
+that dies mid-call (its process killed, its node gone) is a failed attempt retried on another
+replica, then :class:`ServerUnavailable`. :func:`ray_coalescer` gathers concurrent one-sample
+calls into batched ones, as ``_coalesce.Coalescer`` does over HTTP.
+
+``ray`` is imported only when a client is made, so this module imports without Ray installed; the
+client then raises :class:`RewardClientError` saying how to install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, Coalescer
+from mixed_reward_client._config import per_loop
+from mixed_reward_client._policy import Endpoints, Retryable, RetryState, read_answer
+from mixed_reward_client.client import AsyncRewardClient, RewardClient, _ClientBase, _describe
+from mixed_reward_client.errors import RewardClientError
+
+DEFAULT_APP = "mixed-reward"
+DEFAULT_DEPLOYMENT = "RewardReplica"  # reward_server.ray_serve.options.DEPLOYMENT_NAME
+INSTALL_HINT = 'pip install "ray[serve]==2.60.0"'
+_PLACEHOLDER_URL = "http://ray-serve.invalid"  # _ClientBase wants one; nothing is ever sent to it
+
+
+def _serve() -> Any:
+    try:
+        from ray import serve
+    except ImportError as exc:
+        raise RewardClientError(
+            f"mixed_reward_client.ray needs Ray Serve in this process ({exc}); install it with: {INSTALL_HINT}, "
+            "or use RewardClient with the service's HTTP URL"
+        ) from exc
+    return serve
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a handle call raises when the replica, not the request, failed: retried elsewhere."""
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    return (RayError, RayServeException, TimeoutError, asyncio.TimeoutError)
+
+
+class _HandleEndpoints(Endpoints):
+    """One logical endpoint, the deployment: Serve itself picks (and replaces) replicas."""
+
+    def __init__(self, label: str) -> None:
+        self.urls = [label]
+        self.failback_after = None
+        self._preferred = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+
+class _HandleBase:
+    """What both Ray clients share: the handle, its label, and the per-attempt timeout."""
+
+    _endpoints: Endpoints
+    _read_timeout: float
+
+    def _attach(self, app_name: str, deployment: str, handle: Any | None) -> None:
+        serve = _serve()
+        self.app_name = app_name
+        self.label = f"serve://{app_name}/{deployment}"
+        self._endpoints = _HandleEndpoints(self.label)
+        base = handle if handle is not None else serve.get_deployment_handle(deployment, app_name=app_name)
+        self._handle = base.options(method_name="handle_request")
+        self._transport = _transport_errors()
+
+    def _attempt_timeout(self, state: RetryState) -> float:
+        left = state.remaining()
+        return self._read_timeout if left is None else max(0.001, min(self._read_timeout, left))
+
+
+class RayRewardClient(_HandleBase, RewardClient):
+    """Blocking twin of :class:`~mixed_reward_client.RewardClient` over a Serve ``DeploymentHandle``.
+    Takes the same keyword arguments (token, timeout, retry, max_batch_items, format_weight, ...)."""
+
+    def __init__(
+        self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
+        self._attach(app_name, deployment, handle)
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.label]
+
+    def close(self) -> None:
+        """Nothing to close: the handle belongs to Ray."""
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
+    ) -> dict[str, Any]:
+        state = RetryState(self._endpoints, self.retry, deadline_at)
+        while (step := state.next()) is not None:
+            label, delay = step
+            if delay:
+                time.sleep(delay)
+            try:
+                response = self._handle.remote(method, path, self._headers, body)
+                status, headers, content = response.result(timeout_s=self._attempt_timeout(state))
+                answer = read_answer(label, status, headers, content, expect)
+            except Retryable as exc:
+                state.failed(label, exc.reason, exc.retry_after)
+                continue
+            except self._transport as exc:
+                state.failed(label, _describe(exc))
+                continue
+            state.succeeded(label)
+            return answer
+        raise state.give_up()
+
+
+class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
+    """Asyncio twin of :class:`RayRewardClient` (split requests of one call go out concurrently)."""
+
+    def __init__(
+        self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
+        max_concurrency: int = 4, **kwargs: Any,
+    ) -> None:
+        _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
+        self.max_concurrency = max(1, max_concurrency)
+        self._attach(app_name, deployment, handle)
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.label]
+
+    async def aclose(self) -> None:
+        """Nothing to close: the handle belongs to Ray."""
+
+    async def _send(
+        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
+    ) -> dict[str, Any]:
+        state = RetryState(self._endpoints, self.retry, deadline_at)
+        while (step := state.next()) is not None:
+            label, delay = step
+            if delay:
+                await asyncio.sleep(delay)
+            response = self._handle.remote(method, path, self._headers, body)
+            try:
+                status, headers, content = await asyncio.wait_for(response, self._attempt_timeout(state))
+                answer = read_answer(label, status, headers, content, expect)
+            except Retryable as exc:
+                state.failed(label, exc.reason, exc.retry_after)
+                continue
+            except self._transport as exc:
+                response.cancel()
+                state.failed(label, _describe(exc))
+                continue
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            state.succeeded(label)
+            return answer
+        raise state.give_up()
+
+
+async def ray_coalescer(
+    app_name: str = DEFAULT_APP, *, flush_ms: float = DEFAULT_FLUSH_MS, max_batch: int = DEFAULT_MAX_BATCH,
+    **client_kwargs: Any,
+) -> Coalescer:
+    """The running loop's coalescer over the handle: ``await (await ray_coalescer()).score(item)``
+    from hundreds of concurrent one-sample calls goes out as a few batched calls."""
+    key = ("ray", app_name, float(flush_ms), int(max_batch), tuple(sorted(client_kwargs.items())))
+    return await per_loop(
+        key, lambda: Coalescer(AsyncRayRewardClient(app_name, **client_kwargs), flush_ms / 1000.0, max_batch)
+    )
+
+
+__all__ = ["AsyncRayRewardClient", "RayRewardClient", "ray_coalescer"]

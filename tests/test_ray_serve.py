@@ -1,0 +1,389 @@
+"""Ray Serve mode against a real local Ray cluster (127.0.0.1 only, started once for the module).
+
+Two applications run side by side: ``mixed-reward`` (2 replicas, difficulty state, admin API) and
+``secured`` (1 replica, token and small limits). Every answer is compared with the single-process
+server's on the same requests: over HTTP through the Serve proxy and over a DeploymentHandle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from checkpoints import build_bert_checkpoint
+from mixed_reward_client import AsyncRewardClient, BadRequest, RetryPolicy, RewardClient
+from mixed_reward_client._coalesce import Coalescer
+from mixed_reward_client.ray import AsyncRayRewardClient, RayRewardClient
+from prometheus_harness import dashboard_queries, running_prometheus
+from serving import running_server
+from test_service_http import (  # noqa: F401 - the single-process HTTP tests, run against the replicas
+    ONE_OF_EACH,
+    test_empty_batch_is_fine,
+    test_info_health_and_ready,
+    test_mixed_batch_of_64,
+    test_one_item_of_each_task_type,
+    test_open_ended_matches_independent_bmas,
+    test_options_change_format_weight_and_reduction,
+    test_zero_variance_group,
+)
+
+from reward_server.items.settings import Settings
+from reward_server.ray_serve.launch import EXIT_BAD_CONFIG, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, deploy
+from reward_server.ray_serve.options import deployment_options
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN = {"authorization": "Bearer admin-secret"}
+SECURED = {"api_token": "tok", "max_items_per_request": 4, "max_chars_per_text": 200, "max_body_bytes": 4096}
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment at call time: after ray.init it carries RAY_AUTH_MODE=token, which a
+    second driver needs to join the (token-authenticated) test cluster."""
+    paths = [str(REPO), str(REPO / "clients"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, configure_logging=False, namespace="mixed-reward")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    state = tmp_path_factory.mktemp("ray-state") / "state.db"
+    main = Settings(replicas=2, admin_token="admin-secret", state_path=str(state), state_synchronous="normal",
+                    difficulty_local_decay=1.0, difficulty_stale_half_life_items=0.0)
+    secured = Settings(ray_app_name="secured", ray_route_prefix="/secured", replicas=1, **SECURED)
+    deploy(main, secured, timeout_s=300)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_replicas(url, 2)
+    yield SimpleNamespace(url=url, secured=url + "/secured", gcs=ray.get_runtime_context().gcs_address)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def info(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/v1/info", timeout=30).json()
+
+
+def wait_for_replicas(url: str, count: int, timeout: float = 120, exclude_pids: frozenset[int] = frozenset(),
+                      table: str | None = None) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = info(url)["replicas"]["replicas"]
+        if (len(replicas) == count and not {r["pid"] for r in replicas} & exclude_pids
+                and (table is None or all(r["content_hash"] == table for r in replicas))):
+            return replicas
+        assert time.monotonic() < deadline, replicas
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def server(cluster: Any) -> Any:
+    """What the imported single-process tests call ``server``: here the 2-replica application."""
+    return SimpleNamespace(url=cluster.url)
+
+
+@pytest.fixture(scope="module")
+def reference(default_table: Any) -> Any:
+    with running_server(default_table) as srv:
+        yield srv
+
+
+def spec_items(count: int) -> list[dict[str, Any]]:
+    items = []
+    for i in range(count):
+        item, _, _ = ONE_OF_EACH[i % len(ONE_OF_EACH)]
+        if i % 3 == 0:  # open-ended items that differ, so every BMAS is its own computation
+            item = {"response": f"<think>t</think><answer>A dog number {i} sleeps on sofa {i % 17}.</answer>",
+                    "ground_truth": f"A small dog sleeps on a red sofa {i % 11}.", "task_type": "caption"}
+        items.append({**item, "id": f"i{i}", "group_id": f"g{i // 8}"})
+    return items
+
+
+def differ(rows: list[dict[str, Any]], expected: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Rows that are not the same result: same keys and labels, numbers within 1e-6 (float32 sums
+    in a different batch composition differ in the last bits, as in one process)."""
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return a.keys() == b.keys() and all(
+            a[k] == pytest.approx(b[k], abs=1e-6) if isinstance(b[k], float) else a[k] == b[k] for k in b
+        )
+    assert len(rows) == len(expected)
+    return [(a, b) for a, b in zip(rows, expected) if not same(a, b)]
+
+
+def test_two_replicas_score_like_one_process_over_http_and_the_handle(cluster: Any, reference: Any) -> None:
+    items = spec_items(600)
+    with RewardClient(reference.url) as client:
+        expected = client.score(items)
+    with RewardClient(cluster.url, max_batch_items=64) as client:
+        over_http = client.score(items)
+    with RayRewardClient("mixed-reward", max_batch_items=64) as client:
+        over_handle = client.score(items)
+        assert client.info()["replicas"]["count"] == 2
+    assert differ(over_http.results, expected.results) == []
+    assert differ(over_handle.results, expected.results) == []
+    assert differ(over_handle.groups, expected.groups) == differ(over_http.groups, expected.groups) == []
+
+    async def coalesced() -> list[dict[str, Any]]:
+        coalescer = Coalescer(AsyncRayRewardClient("mixed-reward"), 0.005, 256)
+        rows = await asyncio.gather(*(coalescer.score(item) for item in items[:200]))
+        assert coalescer.requests < 20  # 200 one-sample calls went out as a few batched calls
+        await coalescer.aclose()
+        return rows
+
+    assert differ(asyncio.run(coalesced()), expected.results[:200]) == []
+
+
+def parity_cases() -> list[tuple[str, dict[str, str], bytes]]:
+    one = {"response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no"}
+    token = {"authorization": "Bearer tok", "content-type": "application/json"}
+    return [
+        ("no token", {"content-type": "application/json"}, b'{"items": []}'),
+        ("wrong token", {**token, "authorization": "Bearer nope"}, b'{"items": []}'),
+        ("ok", token, httpx.Request("POST", "/", json={"items": [one]}).content),
+        ("too many items", token, httpx.Request("POST", "/", json={"items": [one] * 5}).content),
+        ("text too long", token, httpx.Request("POST", "/", json={"items": [{**one, "response": "x" * 300}]}).content),
+        ("body too large", token, b'{"items": [' + b" " * 5000 + b"]}"),
+        ("not json", token, b"{nope"),
+        ("bad task", token, httpx.Request("POST", "/", json={"items": [{**one, "task_type": "poetry"}]}).content),
+    ]
+
+
+def test_auth_and_limits_answer_exactly_as_one_process(cluster: Any, default_table: Any) -> None:
+    handle = serve.get_deployment_handle("RewardReplica", app_name="secured").options(method_name="handle_request")
+    with running_server(default_table, **SECURED) as single:
+        for name, headers, body in parity_cases():
+            want = httpx.post(single.url + "/score", content=body, headers=headers)
+            got = httpx.post(cluster.secured + "/score", content=body, headers=headers)
+            status, _, content = handle.remote("POST", "/score", headers, body).result(timeout_s=60)
+            assert (got.status_code, status) == (want.status_code, want.status_code), name
+            if want.status_code == 200:
+                assert differ(got.json()["results"], want.json()["results"]) == [], name
+            else:
+                assert got.json() == want.json() == httpx.Response(status, content=content).json(), name
+    with pytest.raises(BadRequest) as refused:
+        RayRewardClient("secured").score([{"response": "a", "ground_truth": "a", "task_type": "yes_no"}])
+    assert refused.value.status_code == 401 and refused.value.error_type == "unauthorized"
+
+
+def scored_per_replica(cluster: Any) -> dict[int, float]:
+    """reward_items_total{outcome="scored"} read from every replica's own /metrics (the SD targets)."""
+    (group,) = httpx.get(cluster.url + "/v1/metrics/targets").json()
+    counts = {}
+    for target in group["targets"]:
+        text = httpx.get(f"http://{target}/metrics").text
+        assert "reward_table_info{" in text
+        counts[target] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                             if line.startswith("reward_items_total{") and 'outcome="scored"' in line)
+    return counts
+
+
+def test_replicas_share_one_difficulty_state_and_each_has_its_metrics(cluster: Any) -> None:
+    before = scored_per_replica(cluster)
+    assert len(before) == 2
+
+    async def traffic() -> list[int]:
+        item = {"response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no", "prompt_id": "shared"}
+        wrong = {**item, "response": "<answer>no</answer>"}
+        async with httpx.AsyncClient(timeout=60) as client:
+            calls = [client.post(cluster.url + "/score", json={"items": [wrong if i % 4 == 0 else item]}) for i in range(60)]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(traffic()) == [200] * 60
+    state = httpx.get(cluster.url + "/v1/prompts/shared").json()
+    assert (state["n"], state["successes"]) == (60, 45)
+    after = scored_per_replica(cluster)
+    served = {target: after[target] - before[target] for target in after}
+    assert sum(served.values()) == 60 and all(count > 0 for count in served.values()), served
+
+
+def test_prometheus_scrapes_every_replica_through_http_service_discovery(cluster: Any) -> None:
+    """The deploy scrape config with http_sd_configs on /v1/metrics/targets: one series set per
+    replica, which the dashboard and alerts sum; every dashboard query evaluates."""
+    per_replica = scored_per_replica(cluster)
+    with running_prometheus("unused:0", http_sd=cluster.url + "/v1/metrics/targets") as prometheus:
+        prometheus.wait_for("sum(reward_ready)", lambda r: bool(r) and float(r[0]["value"][1]) == 2, timeout=60)
+        prometheus.wait_for('sum(reward_items_total{outcome="scored"})',
+                            lambda r: bool(r) and float(r[0]["value"][1]) >= sum(per_replica.values()), timeout=60)
+        scraped = prometheus.values('sum by (instance) (reward_items_total{outcome="scored"})', "instance")
+        assert {instance for (instance,) in scraped} == set(per_replica)
+        tables = prometheus.query("count(count by (content_hash) (reward_table_info))")
+        assert float(tables[0]["value"][1]) == 1  # RewardTablesDiverge stays quiet
+        for _title, expr in dashboard_queries():
+            prometheus.query(expr)  # raises on an error
+
+
+def test_a_killed_replica_is_replaced_and_no_item_is_lost_or_changed(cluster: Any, reference: Any) -> None:
+    items = spec_items(5000)
+    with RewardClient(reference.url) as client:
+        expected = {row["id"]: row for row in client.score(items).results}
+    chunks = [items[i : i + 100] for i in range(0, len(items), 100)]
+    victim = info(cluster.url)["replicas"]["replicas"][0]["pid"]
+    retry = RetryPolicy(max_attempts=10, backoff=0.2, max_backoff=2.0, deadline=120)
+
+    async def stream() -> list[dict[str, Any]]:
+        http = AsyncRewardClient(cluster.url, retry=retry, timeout=60)
+        handle = AsyncRayRewardClient("mixed-reward", retry=retry, timeout=60)
+        done = 0
+        gate = asyncio.Semaphore(4)
+
+        async def one(number: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            nonlocal done
+            async with gate:
+                client = http if number % 2 else handle  # half the stream over HTTP, half over the handle
+                rows = (await client.score(chunk)).results
+            done += 1
+            if done == 12:
+                os.kill(victim, signal.SIGKILL)
+            return rows
+
+        parts = await asyncio.gather(*(one(n, chunk) for n, chunk in enumerate(chunks)))
+        await http.aclose()
+        return [row for part in parts for row in part]
+
+    rows = asyncio.run(stream())
+    assert sorted(row["id"] for row in rows) == sorted(expected)  # every item exactly once
+    assert differ(rows, [expected[row["id"]] for row in rows]) == []
+    wait_for_replicas(cluster.url, 2, exclude_pids=frozenset({victim}))  # Serve replaced it
+
+
+def test_reload_rolls_through_every_replica_under_load(cluster: Any, tmp_path: Path) -> None:
+    second = build_bert_checkpoint(tmp_path / "second", vocab=300, dim=16, seed=3)
+    old = info(cluster.url)["content_hash"]
+    item = {"response": "<answer>tok5 tok9</answer>", "ground_truth": "tok5 tok6", "task_type": "caption"}
+
+    async def main() -> tuple[list[int], httpx.Response]:
+        stop = asyncio.Event()
+        handle = AsyncRayRewardClient("mixed-reward")
+
+        async def hammer(client: httpx.AsyncClient) -> list[int]:
+            statuses = []
+            while not stop.is_set():
+                statuses.append((await client.post(cluster.url + "/score", json={"items": [item] * 8})).status_code)
+            return statuses
+
+        async def hammer_handle() -> list[int]:
+            count = 0
+            while not stop.is_set():
+                await handle.score([item] * 8)  # raises on any failure
+                count += 1
+            return [200] * count
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            workers = [asyncio.create_task(hammer(client)) for _ in range(3)] + [asyncio.create_task(hammer_handle())]
+            await asyncio.sleep(0.5)
+            reload = await client.post(cluster.url + "/admin/reload", json={"model_path": str(second.path)},
+                                       headers=ADMIN)
+            await asyncio.sleep(0.5)
+            stop.set()
+            return [s for w in workers for s in await w], reload
+
+    bad = httpx.post(cluster.url + "/admin/reload", json={"model_path": str(tmp_path / "nope")}, headers=ADMIN,
+                     timeout=120)
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_table"  # as in one process
+    assert info(cluster.url)["replicas"]["tables"] == {old: 2}  # nothing was published
+    statuses, reload = asyncio.run(main())
+    assert reload.status_code == 200, reload.text
+    new = reload.json()["current"]["content_hash"]
+    assert new != old and reload.json()["previous"]["content_hash"] == old
+    assert reload.json()["replicas"]["tables"] == {new: 2}
+    assert len(statuses) > 10 and set(statuses) == {200}  # zero failed requests
+    assert info(cluster.url)["replicas"]["tables"] == {new: 2}
+
+
+def start_cli(*args: str, hide_ray: bool = False) -> subprocess.Popen[str]:
+    code = "import sys\n" + ("sys.modules['ray'] = None\n" if hide_ray else "")  # `import ray` now fails
+    code += "from reward_server.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=subprocess_env())
+
+
+def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, tmp_path: Path) -> None:
+    """Run side by side (each is a fresh process): no ray, contradicting settings, no cluster at the
+    address, a table no replica can load; and the Ray client without ray."""
+    missing = tmp_path / "no-such-checkpoint"
+    closed = free_port()
+    started = time.monotonic()
+    runs = {
+        "no ray": start_cli("serve", "--ray", hide_ray=True),
+        "bad settings": start_cli("serve", "--ray", "--min-replicas", "3"),
+        "unreachable": start_cli("serve", "--ray", "--ray-address", f"127.0.0.1:{closed}"),
+        "bad table": start_cli("serve", "--ray", "--ray-address", cluster.gcs, "--ray-app-name", "broken",
+                               "--ray-route-prefix", "/broken", "--replicas", "1", "--model-path", str(missing),
+                               "--host", "127.0.0.1", "--port", "0"),
+        "client": subprocess.Popen(
+            [sys.executable, "-c", ("import sys; sys.modules['ray'] = None\n"
+             "import mixed_reward_client.ray as m\ntry:\n    m.RayRewardClient()\nexcept m.RewardClientError as e:\n"
+             "    print(e)")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()),
+    }
+    outputs = {name: run.communicate(timeout=240) for name, run in runs.items()}
+    done = {name: (runs[name].returncode, *out) for name, out in outputs.items()}
+
+    code, _, err = done["no ray"]
+    assert code == EXIT_RAY_MISSING and 'pip install "mixed-reward[ray]"' in err, err
+    code, _, err = done["bad settings"]
+    assert code == EXIT_BAD_CONFIG and "--max-replicas" in err, err
+    code, _, err = done["unreachable"]
+    assert code == EXIT_CLUSTER_UNREACHABLE and f"no Ray cluster reachable at 127.0.0.1:{closed}" in err, err
+    code, _, err = done["bad table"]
+    assert code == EXIT_BAD_CONFIG, err[-3000:]
+    assert "cannot load the embedding table" in err and str(missing) in err
+    assert "broken" not in serve.status().applications  # it cleaned up after itself
+    code, out, err = done["client"]
+    assert code == 0 and 'pip install "ray[serve]==2.60.0"' in out, err
+    assert time.monotonic() - started < 180  # nothing hung
+
+
+def test_the_registry_forgets_a_replica_that_stops_reporting() -> None:
+    from reward_server.ray_serve.registry import ReplicaRegistryImpl, summary
+
+    registry = ReplicaRegistryImpl(ttl_s=0.2)
+    assert registry.report("a", {"content_hash": "h1", "generation": 0}) == (0, None)
+    registry.report("b", {"content_hash": "h1", "generation": 0})
+    assert registry.publish({"model_path": "/m", "device": None, "dtype": None}) == 1
+    assert registry.report("a", {"content_hash": "h2", "generation": 1})[0] == 1
+    assert summary(registry.live(), 1)["tables"] == {"h2": 1, "h1": 1}
+    time.sleep(0.3)
+    registry.report("b", {"content_hash": "h2", "generation": 1})
+    assert [r["replica_id"] for r in registry.live()] == ["b"]  # "a" went quiet: dropped
+    registry.forget("b")
+    assert registry.live() == []
+
+
+def test_the_serve_config_file_builds_the_documented_application() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from reward_server.ray_serve.deployment import build
+
+    config = yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text())
+    schema = ServeDeploySchema(**config)
+    (app,) = schema.applications
+    assert app.import_path == "reward_server.ray_serve.deployment:build"
+    built = build(app.args)
+    assert built._bound_deployment._deployment_config.num_replicas == app.args["replicas"]
+    scaling = deployment_options(Settings(min_replicas=1, max_replicas=4, num_gpus=0.25), cluster_gpus=1)
+    assert scaling["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in scaling
+    assert scaling["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert deployment_options(Settings(), cluster_gpus=2)["ray_actor_options"]["num_gpus"] == 1.0
+    assert deployment_options(Settings(), cluster_gpus=0)["ray_actor_options"]["num_gpus"] == 0.0
