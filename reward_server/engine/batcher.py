@@ -104,9 +104,14 @@ class Batcher:
                 f"{self._pending_items} items are already queued (limit {self.max_queue_items}); retry shortly"
             )
         job = _Job(items, asyncio.get_running_loop().create_future())
+        first = not self._pending
         self._pending.append(job)
         self._pending_items += len(items)
-        self._wakeup.set()
+        # Wake the worker only when it has something new to decide: the first request of a batch
+        # (start its wait) or a full batch (stop waiting). Waking it for every arrival of a burst
+        # of one-item requests cost a wake-up, a timer and a task each.
+        if first or self._pending_items >= self.max_batch_items:
+            self._wakeup.set()
         return await job.future
 
     def _take_batch(self) -> list[_Job]:
@@ -130,10 +135,11 @@ class Batcher:
             wait_left = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
             if wait_left > 0 and self._pending_items < self.max_batch_items:
                 self._wakeup.clear()
+                timer = loop.call_later(wait_left, self._wakeup.set)  # cheaper than wait_for's task
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), wait_left)
-                except TimeoutError:
-                    pass
+                    await self._wakeup.wait()
+                finally:
+                    timer.cancel()
                 continue
             batch = [job for job in self._take_batch() if not job.future.done()]  # skip clients gone
             if not batch:

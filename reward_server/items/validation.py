@@ -23,6 +23,7 @@ from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
 from reward_server.rewards.tasks import TaskType, parse_task_type
 
 CACHED_TRUTH_MAX_CHARS = 4096
+CACHED_LONG_TRUTH_MAX_CHARS = 65536
 
 
 @lru_cache(maxsize=8192)
@@ -30,13 +31,22 @@ def _prepared_short(task: TaskType, ground_truth: str) -> PreparedTruth:
     return prepare_ground_truth(task, ground_truth)
 
 
+@lru_cache(maxsize=128)
+def _prepared_long(task: TaskType, ground_truth: str) -> PreparedTruth:
+    return prepare_ground_truth(task, ground_truth)
+
+
 def _prepared(task: TaskType, ground_truth: str) -> PreparedTruth:
-    """A group's truth is parsed once, not once per response. Only short truths are cached (at most
-    ~8192 x 4096 characters in all): parsing is what costs, boxes and numbers are short, and a long
-    open-ended truth is cheap to prepare (its tokens are cached by the engine, bounded in bytes)."""
-    if len(ground_truth) > CACHED_TRUTH_MAX_CHARS:
-        return prepare_ground_truth(task, ground_truth)
-    return _prepared_short(task, ground_truth)
+    """A group's truth is parsed once, not once per response: a trainer that sends one request per
+    sample repeats each truth group-size times. Short truths (boxes, numbers, short answers) get a
+    large cache, at most ~8192 x 4096 characters; long ones (open-ended descriptions, whose answer
+    spans cost ~70 µs of regex a time at 5,000 characters) a small one, at most 128 x 65,536
+    characters. Longer truths are prepared every time."""
+    if len(ground_truth) <= CACHED_TRUTH_MAX_CHARS:
+        return _prepared_short(task, ground_truth)
+    if len(ground_truth) <= CACHED_LONG_TRUTH_MAX_CHARS:
+        return _prepared_long(task, ground_truth)
+    return prepare_ground_truth(task, ground_truth)
 
 
 def _is_valid_unicode(text: str) -> bool:

@@ -38,6 +38,7 @@ from reward_server.rewards.profiles import PROFILES
 from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
+from reward_server.service.direct_routes import install_direct_routes
 from reward_server.service.errors import ApiError, install_error_handlers
 from reward_server.service.json_body import read_json_body
 from reward_server.service.metrics import ServiceMetrics
@@ -217,6 +218,8 @@ def create_app(
     )
     app.state.service = state
     app.state.metrics = metrics
+    # The per-sample routes skip the framework's routing (inside the metrics middleware, added next).
+    install_direct_routes(app, ("/score", "/get_reward", "/slime"), settings.max_body_bytes)
     metrics.install(app, state)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)

@@ -10,7 +10,7 @@ pydantic-error wording live in ``reward_server.items.errors`` (shared with the o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,21 +50,51 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _rejected(exc: RequestRejected) -> JSONResponse:
+    return error_response(exc.status, exc.type, exc.message, exc.details)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    details = validation_details(exc.errors(), getattr(exc, "body", None))
+    return error_response(422, "invalid_request", summarise(details), details)
+
+
+def _http_error(exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+
+#: The client-error handlers, by exception class; looked up along the MRO as Starlette does.
+_HANDLERS: dict[type[Exception], Callable[[Any], JSONResponse]] = {
+    RequestRejected: _rejected,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+}
+
+
+def handled_error_response(exc: Exception) -> JSONResponse | None:
+    """The response the app's handlers give ``exc``, or None for an unexpected exception (a 500).
+    Shared by the registered handlers and the direct routes (``direct_routes.py``), so both answer alike."""
+    for cls in type(exc).__mro__:
+        handler = _HANDLERS.get(cls)
+        if handler is not None:
+            return handler(exc)
+    return None
+
+
+def internal_error_response(exc: Exception) -> JSONResponse:
+    """The 500 of a bug, logged with its traceback."""
+    log.exception("internal error", exc_info=exc)
+    return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); this is a server bug")
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestRejected)
-    async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.details)
+    for cls, handler in _HANDLERS.items():
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = validation_details(exc.errors(), getattr(exc, "body", None))
-        return error_response(422, "invalid_request", summarise(details), details)
+        async def _handle(_: Request, exc: Exception, handler: Callable[[Any], JSONResponse] = handler) -> JSONResponse:
+            return handler(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+        app.add_exception_handler(cls, _handle)
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); this is a server bug")
+        return internal_error_response(exc)

@@ -25,6 +25,7 @@ import platform
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -91,6 +92,7 @@ ERROR_REASONS = (
 )
 _REASON = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _MAX_ERROR_BODY = 16 << 10
+_SMALL_BATCH = 32  # values per histogram call below which pure Python beats numpy
 
 # Request latency and queue wait: from about 1 ms (a one-item rule request) to 30 s (a huge batch
 # behind a deep queue).
@@ -146,6 +148,7 @@ class RewardValueHistograms(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bounds: dict[tuple[str, str, str], np.ndarray] = {}
+        self._bound_lists: dict[tuple[str, str, str], list[float]] = {}
         self._counts: dict[tuple[str, str, str], np.ndarray] = {}
         self._sums: dict[tuple[str, str, str], float] = {}
         for task in TASK_TYPES:
@@ -153,12 +156,24 @@ class RewardValueHistograms(Collector):
                 for profile in PROFILE_NAMES:  # constants, so the label set stays bounded
                     key = (task, component, profile)
                     self._bounds[key] = np.asarray(bounds, dtype=np.float64)
+                    self._bound_lists[key] = [float(b) for b in bounds]
                     self._counts[key] = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
                     self._sums[key] = 0.0
 
     def observe(self, task_type: str, component: str, values: Sequence[float], profile: str = PROFILE_NAMES[0]) -> None:
         key = (task_type, component, profile)
         if not values or key not in self._bounds:
+            return
+        if len(values) <= _SMALL_BATCH:  # one-item requests: numpy's per-call cost would dominate
+            bounds_list = self._bound_lists[key]
+            # bisect_left: the first bound >= value, i.e. the bucket whose le includes it.
+            slots = [bisect_left(bounds_list, value) for value in values]
+            small_total = float(sum(values))
+            with self._lock:
+                counts_now = self._counts[key]
+                for slot in slots:
+                    counts_now[slot] += 1
+                self._sums[key] += small_total
             return
         array = np.asarray(values, dtype=np.float64)
         bounds = self._bounds[key]
@@ -291,6 +306,7 @@ class ServiceMetrics:
             ("task_type",), buckets=GROUP_STD_BUCKETS, registry=r,
         )
         self.reward_values = RewardValueHistograms()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(self.reward_values)
         Info("reward_build", "Service build: package, Python, torch and CUDA versions.", registry=r).info(
             _build_info()
@@ -347,6 +363,16 @@ class ServiceMetrics:
         """The exposition text, for tests and for embedding in other servers."""
         return generate_latest(self.registry)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client validates and locks on every
+        ``labels()`` call, a few µs that every one-item request paid several times. Label values
+        are bounded by the code (see the module docstring), so is this cache."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # --- per batch, per request, per group -----------------------------------------------------
 
     def observe_batch(self, report: BatchReport, items: int, seconds: float) -> None:
@@ -381,7 +407,7 @@ class ServiceMetrics:
         for item, scored in zip(items, outcome.results):
             by_task.setdefault((item.truth.task.value, item.options.profile), []).append(scored)
         for (task, profile), scores in by_task.items():
-            self.items.labels(task, "scored", profile).inc(len(scores))
+            self._child(self.items, task, "scored", profile).inc(len(scores))
             values = self.reward_values
             values.observe(task, "reward", [s.reward for s in scores], profile)
             values.observe(task, "accuracy", [s.accuracy for s in scores], profile)
@@ -430,9 +456,9 @@ class ServiceMetrics:
     # --- HTTP -----------------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, status: int, seconds: float, reason: str | None) -> None:
-        self.request_duration.labels(endpoint).observe(seconds)
+        self._child(self.request_duration, endpoint).observe(seconds)
         outcome = "success" if status < 400 else "client_error" if status < 500 else "server_error"
-        self.requests.labels(endpoint, outcome).inc()
+        self._child(self.requests, endpoint, outcome).inc()
         if status >= 400:
             self.errors.labels(reason if reason and _REASON.match(reason) else OTHER).inc()
 
