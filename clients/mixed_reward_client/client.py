@@ -29,6 +29,7 @@ DEFAULT_MAX_BATCH_ITEMS = 2048  # well under the server's default limit of 8192 
 DEFAULT_MAX_BATCH_BYTES = 16 << 20  # well under the server's default body limit of 64 MiB
 
 Piece = tuple[list[int], dict[str, Any]]  # item indices of one request, and its answer
+Exchanged = tuple[int, Mapping[str, str], bytes]  # one attempt's status, headers and body
 
 
 def _describe(exc: BaseException) -> str:
@@ -65,6 +66,9 @@ def encode_item(item: Mapping[str, Any], label: str) -> tuple[dict[str, Any], by
 
 class _ClientBase:
     """Configuration shared by the sync and the async client."""
+
+    #: What ``_exchange`` raises when the endpoint, not the request, failed: retried elsewhere.
+    _transport_errors: tuple[type[BaseException], ...] = (httpx.TransportError,)
 
     def __init__(
         self,
@@ -223,6 +227,14 @@ class RewardClient(_ClientBase):
         """GET /v1/info from the first URL that answers."""
         return self._send("GET", "/v1/info", None, "")
 
+    def _exchange(self, method: str, url: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
+        """One attempt on one endpoint: (status, headers, body). Raises one of ``_transport_errors``
+        when the endpoint, not the request, failed. The Ray client overrides only this."""
+        response = self._http.request(
+            method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+        )
+        return response.status_code, response.headers, response.content
+
     def _send(
         self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
     ) -> dict[str, Any]:
@@ -232,11 +244,8 @@ class RewardClient(_ClientBase):
             if delay:
                 time.sleep(delay)
             try:
-                response = self._http.request(
-                    method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
-                )
-                answer = read_answer(url, response.status_code, response.headers, response.content, expect)
-            except httpx.TransportError as exc:
+                answer = read_answer(url, *self._exchange(method, url, path, body, state), expect)
+            except self._transport_errors as exc:
                 state.failed(url, _describe(exc))
                 continue
             except Retryable as exc:
@@ -328,6 +337,15 @@ class AsyncRewardClient(_ClientBase):
         """See :meth:`RewardClient.info`."""
         return await self._send("GET", "/v1/info", None, "")
 
+    async def _exchange(self, method: str, url: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
+        """See :meth:`RewardClient._exchange`."""
+        # The deadline bounds the request through its timeouts, not asyncio.wait_for, which
+        # before Python 3.12 can swallow a cancellation (and a cancelled chunk would go on).
+        response = await self._http.request(
+            method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+        )
+        return response.status_code, response.headers, response.content
+
     async def _send(
         self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
     ) -> dict[str, Any]:
@@ -337,13 +355,8 @@ class AsyncRewardClient(_ClientBase):
             if delay:
                 await asyncio.sleep(delay)
             try:
-                # The deadline bounds the request through its timeouts, not asyncio.wait_for, which
-                # before Python 3.12 can swallow a cancellation (and a cancelled chunk would go on).
-                response = await self._http.request(
-                    method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
-                )
-                answer = read_answer(url, response.status_code, response.headers, response.content, expect)
-            except httpx.TransportError as exc:
+                answer = read_answer(url, *(await self._exchange(method, url, path, body, state)), expect)
+            except self._transport_errors as exc:
                 state.failed(url, _describe(exc))
                 continue
             except Retryable as exc:

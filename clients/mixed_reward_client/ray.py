@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, Coalescer
 from mixed_reward_client._config import per_loop
-from mixed_reward_client._policy import Endpoints, Retryable, RetryState, read_answer
-from mixed_reward_client.client import AsyncRewardClient, RewardClient, _ClientBase, _describe
+from mixed_reward_client._policy import Endpoints, RetryState
+from mixed_reward_client.client import AsyncRewardClient, Exchanged, RewardClient, _ClientBase
 from mixed_reward_client.errors import RewardClientError
 
 DEFAULT_APP = "mixed-reward"
@@ -80,7 +79,11 @@ class _HandleBase:
         self._endpoints = _HandleEndpoints(self.label)
         base = handle if handle is not None else serve.get_deployment_handle(deployment, app_name=app_name)
         self._handle = base.options(method_name="handle_request")
-        self._transport = _transport_errors()
+        self._transport_errors = _transport_errors()
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.label]
 
     def _attempt_timeout(self, state: RetryState) -> float:
         left = state.remaining()
@@ -98,34 +101,12 @@ class RayRewardClient(_HandleBase, RewardClient):
         _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
         self._attach(app_name, deployment, handle)
 
-    @property
-    def urls(self) -> list[str]:
-        return [self.label]
-
     def close(self) -> None:
         """Nothing to close: the handle belongs to Ray."""
 
-    def _send(
-        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
-    ) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry, deadline_at)
-        while (step := state.next()) is not None:
-            label, delay = step
-            if delay:
-                time.sleep(delay)
-            try:
-                response = self._handle.remote(method, path, self._headers, body)
-                status, headers, content = response.result(timeout_s=self._attempt_timeout(state))
-                answer = read_answer(label, status, headers, content, expect)
-            except Retryable as exc:
-                state.failed(label, exc.reason, exc.retry_after)
-                continue
-            except self._transport as exc:
-                state.failed(label, _describe(exc))
-                continue
-            state.succeeded(label)
-            return answer
-        raise state.give_up()
+    def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
+        response = self._handle.remote(method, path, self._headers, body)
+        return response.result(timeout_s=self._attempt_timeout(state))
 
 
 class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
@@ -139,38 +120,16 @@ class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
         self.max_concurrency = max(1, max_concurrency)
         self._attach(app_name, deployment, handle)
 
-    @property
-    def urls(self) -> list[str]:
-        return [self.label]
-
     async def aclose(self) -> None:
         """Nothing to close: the handle belongs to Ray."""
 
-    async def _send(
-        self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
-    ) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry, deadline_at)
-        while (step := state.next()) is not None:
-            label, delay = step
-            if delay:
-                await asyncio.sleep(delay)
-            response = self._handle.remote(method, path, self._headers, body)
-            try:
-                status, headers, content = await asyncio.wait_for(response, self._attempt_timeout(state))
-                answer = read_answer(label, status, headers, content, expect)
-            except Retryable as exc:
-                state.failed(label, exc.reason, exc.retry_after)
-                continue
-            except self._transport as exc:
-                response.cancel()
-                state.failed(label, _describe(exc))
-                continue
-            except asyncio.CancelledError:
-                response.cancel()
-                raise
-            state.succeeded(label)
-            return answer
-        raise state.give_up()
+    async def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
+        response = self._handle.remote(method, path, self._headers, body)
+        try:
+            return await asyncio.wait_for(response, self._attempt_timeout(state))
+        except (*self._transport_errors, asyncio.CancelledError):
+            response.cancel()  # a replica still working on an abandoned attempt would score it for nothing
+            raise
 
 
 async def ray_coalescer(
