@@ -127,8 +127,8 @@ def finish_background_preparation() -> None:
         return
     preparation, _preparation = _preparation, None
     returncode, stdout, _ = preparation.result(timeout=1500)
-    if returncode == 0 and "ENGINE=started" in stdout.splitlines():
-        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120, check=False)
+    if returncode == 0:
+        stop_engine(_engine(stdout))
 
 
 def start_engine(timeout: float = 1500) -> Engine:
@@ -144,6 +144,11 @@ def start_engine(timeout: float = 1500) -> Engine:
         raise EngineUnavailable(stderr.strip().splitlines()[-1])
     if returncode != 0:
         raise RuntimeError(f"scripts/docker-env.sh up exited {returncode}:\n{stderr[-4000:]}")
+    return _engine(stdout)
+
+
+def _engine(stdout: str) -> Engine:
+    """The engine that ``docker-env.sh up`` printed as ``KEY=value`` lines."""
     env = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
     return Engine(env={k: v for k, v in env.items() if k != "ENGINE"}, started=env["ENGINE"] == "started")
 
