@@ -16,6 +16,11 @@ from __future__ import annotations
 
 INSTALL_HINT = 'pip install "mixed-reward[ray]"  (ray[serve]==2.60.0)'
 
+# How a replica that cannot serve its table says so (deployment.py), and how `serve --ray` tells that
+# failure (exit 2) from others in Serve's status message (launch.py): one spelling for both sides.
+TABLE_UNLOADABLE = "cannot load the embedding table"
+IDF_UNUSABLE = "cannot use the idf file"
+
 
 class RayMissing(ImportError):
     """Ray Serve is not installed; the message says how to install it."""

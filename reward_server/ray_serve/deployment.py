@@ -34,6 +34,7 @@ from ray.serve import Application
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.engine.idf import IdfFileError
 from reward_server.items.settings import Settings
+from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
 from reward_server.ray_serve.inprocess import asgi_request
 from reward_server.ray_serve.options import DEPLOYMENT_NAME, deployment_options, replica_settings
 from reward_server.ray_serve.registry import REPORT_EVERY_S, get_or_create_registry, summary
@@ -98,9 +99,9 @@ class RewardReplica:
             )
             idf = load_configured_idf(s, table)
         except (TableLoadError, ValueError, OSError) as exc:
-            raise ReplicaStartError(f"cannot load the embedding table: {exc}") from exc
+            raise ReplicaStartError(f"{TABLE_UNLOADABLE}: {exc}") from exc
         except IdfFileError as exc:
-            raise ReplicaStartError(f"cannot use the idf file: {exc}") from exc
+            raise ReplicaStartError(f"{IDF_UNUSABLE}: {exc}") from exc
         self.table_error: str | None = None
         self.service_app: FastAPI = create_app(table, s, idf, hooks=ServiceHooks(info=self._info, reloaded=self._reloaded))
         self.service_app.add_api_route("/v1/metrics/targets", self._metrics_targets, methods=["GET"], include_in_schema=False)

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from reward_server.items.settings import Settings
-from reward_server.ray_serve import RayMissing, require_ray
+from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE, RayMissing, require_ray
 from reward_server.ray_serve.options import BadRayConfig, check_ray_settings
 from reward_server.ray_serve.registry import NAMESPACE, registry_name
 
@@ -98,8 +98,7 @@ def wait_ready(name: str, timeout_s: float = START_TIMEOUT_S) -> None:
                 return
             if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                 message = _failure(name, last)
-                raise DeployFailed(message, table="cannot load the embedding table" in message
-                                   or "cannot use the idf file" in message)
+                raise DeployFailed(message, table=TABLE_UNLOADABLE in message or IDF_UNUSABLE in message)
         time.sleep(0.5)
     detail = _failure(name, last) if last is not None else "Serve never listed it"
     raise DeployFailed(f"not ready after {timeout_s:.0f}s: {detail}", table=False)
