@@ -30,7 +30,7 @@ import workloads
 from reward_server.cli import main as cli_main
 from reward_server.embeddings.loader import load_table
 from reward_server.engine.idf import load_idf
-from reward_server.engine.scorer import RewardEngine, ScoreOptions, ScoringItem
+from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
 from reward_server.rewards.format import format_reward
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.tasks import TaskType
@@ -131,8 +131,8 @@ def main() -> None:
 
     def mean_accuracy(name: str, task: TaskType, pairs: list[tuple[str, str]]) -> float:
         engine, profile = scorers[name]
-        options = ScoreOptions(format_weight=0.0, profile=profile)
-        items = [ScoringItem(_wrap(r), prepare_ground_truth(task, t), options) for t, r in pairs]
+        options = ResolvedOptions(format_weight=0.0, profile=profile)
+        items = [PreparedItem(_wrap(r), prepare_ground_truth(task, t), options) for t, r in pairs]
         scores, _ = engine.score(items)
         return sum(s.accuracy for s in scores) / len(scores)
 
@@ -158,7 +158,7 @@ def main() -> None:
                 print(f"{family:<48} {n.split(' ')[0]:<16} {h:>6.2f} {c:>8.2f} {w:>6.2f}")
     draft = [(t, f"<think>draft: <answer>{r}</answer></think><answer>{w}</answer>") for t, r, w in MCQ]
     engine, _ = scorers["mixed-r1"]
-    items = [ScoringItem(r, prepare_ground_truth(TaskType.MCQ, t), ScoreOptions(format_weight=0.0)) for t, r in draft]
+    items = [PreparedItem(r, prepare_ground_truth(TaskType.MCQ, t), ResolvedOptions(format_weight=0.0)) for t, r in draft]
     scores, _ = engine.score(items)
     h = sum(s.accuracy for s in scores) / len(scores)
     print(f"{'mcq: right draft in <think>, wrong final answer':<48} {'all':<16} {h:>6.2f} {1.0:>8.2f} {0.0:>6.2f}")

@@ -44,7 +44,7 @@ from baselines import PerItemLoop, tokenize_only
 from report import HttpFigures, Row, print_table
 
 from reward_server.embeddings.loader import load_table
-from reward_server.engine import RewardEngine, ScoringItem
+from reward_server.engine import PreparedItem, RewardEngine
 from reward_server.engine.bmas import prepare_truth
 from reward_server.engine.tokenization import encode_flat
 from reward_server.rewards.rules import prepare_ground_truth
@@ -92,8 +92,8 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def engine_items(items: list[workloads.Item]) -> list[ScoringItem]:
-    return [ScoringItem(i.response, prepare_ground_truth(parse_task_type(i.task_type), i.ground_truth)) for i in items]
+def engine_items(items: list[workloads.Item]) -> list[PreparedItem]:
+    return [PreparedItem(i.response, prepare_ground_truth(parse_task_type(i.task_type), i.ground_truth)) for i in items]
 
 
 def check(engine_scores: list[float], reference: list[float], what: str) -> float:

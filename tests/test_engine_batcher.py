@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from reward_server.engine.batcher import Batcher, BatcherStopped
-from reward_server.engine.scorer import RewardEngine, ScoringItem
+from reward_server.engine.scorer import PreparedItem, RewardEngine
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.tasks import TaskType
 
@@ -28,7 +28,7 @@ def test_a_failing_request_does_not_fail_its_batch(default_table) -> None:
         batcher = Batcher(EngineWithABug(default_table), max_wait_s=0.05)
         await batcher.start()
         try:
-            jobs = [batcher.submit([ScoringItem(text, truth)]) for text in ("yes", "trigger the bug", "no")]
+            jobs = [batcher.submit([PreparedItem(text, truth)]) for text in ("yes", "trigger the bug", "no")]
             return await asyncio.gather(*jobs, return_exceptions=True)
         finally:
             await batcher.stop()
@@ -45,6 +45,6 @@ def test_a_stopped_batcher_refuses_at_once(default_table) -> None:
         await batcher.start()
         await batcher.stop()
         with pytest.raises(BatcherStopped):
-            await batcher.submit([ScoringItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes"))])
+            await batcher.submit([PreparedItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes"))])
 
     asyncio.run(main())

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from reward_server.engine import RewardEngine, ScoreOptions, ScoringItem
+from reward_server.engine import PreparedItem, ResolvedOptions, RewardEngine
 from reward_server.engine.bmas import bmas_reference
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.spans import answer_span
@@ -23,7 +23,7 @@ def _text(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(n))
 
 
-def _items(seed: int, groups: int = 6) -> list[ScoringItem]:
+def _items(seed: int, groups: int = 6) -> list[PreparedItem]:
     rng = random.Random(seed)
     items = []
     for _ in range(groups):
@@ -32,12 +32,12 @@ def _items(seed: int, groups: int = 6) -> list[ScoringItem]:
             response = _text(rng, rng.randint(0, 80))
             if rng.random() < 0.3:
                 response = f"<think>{_text(rng, 5)}</think><answer>{response}</answer>"
-            items.append(ScoringItem(response, truth))
+            items.append(PreparedItem(response, truth))
     rng.shuffle(items)
     return items
 
 
-def _reference(table, item: ScoringItem) -> float:
+def _reference(table, item: PreparedItem) -> float:
     span = answer_span(item.response)
     ids = table.encode([span])[0] if span else []
     f, b = bmas_reference(table.weight, ids, table.encode([item.truth.text])[0])
@@ -60,8 +60,8 @@ def test_identical_texts(default_table) -> None:
     engine = RewardEngine(default_table)
     truth = prepare_ground_truth(TaskType.OPEN_ENDED, "A small red dog sits on the green grass.")
     items = [
-        ScoringItem("A small red dog sits on the green grass.", truth),
-        ScoringItem("<answer>A small red dog sits on the green grass.</answer>", truth, ScoreOptions(bmas_reduction="mean")),
+        PreparedItem("A small red dog sits on the green grass.", truth),
+        PreparedItem("<answer>A small red dog sits on the green grass.</answer>", truth, ResolvedOptions(bmas_reduction="mean")),
     ]
     for _ in range(2):  # miss, then hit
         results, _ = engine.score(items)

@@ -85,7 +85,7 @@ def test_openapi_documents_every_status_auth_and_task_names(fuzzed_server, serve
     assert paths["/slime"]["post"]["security"] == [{"scoringToken": []}, {"scoringTokenQuery": []}]
     assert paths["/v1/sample"]["post"]["security"] == [{"scoringToken": []}]
     assert not any(key.startswith("x-") for ops in paths.values() for op in ops.values() for key in op)
-    item = document["components"]["schemas"]["ScoreItem"]["properties"]["task_type"]
+    item = document["components"]["schemas"]["RequestItem"]["properties"]["task_type"]
     assert item["enum"] == list(TASK_ALIASES)
     assert {"yes_no", "mcq", "chart", "grounding", "open_ended", "multiple_choice", "bbox", "caption"} <= set(
         item["enum"]

@@ -240,15 +240,15 @@ class _Batcher:
 
 
 def test_items_never_scored_are_counted_by_why(default_table: Any) -> None:
-    from reward_server.engine.scorer import ScoringItem
+    from reward_server.engine.scorer import PreparedItem
     from reward_server.rewards.rules import prepare_ground_truth
     from reward_server.rewards.tasks import TaskType
 
     metrics = ServiceMetrics()
     items = [
-        ScoringItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes")),
-        ScoringItem("A", prepare_ground_truth(TaskType.MCQ, "A")),
-        ScoringItem("B", prepare_ground_truth(TaskType.MCQ, "A")),
+        PreparedItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes")),
+        PreparedItem("A", prepare_ground_truth(TaskType.MCQ, "A")),
+        PreparedItem("B", prepare_ground_truth(TaskType.MCQ, "A")),
     ]
     with pytest.raises(QueueFull):
         asyncio.run(metrics.submit(_Batcher(QueueFull("full")), items))  # type: ignore[arg-type]
@@ -262,7 +262,7 @@ def test_items_never_scored_are_counted_by_why(default_table: Any) -> None:
 
 
 def test_group_task_types_come_from_their_members() -> None:
-    from reward_server.engine.scorer import ScoringItem
+    from reward_server.engine.scorer import PreparedItem
     from reward_server.rewards.rules import prepare_ground_truth
     from reward_server.rewards.tasks import TaskType
 
@@ -273,7 +273,7 @@ def test_group_task_types_come_from_their_members() -> None:
              TaskType.YES_NO]
     group_ids = ["g1", "g1", "g2", "g2", "g3", "g3", "alone"]  # "alone": a one-item group, not counted
     rewards = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
-    items = [ScoringItem("x", truth[task]) for task in tasks]
+    items = [PreparedItem("x", truth[task]) for task in tasks]
     metrics.observe_groups(summarise_groups(group_ids, rewards), group_ids, items)
     samples = parse(metrics.render().decode())
     counts: dict[str, float] = defaultdict(float)

@@ -13,7 +13,7 @@ import pytest
 
 from reward_server.cli import main
 from reward_server.engine.idf import IdfFileError, IdfTable, load_idf, tokenizer_hash
-from reward_server.engine.scorer import RewardEngine, ScoreOptions, ScoringItem
+from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
 from reward_server.offline import backends
 from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.profiles import PROFILE_NAMES, f_measure, parse_profile
@@ -37,8 +37,8 @@ def _shared_table(default_table, monkeypatch):
 
 
 def _score(engine: RewardEngine, pairs: list[tuple[str, str]], **options: object) -> list[float]:
-    opts = ScoreOptions(format_weight=0.0, **options)  # type: ignore[arg-type]
-    items = [ScoringItem(r, prepare_ground_truth(TaskType.OPEN_ENDED, t), opts) for t, r in pairs]
+    opts = ResolvedOptions(format_weight=0.0, **options)  # type: ignore[arg-type]
+    items = [PreparedItem(r, prepare_ground_truth(TaskType.OPEN_ENDED, t), opts) for t, r in pairs]
     return [s.accuracy for s in engine.score(items)[0]]
 
 
@@ -121,8 +121,8 @@ def test_mixed_profiles_in_one_batch_equal_each_alone(default_table, tmp_path) -
     items = []
     for profile in ("robust", "mixed-r1", "robust"):
         for response in (paraphrase, wrong, "a .", truth):
-            items.append(ScoringItem(response, prepare_ground_truth(TaskType.OPEN_ENDED, truth),
-                                     ScoreOptions(profile=profile)))
+            items.append(PreparedItem(response, prepare_ground_truth(TaskType.OPEN_ENDED, truth),
+                                     ResolvedOptions(profile=profile)))
     together = [s.reward for s in engine.score(items)[0]]
     alone = [engine.score([item])[0][0].reward for item in items]
     assert together == pytest.approx(alone, abs=1e-6)
@@ -136,8 +136,8 @@ def test_rules_are_the_same_under_both_profiles(default_table) -> None:
              (TaskType.YES_NO, "yes", "Yes, it is."), (TaskType.YES_NO, "yes", "yes and no"),
              (TaskType.CHART, "12", "12.05"), (TaskType.GROUNDING, "[0,0,10,10]", "[0,0,10,5]")]
     for profile in PROFILE_NAMES:
-        items = [ScoringItem(f"<think>x</think><answer>{r}</answer>", prepare_ground_truth(task, t),
-                             ScoreOptions(profile=profile)) for task, t, r in cases]
+        items = [PreparedItem(f"<think>x</think><answer>{r}</answer>", prepare_ground_truth(task, t),
+                             ResolvedOptions(profile=profile)) for task, t, r in cases]
         assert [s.reward for s in engine.score(items)[0]] == pytest.approx([2.0, 1.0, 2.0, 1.0, 2.0, 1.5])
 
 

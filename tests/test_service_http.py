@@ -202,5 +202,5 @@ def test_openapi_documents_the_score_body(server) -> None:
     assert body == {"$ref": "#/components/schemas/ScoreRequest"}
     schemas = document["components"]["schemas"]
     assert set(schemas["ScoreRequest"]["properties"]) == {"items", "options"}
-    assert {"response", "ground_truth", "task_type", "id", "group_id"} <= set(schemas["ScoreItem"]["properties"])
+    assert {"response", "ground_truth", "task_type", "id", "group_id"} <= set(schemas["RequestItem"]["properties"])
     assert "ScoreResponse" in schemas and "ErrorResponse" in schemas

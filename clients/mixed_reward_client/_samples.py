@@ -21,8 +21,6 @@ DEFAULT_EOS: tuple[str, ...] = (
     "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>", "<|end|>",
     "<end_of_turn>", "<eos>", "<|end▁of▁sentence|>", "[SEP]", "<pad>", "[PAD]",
 )
-RESULT_KEYS = ("reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward")
-
 
 def eos_strings(eos: str | Sequence[str] | None = None) -> tuple[str, ...]:
     """``eos`` (a comma-separated string or a list), else ``$MIXED_REWARD_EOS``, else the defaults."""

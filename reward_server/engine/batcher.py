@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reward_server.engine.scorer import BatchReport, ItemScore, RewardEngine, ScoringItem
+from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem, RewardEngine
 
 log = logging.getLogger("reward_server")
 
@@ -35,7 +35,7 @@ class BatcherStopped(RuntimeError):
 class RequestOutcome:
     """One request's results plus what it cost, stage by stage."""
 
-    results: list[ItemScore]
+    results: list[ItemReward]
     table: dict[str, object]
     queue_seconds: float
     batch_items: int
@@ -44,7 +44,7 @@ class RequestOutcome:
 
 @dataclass
 class _Job:
-    items: Sequence[ScoringItem]
+    items: Sequence[PreparedItem]
     future: asyncio.Future[RequestOutcome]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -96,7 +96,7 @@ class Batcher:
         self._pending_items = 0
         self._executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[ScoringItem]) -> RequestOutcome:
+    async def submit(self, items: Sequence[PreparedItem]) -> RequestOutcome:
         if self._wakeup is None or self._worker is None or self._worker.done():
             raise BatcherStopped("the batcher is not running")
         if self._pending_items and self._pending_items + len(items) > self.max_queue_items:

@@ -379,20 +379,3 @@ def _score_in_one_chunk(
                        backward, col_weights, truth, token_weights)
 
 
-def score_groups(
-    weight: torch.Tensor,
-    nonzero_rows: torch.Tensor,
-    groups: list[GroupInput],
-    *,
-    budget_bytes: int = 256 << 20,
-    block_limit_bytes: int = 0,
-    token_weights: torch.Tensor | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Score many groups; one device computation per group, no per-item Python loop."""
-    return [
-        score_group(
-            weight, nonzero_rows, g, budget_bytes=budget_bytes, block_limit_bytes=block_limit_bytes,
-            token_weights=token_weights,
-        )
-        for g in groups
-    ]

@@ -36,7 +36,7 @@ BmasReduction = Literal["sum", "mean"]
 
 
 @dataclass(frozen=True)
-class ScoreOptions:
+class ResolvedOptions:
     """Per-request knobs (SPEC §6, §8); the server's settings supply the defaults."""
 
     format_weight: float = 1.0
@@ -45,14 +45,14 @@ class ScoreOptions:
 
 
 @dataclass(frozen=True)
-class ScoringItem:
+class PreparedItem:
     response: str
     truth: PreparedTruth
-    options: ScoreOptions = ScoreOptions()
+    options: ResolvedOptions = ResolvedOptions()
 
 
 @dataclass(frozen=True)
-class ItemScore:
+class ItemReward:
     """Every component, not only the sum (SPEC §8). BMAS terms are set for open-ended items only."""
 
     reward: float
@@ -119,11 +119,11 @@ class RewardEngine:
             )
             weakref.finalize(self, self._pool.shutdown, wait=False)
 
-    def score(self, items: Sequence[ScoringItem]) -> tuple[list[ItemScore], BatchReport]:
+    def score(self, items: Sequence[PreparedItem]) -> tuple[list[ItemReward], BatchReport]:
         with self._lock:
             return self._score(items)
 
-    def _score(self, items: Sequence[ScoringItem]) -> tuple[list[ItemScore], BatchReport]:
+    def _score(self, items: Sequence[PreparedItem]) -> tuple[list[ItemReward], BatchReport]:
         report = BatchReport(items=len(items))
         started = time.perf_counter()
         formats = [format_reward(item.response) for item in items]
@@ -155,7 +155,7 @@ class RewardEngine:
                 accuracy[index] = total if item.options.bmas_reduction == "sum" else total / 2.0
             reward = final_reward(accuracy[index], formats[index], item.options.format_weight)
             results.append(
-                ItemScore(
+                ItemReward(
                     reward=_finite(reward),
                     accuracy=_finite(accuracy[index]),
                     format=formats[index],
@@ -166,7 +166,7 @@ class RewardEngine:
         return results, report
 
     def prepare(
-        self, items: Sequence[ScoringItem], indices: list[int]
+        self, items: Sequence[PreparedItem], indices: list[int]
     ) -> tuple[list[int], list[GroupInput], np.ndarray]:
         """Tokenize the answer spans of ``indices`` and group them by ground truth.
 
@@ -265,7 +265,7 @@ class RewardEngine:
         return limits
 
     def _bmas_terms(
-        self, items: Sequence[ScoringItem], indices: list[int], report: BatchReport
+        self, items: Sequence[PreparedItem], indices: list[int], report: BatchReport
     ) -> dict[int, tuple[float, float]]:
         """Tokenize, group by ground truth, run the kernel; returns item index -> (forward, backward)."""
         t0 = time.perf_counter()
@@ -360,4 +360,4 @@ def _finite(value: float) -> float:
     return float(value)
 
 
-__all__ = ["BatchReport", "ItemScore", "RewardEngine", "ScoreOptions", "ScoringItem"]
+__all__ = ["BatchReport", "ItemReward", "PreparedItem", "ResolvedOptions", "RewardEngine"]

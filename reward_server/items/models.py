@@ -19,7 +19,7 @@ TASK_TYPE_NAMES: list[str] = list(TASK_ALIASES)
 GroundTruth = StrictStr | StrictInt | FiniteFloat | list[Any] | dict[str, Any]
 
 
-class ScoreItem(BaseModel):
+class RequestItem(BaseModel):
     """One rollout to score. Extra fields (prompts, metadata) are ignored, not rejected."""
 
     model_config = ConfigDict(extra="ignore")
@@ -46,7 +46,7 @@ class ScoreItem(BaseModel):
         return gt if isinstance(gt, str) else json.dumps(gt)
 
 
-class ScoreOptions(BaseModel):
+class RequestOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Strict: a JSON number only; true/false or "2" would otherwise be read as 1/0/2.
@@ -58,5 +58,5 @@ class ScoreOptions(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ScoreItem]
-    options: ScoreOptions | None = None
+    items: list[RequestItem]
+    options: RequestOptions | None = None

@@ -11,11 +11,10 @@ from functools import lru_cache
 from typing import Any
 
 from reward_server.difficulty.ids import prompt_id_problem
-from reward_server.engine.scorer import ScoreOptions, ScoringItem
+from reward_server.engine.scorer import PreparedItem, ResolvedOptions
 from reward_server.items.errors import MAX_DETAILS, RequestRejected, summarise
 from reward_server.items.json_values import value_problem
-from reward_server.items.models import ScoreItem
-from reward_server.items.models import ScoreOptions as ScoreOptionsIn
+from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.items.settings import Settings
 from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.profiles import parse_profile
@@ -69,11 +68,11 @@ def resolve_profile(name: str | None, settings: Settings, field: str = "options.
                               [{"item": None, "field": field, "message": exc.message}]) from exc
 
 
-def resolve_options(options: ScoreOptionsIn | None, settings: Settings) -> ScoreOptions:
+def resolve_options(options: RequestOptions | None, settings: Settings) -> ResolvedOptions:
     weight = options.format_weight if options and options.format_weight is not None else settings.format_weight
     reduction = options.bmas_reduction if options and options.bmas_reduction else settings.bmas_reduction
     profile = resolve_profile(options.profile if options else None, settings)
-    return ScoreOptions(format_weight=weight, bmas_reduction=reduction, profile=profile)
+    return ResolvedOptions(format_weight=weight, bmas_reduction=reduction, profile=profile)
 
 
 def check_item_count(count: int, settings: Settings) -> None:
@@ -88,15 +87,15 @@ def check_item_count(count: int, settings: Settings) -> None:
 
 
 def build_items(
-    items: Sequence[ScoreItem], options: ScoreOptions, settings: Settings
-) -> list[ScoringItem]:
+    items: Sequence[RequestItem], options: ResolvedOptions, settings: Settings
+) -> list[PreparedItem]:
     """Validate every item; raise one 422 listing each bad (item, field), or return engine items."""
     check_item_count(len(items), settings)
     limit = settings.max_chars_per_text
     errors: list[dict[str, Any]] = []
-    built: list[ScoringItem] = []
+    built: list[PreparedItem] = []
 
-    def fail(index: int, item: ScoreItem, field: str, message: str) -> None:
+    def fail(index: int, item: RequestItem, field: str, message: str) -> None:
         detail: dict[str, Any] = {"item": index, "field": field, "message": message}
         if item.id is not None:
             detail["id"] = item.id
@@ -134,7 +133,7 @@ def build_items(
         except RewardInputError as exc:
             fail(index, item, exc.field, f"{exc.message} (task_type {task.value})")
             continue
-        built.append(ScoringItem(response=item.response, truth=truth, options=options))
+        built.append(PreparedItem(response=item.response, truth=truth, options=options))
     if errors:
         raise RequestRejected(422, "invalid_item", summarise(errors), errors)
     return built

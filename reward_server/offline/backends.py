@@ -11,7 +11,7 @@ import functools
 import time
 from typing import Any, Protocol
 
-from reward_server.engine.scorer import ItemScore, RewardEngine, ScoreOptions
+from reward_server.engine.scorer import ItemReward, ResolvedOptions, RewardEngine
 from reward_server.items.settings import Settings
 from reward_server.offline.rows import ParsedRow
 
@@ -25,7 +25,7 @@ class Scorer(Protocol):
         """What scored the rows (table source and content hash); part of the resume fingerprint."""
         ...
 
-    def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
+    def score(self, rows: list[ParsedRow]) -> list[ItemReward]:
         """One score per item, flattened in row order (a row with k responses contributes k)."""
         ...
 
@@ -61,7 +61,7 @@ class LocalScorer:
         return {"table_hash": info["content_hash"], "table_source": info["source"],
                 "idf_hash": idf.content_hash if idf is not None else None}
 
-    def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
+    def score(self, rows: list[ParsedRow]) -> list[ItemReward]:
         items = [item for row in rows for item in row.items]
         if not items:
             return []
@@ -132,8 +132,8 @@ class RemoteScorer:
             k: int(v) for k, v in (info.get("limits") or {}).items() if isinstance(v, (int, float))
         }
 
-    def score_options(self) -> ScoreOptions:
-        return ScoreOptions(
+    def score_options(self) -> ResolvedOptions:
+        return ResolvedOptions(
             format_weight=self.options["format_weight"],
             bmas_reduction=self.options["bmas_reduction"],
             profile=self.options["profile"],
@@ -142,7 +142,7 @@ class RemoteScorer:
     def identity(self) -> dict[str, Any]:
         return {"table_hash": self.table_hash, "table_source": self.table_source, "idf_hash": self.idf_hash}
 
-    def score(self, rows: list[ParsedRow]) -> list[ItemScore]:
+    def score(self, rows: list[ParsedRow]) -> list[ItemReward]:
         payload: list[dict[str, Any]] = []
         owners: list[tuple[int, int]] = []  # per item: (row index in ``rows``, item index within the row)
         for r, row in enumerate(rows):
@@ -150,12 +150,12 @@ class RemoteScorer:
                 payload.append({"response": item.response, "ground_truth": row.ground_truth, "task_type": row.task.value})
                 owners.append((r, i))
         step = max(1, self.limits.get("max_items_per_request", len(payload) or 1))
-        scores: list[ItemScore] = []
+        scores: list[ItemReward] = []
         for lo in range(0, len(payload), step):
             scores += self._score_items(payload[lo : lo + step], owners[lo : lo + step])
         return scores
 
-    def _score_items(self, payload: list[dict[str, Any]], owners: list[tuple[int, int]]) -> list[ItemScore]:
+    def _score_items(self, payload: list[dict[str, Any]], owners: list[tuple[int, int]]) -> list[ItemReward]:
         """Score ``payload``; ``owners`` (parallel to it) says which row and item each entry is, so
         errors name the right line however the batch was split."""
         if not payload:
@@ -180,7 +180,7 @@ class RemoteScorer:
                 "rows scored so far are kept: rerun to resume, or --restart to rescore with the new table"
             )
         return [
-            ItemScore(
+            ItemReward(
                 reward=r["reward"],
                 accuracy=r["accuracy"],
                 format=r["format"],

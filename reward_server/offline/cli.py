@@ -208,11 +208,11 @@ def _scorer(args: argparse.Namespace, job: Any) -> Any:
 
 
 def _score_job(args: argparse.Namespace, input_: Path, output: Path) -> Any:
-    from reward_server.engine.scorer import ScoreOptions
+    from reward_server.engine.scorer import ResolvedOptions
     from reward_server.offline.score import ScoreJob
 
     settings = _settings(args)
-    options = ScoreOptions(
+    options = ResolvedOptions(
         format_weight=settings.format_weight, bmas_reduction=settings.bmas_reduction, profile=settings.profile
     )
     output_fields = getattr(args, "output_fields", None)

@@ -25,7 +25,6 @@ writes the kept rows in input order.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Sequence
 from contextlib import ExitStack
@@ -296,10 +295,6 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
     }
     atomic_write_json(sidecar(job.output, ".summary.json"), payload)
     return FilterSummary(payload)
-
-
-def summary_json(summary: FilterSummary) -> str:
-    return json.dumps(summary.payload, indent=2)
 
 
 __all__ = [

@@ -3,7 +3,7 @@
 Files are read one row at a time (JSONL line by line, Parquet batch by batch), so memory does not
 grow with the file. Every row carries its 1-based line number (the row number for Parquet) and
 the input position just after it, which is what a resumed run seeks to. Validation is the HTTP
-service's (``reward_server.items``: ``ScoreItem`` + ``build_items``), so a row is accepted offline
+service's (``reward_server.items``: ``RequestItem`` + ``build_items``), so a row is accepted offline
 exactly when the same item would be accepted by ``POST /score``; errors name the line and the
 file's own field name.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reward_server.engine.scorer import ScoreOptions, ScoringItem
+from reward_server.engine.scorer import PreparedItem, ResolvedOptions
 from reward_server.items.errors import RequestRejected, validation_details
 from reward_server.items.json_values import loads_lenient
-from reward_server.items.models import ScoreItem
+from reward_server.items.models import RequestItem
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items
 from reward_server.rewards.errors import RewardInputError
@@ -190,21 +190,12 @@ def _iter_parquet(path: str | os.PathLike[str], start: int) -> Iterator[SourceRo
             yield SourceRow(index, index, data)
 
 
-def count_rows_hint(path: str | os.PathLike[str]) -> int | None:
-    """Row count when it is free (Parquet metadata); None for JSONL."""
-    if is_parquet(path):
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return None
-
-
 @dataclass(frozen=True)
 class ParsedRow:
     """A valid input row turned into engine items (one per response)."""
 
     source: SourceRow
-    items: list[ScoringItem]
+    items: list[PreparedItem]
     multi: bool  # the row holds a list of responses (a whole GRPO group)
     task: TaskType
     ground_truth: Any  # as found in the file: what --url mode sends, so the server parses the same value
@@ -221,7 +212,7 @@ def _api_field(fields: FieldMap, api_field: str, response_name: str) -> str:
     )
 
 
-def parse_row(source: SourceRow, fields: FieldMap, options: ScoreOptions, settings: Settings) -> ParsedRow:
+def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, settings: Settings) -> ParsedRow:
     """Validate one row exactly as ``POST /score`` would validate its items; raise :class:`RowError`."""
     if source.error is not None:
         raise source.error
@@ -262,11 +253,11 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ScoreOptions, settin
     except RewardInputError as exc:
         raise fail(fields.task_type, exc.message) from None
 
-    items: list[ScoreItem] = []
+    items: list[RequestItem] = []
     for index, response in enumerate(responses):
         name = f"{response_name}[{index}]" if multi else response_name
         try:
-            items.append(ScoreItem.model_validate({"response": response, "ground_truth": truth, "task_type": task.value}))
+            items.append(RequestItem.model_validate({"response": response, "ground_truth": truth, "task_type": task.value}))
         except ValidationError as exc:
             errors = [{**err, "loc": ("items", 0, *err["loc"])} for err in exc.errors()]
             detail = validation_details(errors, None)[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward_server.engine.scorer import ItemScore, ScoreOptions
+from reward_server.engine.scorer import ItemReward, ResolvedOptions
 from reward_server.items.settings import Settings
 from reward_server.offline.backends import ItemsRejected, Scorer
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE
@@ -51,7 +51,7 @@ class ScoreJob:
     input: Path
     output: Path
     fields: FieldMap = field(default_factory=FieldMap)
-    options: ScoreOptions = field(default_factory=ScoreOptions)
+    options: ResolvedOptions = field(default_factory=ResolvedOptions)
     settings: Settings = field(default_factory=Settings)
     batch_size: int = DEFAULT_BATCH_SIZE
     skip_bad: bool = False
@@ -89,7 +89,7 @@ class ScoreResult:
     seconds: float
 
 
-def output_row(parsed: ParsedRow, scores: list[ItemScore], output_fields: tuple[str, ...] | None) -> dict[str, Any]:
+def output_row(parsed: ParsedRow, scores: list[ItemReward], output_fields: tuple[str, ...] | None) -> dict[str, Any]:
     """The input row (or the chosen fields) followed by the canonical task type and every component."""
     data = parsed.source.data or {}
     if output_fields:
@@ -161,7 +161,7 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
     bar = _bar(job, cp.position)
     reported = cp.position
 
-    def score_pending() -> list[ItemScore]:
+    def score_pending() -> list[ItemReward]:
         """Score ``pending``; rows the service refuses are skipped (``--skip-bad``) or stop the run
         after the rows before the first of them are committed."""
         nonlocal pending, pending_items

@@ -30,7 +30,7 @@ from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
 from reward_server.engine.scorer import RewardEngine
-from reward_server.items.models import ScoreItem, ScoreRequest
+from reward_server.items.models import RequestItem, ScoreRequest
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items, resolve_options
 from reward_server.rewards.groups import summarise_groups
@@ -263,7 +263,7 @@ def create_app(
             **(await hooks.info() if hooks.info is not None else {}),
         }
 
-    async def score_items(items: list[ScoreItem], options: Any) -> tuple[list[Any], RequestOutcome | None]:
+    async def score_items(items: list[RequestItem], options: Any) -> tuple[list[Any], RequestOutcome | None]:
         """Shared by /score and /get_reward: validate, queue, await the batch."""
         require_ready()
         built = build_items(items, resolve_options(options, settings), settings)

@@ -29,13 +29,13 @@ from reward_server.difficulty.correctness import Thresholds, is_correct
 from reward_server.difficulty.ids import canonical_prompt_id, prompt_id_problem
 from reward_server.difficulty.posterior import DecayParams
 from reward_server.difficulty.store import INFORMATIVE_RANGE, P_BUCKETS, DifficultyStore, Observation
-from reward_server.engine.scorer import ItemScore, ScoringItem
+from reward_server.engine.scorer import ItemReward, PreparedItem
 from reward_server.items.settings import Settings
 from reward_server.service.auth import check_bearer
 from reward_server.service.errors import ApiError
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
-from reward_server.service.schemas import Identifier, ScoreItem
+from reward_server.service.schemas import Identifier, RequestItem
 
 log = logging.getLogger("reward_server.difficulty")
 router = APIRouter(tags=["difficulty"])
@@ -76,7 +76,7 @@ def open_backend(settings: Settings) -> DifficultyBackend | None:
 
 
 def observations(
-    items: Sequence[ScoreItem], built: Sequence[ScoringItem], scores: Sequence[ItemScore], limits: Thresholds
+    items: Sequence[RequestItem], built: Sequence[PreparedItem], scores: Sequence[ItemReward], limits: Thresholds
 ) -> list[Observation]:
     """One observation per scored item that carries a prompt id, in request order."""
     out = []
@@ -89,7 +89,7 @@ def observations(
 
 
 async def record_scored(
-    request_app: Any, items: Sequence[ScoreItem], built: Sequence[ScoringItem], scores: Sequence[ItemScore]
+    request_app: Any, items: Sequence[RequestItem], built: Sequence[PreparedItem], scores: Sequence[ItemReward]
 ) -> None:
     """Durably update the posteriors of the scored items; the caller answers only after this."""
     backend: DifficultyBackend | None = getattr(request_app.state, "difficulty", None)

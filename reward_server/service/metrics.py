@@ -53,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import reward_server
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
-from reward_server.engine.scorer import BatchReport, ItemScore, ScoringItem
+from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem
 from reward_server.rewards.groups import GroupSummary
 from reward_server.rewards.profiles import PROFILE_NAMES
 from reward_server.rewards.tasks import TaskType
@@ -387,7 +387,7 @@ class ServiceMetrics:
         self.stage_seconds.labels("tokenize").inc(report.tokenize_seconds)
         self.stage_seconds.labels("kernel").inc(report.kernel_seconds)
 
-    async def submit(self, batcher: Batcher, items: Sequence[ScoringItem]) -> RequestOutcome:
+    async def submit(self, batcher: Batcher, items: Sequence[PreparedItem]) -> RequestOutcome:
         """``batcher.submit(items)``, observed: items that never got a score are counted by why."""
         try:
             outcome = await batcher.submit(items)
@@ -400,10 +400,10 @@ class ServiceMetrics:
         self.observe_outcome(items, outcome)
         return outcome
 
-    def observe_outcome(self, items: Sequence[ScoringItem], outcome: RequestOutcome) -> None:
+    def observe_outcome(self, items: Sequence[PreparedItem], outcome: RequestOutcome) -> None:
         """Queue wait of one request, its items per task type, and every reward component."""
         self.queue_wait.observe(outcome.queue_seconds)
-        by_task: dict[tuple[str, str], list[ItemScore]] = {}
+        by_task: dict[tuple[str, str], list[ItemReward]] = {}
         for item, scored in zip(items, outcome.results):
             by_task.setdefault((item.truth.task.value, item.options.profile), []).append(scored)
         for (task, profile), scores in by_task.items():
@@ -422,7 +422,7 @@ class ServiceMetrics:
         self,
         groups: Sequence[GroupSummary],
         group_ids: Sequence[Hashable | None] = (),
-        items: Sequence[ScoringItem] = (),
+        items: Sequence[PreparedItem] = (),
     ) -> None:
         """Group std and zero-variance counts; ``group_ids``/``items`` (parallel, per item) give each
         group its task type, so a task whose groups saturate (all right or all wrong) stands out.
@@ -445,7 +445,7 @@ class ServiceMetrics:
             if group.zero_variance:
                 self.zero_variance_groups.labels(task).inc()
 
-    def _count_items(self, items: Iterable[ScoringItem], outcome: str) -> None:
+    def _count_items(self, items: Iterable[PreparedItem], outcome: str) -> None:
         counts: dict[tuple[str, str], int] = {}
         for item in items:
             key = (item.truth.task.value, item.options.profile)

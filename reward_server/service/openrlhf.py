@@ -43,10 +43,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from reward_server.engine.scorer import ScoringItem
+from reward_server.engine.scorer import PreparedItem
 from reward_server.items.errors import RequestRejected, summarise
 from reward_server.items.json_values import loads_lenient
-from reward_server.items.models import TASK_TYPE_NAMES, ScoreItem, ScoreOptions
+from reward_server.items.models import TASK_TYPE_NAMES, RequestItem, RequestOptions
 from reward_server.rewards.tasks import TaskType
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
@@ -83,7 +83,7 @@ class GetRewardRequest(BaseModel):
     labels: list[Any] | None = None
     eos: str | list[str] | None = None
     task_type: str | None = Field(None, json_schema_extra={"enum": [*TASK_TYPE_NAMES, None]})
-    format_weight: Annotated[float, Strict()] | None = None  # range checked by ScoreOptions
+    format_weight: Annotated[float, Strict()] | None = None  # range checked by RequestOptions
     bmas_reduction: str | None = None
     profile: str | None = None
 
@@ -169,7 +169,7 @@ def label_prompt_id(label: Any) -> Any:
     return label.get("prompt_id") if isinstance(label, dict) else None
 
 
-def unit_score(item: ScoringItem, accuracy: float) -> float:
+def unit_score(item: PreparedItem, accuracy: float) -> float:
     """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
     if item.truth.task is not TaskType.OPEN_ENDED:
         return accuracy
@@ -205,14 +205,14 @@ def remap_errors(exc: RequestRejected, response_field: str, label_field: str) ->
 def score_item(
     index: int, response: str, truth: Any, task: str | None, label_field: str, errors: list[dict[str, Any]],
     prompt_id: str | int | None = None,
-) -> ScoreItem | None:
+) -> RequestItem | None:
     """The /score item for one trainer sample, or None with the problem appended to ``errors``
     (named after the trainer's own label field)."""
     try:
         fields = {"id": index, "response": response, "ground_truth": truth, "task_type": task}
         if prompt_id is not None:
             fields["prompt_id"] = prompt_id
-        return ScoreItem.model_validate(fields)
+        return RequestItem.model_validate(fields)
     except ValidationError:
         if isinstance(truth, float) and not math.isfinite(truth):
             errors.append(item_detail(index, label_field, f"ground truth must be a finite number, got {truth}"))
@@ -224,7 +224,7 @@ def score_item(
 
 def request_options(
     request: Request, format_weight: Any = None, bmas_reduction: Any = None, profile: Any = None
-) -> ScoreOptions:
+) -> RequestOptions:
     """Scoring options from the body's fields, overridden by ``?format_weight=`` and
     ``?bmas_reduction=`` / ``?profile=`` in the URL (trainers that post a fixed body are configured by URL)."""
     options_in = {"format_weight": format_weight, "bmas_reduction": bmas_reduction, "profile": profile}
@@ -238,7 +238,7 @@ def request_options(
         except ValueError:
             raise reject([item_detail(None, "format_weight", f"must be a number, got {text[:64]!r}")]) from None
     try:
-        return ScoreOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
+        return RequestOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
         raise reject([item_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
@@ -265,7 +265,7 @@ async def get_reward(request: Request) -> JSONResponse:
     default_task = request.query_params.get("task_type") or body.task_type
     eos = eos_list(request, body.eos)
     limit = request.app.state.service.settings.max_chars_per_text
-    items: list[ScoreItem] = []
+    items: list[RequestItem] = []
     for index, query in enumerate(body.query):
         prompt = body.prompts[index] if body.prompts is not None else None
         if not isinstance(query, str):

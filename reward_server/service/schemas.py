@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 from reward_server.items.models import (  # noqa: F401 (re-exported for the routes)
     GroundTruth,
     Identifier,
-    ScoreItem,
-    ScoreOptions,
+    RequestItem,
+    RequestOptions,
     ScoreRequest,
 )
 

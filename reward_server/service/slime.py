@@ -46,11 +46,9 @@ from reward_server.service.openrlhf import (
     score_item,
     strip_eos,
 )
-from reward_server.service.schemas import ScoreItem
+from reward_server.service.schemas import RequestItem
 
 router = APIRouter()
-
-RESULT_KEYS = ("reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward")
 
 
 class SlimeSample(BaseModel):
@@ -113,7 +111,7 @@ async def slime_reward(request: Request) -> JSONResponse:
     samples, grouped = _samples(await request.body())
     url_task = request.query_params.get("task_type")
     eos = eos_list(request)
-    items: list[ScoreItem] = []
+    items: list[RequestItem] = []
     errors: list[dict[str, Any]] = []
     for index, sample in enumerate(samples):
         truth, task, problem = parse_label(sample.label, sample.task_type or url_task)
