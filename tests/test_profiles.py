@@ -15,7 +15,7 @@ from reward_server.cli import main
 from reward_server.engine.idf import IdfFileError, IdfTable, load_idf, tokenizer_hash
 from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
 from reward_server.offline import backends
-from reward_server.rewards.errors import RewardInputError
+from reward_server.errors import ItemFieldError
 from reward_server.rewards.profiles import PROFILE_NAMES, f_measure, parse_profile
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.tasks import TaskType
@@ -70,7 +70,7 @@ def test_f_measure() -> None:
 def test_parse_profile() -> None:
     assert parse_profile("robust").name == "robust"
     assert parse_profile("MIXED_R1").name == "mixed-r1"
-    with pytest.raises(RewardInputError) as info:
+    with pytest.raises(ItemFieldError) as info:
         parse_profile("paper")
     assert "mixed-r1" in info.value.message and "robust" in info.value.message
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from reward_server.rewards.combine import final_reward
-from reward_server.rewards.errors import RewardInputError
+from reward_server.errors import ItemFieldError
 from reward_server.rewards.format import format_reward
 
 
@@ -72,13 +72,13 @@ def test_final_reward(accuracy: float, fmt: float, weight: float, expected: floa
 
 @pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf])
 def test_non_finite_weight_is_a_client_error(weight: float) -> None:
-    with pytest.raises(RewardInputError) as info:
+    with pytest.raises(ItemFieldError) as info:
         final_reward(1.0, 1.0, weight)
     assert info.value.field == "format_weight"
 
 
 def test_overflowing_weight_is_a_client_error() -> None:
-    with pytest.raises(RewardInputError):
+    with pytest.raises(ItemFieldError):
         final_reward(1e308, 1.0, 1e308)
 
 

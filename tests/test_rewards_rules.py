@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reward_server.rewards.errors import InvalidGroundTruth, RewardInputError
+from reward_server.rewards.errors import InvalidGroundTruth, ItemFieldError
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth, rule_accuracy
 from reward_server.rewards.tasks import TaskType
 
@@ -101,7 +101,7 @@ def test_task_may_be_given_by_value() -> None:
 def test_bad_ground_truths_raise(task: TaskType, truth: str, fragment: str) -> None:
     with pytest.raises(InvalidGroundTruth) as info:
         prepare_ground_truth(task, truth)
-    assert isinstance(info.value, RewardInputError)
+    assert isinstance(info.value, ItemFieldError)
     assert info.value.field == "ground_truth"
     assert fragment in info.value.message
 

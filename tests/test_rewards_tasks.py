@@ -2,7 +2,7 @@
 
 import pytest
 
-from reward_server.rewards.errors import RewardInputError, UnknownTaskType
+from reward_server.rewards.errors import ItemFieldError, UnknownTaskType
 from reward_server.rewards.tasks import TASK_ALIASES, TaskType, normalise_task_name, parse_task_type
 
 SPEC_ALIASES = {
@@ -62,7 +62,7 @@ def test_unknown_names_raise_with_the_valid_list(name: str) -> None:
     with pytest.raises(UnknownTaskType) as info:
         parse_task_type(name)
     error = info.value
-    assert isinstance(error, RewardInputError) and isinstance(error, ValueError)
+    assert isinstance(error, ItemFieldError) and (error.status, error.type) == (422, "invalid_item")
     assert error.field == "task_type"
     assert str(error) == error.message
     for canonical in ("yes_no", "mcq", "chart", "grounding", "open_ended"):

@@ -211,7 +211,7 @@ def test_admin_reload_disabled_without_token(server) -> None:
 
 def test_unknown_route_is_json_404(server) -> None:
     r = httpx.get(server.url + "/nope")
-    assert r.status_code == 404 and r.json()["error"]["type"] == "http_error"
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
 
 
 def test_non_ascii_bearer_token_is_a_401_not_a_500(default_table) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reward_server.difficulty.store import DifficultyStore, Observation
+from reward_server.errors import KTooLarge, UnknownPool
 
 
 @dataclass(frozen=True)
 class SampleRefused:
-    """Why a sample request cannot be answered: ``reason`` is ``unknown_pool`` or ``k_too_large``."""
+    """Why a sample request cannot be answered: ``reason`` is the error type (``UnknownPool.type`` or ``KTooLarge.type``)."""
 
     reason: str
     message: str
@@ -30,13 +31,13 @@ def sample_or_refuse(
     if pool is not None:
         ids = store.pool(pool)
         if ids is None:
-            return SampleRefused("unknown_pool", f"pool {pool!r} is not registered (PUT /v1/pools/{{name}} first)")
+            return SampleRefused(UnknownPool.type, f"pool {pool!r} is not registered (PUT /v1/pools/{{name}} first)")
     else:
         ids = list(candidates or [])
     distinct = len(dict.fromkeys(ids))
     if k > distinct:
         where = f"pool {pool!r}" if pool is not None else "candidates"
-        return SampleRefused("k_too_large", f"k={k} is larger than the {distinct} distinct prompt ids of the {where}")
+        return SampleRefused(KTooLarge.type, f"k={k} is larger than the {distinct} distinct prompt ids of the {where}")
     return store.sample(ids, k, seed)
 
 

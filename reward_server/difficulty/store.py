@@ -37,6 +37,7 @@ from typing import Any, Literal
 from reward_server.difficulty import posterior
 from reward_server.difficulty.posterior import DecayParams, PromptState
 from reward_server.difficulty.sampler import thompson_select
+from reward_server.errors import StateUnavailable, UnknownPool
 
 log = logging.getLogger("reward_server.difficulty")
 
@@ -64,12 +65,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 """
 
 
-class StoreClosed(RuntimeError):
+class StoreClosed(StateUnavailable):
     """The store was closed; no further updates are accepted."""
-
-
-class UnknownPool(KeyError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -257,7 +254,7 @@ class DifficultyStore:
     def sample_pool(self, name: str, k: int, seed: int | None = None) -> list[str]:
         ids = self.pool(name)
         if ids is None:
-            raise UnknownPool(name)
+            raise UnknownPool(f"pool {name!r} is not registered")
         return self.sample(ids, k, seed)
 
     def export_rows(self) -> Iterator[dict[str, Any]]:

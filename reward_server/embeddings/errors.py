@@ -7,8 +7,10 @@ wrong with which path and what would fix it.
 
 from __future__ import annotations
 
+from reward_server.errors import InvalidTable
 
-class TableLoadError(RuntimeError):
+
+class TableLoadError(InvalidTable):
     """A checkpoint directory cannot provide a tokenizer plus input-embedding table."""
 
 

@@ -19,16 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem, RewardEngine
+from reward_server.errors import NotReady, Overloaded
 
 log = logging.getLogger("reward_server")
 
 
-class QueueFull(RuntimeError):
-    """The scoring queue holds too many items; the caller should retry later."""
+class QueueFull(Overloaded):
+    """The scoring queue holds too many items; the caller should retry later (429)."""
 
 
-class BatcherStopped(RuntimeError):
-    """The batcher was shut down before this request was scored."""
+class BatcherStopped(NotReady):
+    """The batcher was shut down before this request was scored (503)."""
 
 
 @dataclass

@@ -32,13 +32,15 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from reward_server.errors import InvalidTable
+
 FORMAT = "mixed-reward-idf"
 VERSION = 1
 WEIGHT_FLOOR = 0.01
 ENCODE_CHUNK = 1024
 
 
-class IdfFileError(Exception):
+class IdfFileError(InvalidTable):
     """The idf file is missing, unreadable, malformed, or was built for another tokenizer."""
 
     def __init__(self, path: str | os.PathLike[str], message: str) -> None:

@@ -1,11 +1,6 @@
-"""Rejections of client input, named by item and field, free of HTTP (SPEC §11).
-
-    {"error": {"type": "invalid_item", "message": "...",
-               "details": [{"item": 3, "id": "r3", "field": "task_type", "message": "..."}]}}
-
-The HTTP service renders a :class:`RequestRejected` as that JSON shape with its status; the
-offline commands turn its first detail into a line-and-field message.
-"""
+"""pydantic's validation errors in the service's words: one detail per (item, field), with a
+message a user can act on. Free of HTTP, shared by the service and the offline commands; the
+error classes themselves are :mod:`reward_server.errors`."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-MAX_DETAILS = 50
+from reward_server.errors import MAX_DETAILS
 
 _EXPECTED = {
     "response": "a string",
@@ -27,17 +22,6 @@ _EXPECTED = {
     "format_weight": "a number",
 }
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
-
-
-class RequestRejected(Exception):
-    """A client mistake: the HTTP status it is answered with, a type, a message, per-field details."""
-
-    def __init__(self, status: int, type_: str, message: str, details: Sequence[dict[str, Any]] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.details = list(details)[:MAX_DETAILS]
 
 
 def _json_type(value: Any) -> str:
@@ -88,10 +72,3 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
                     detail["id"] = echoed
         details[(item, field)] = detail
     return list(details.values())[:MAX_DETAILS]
-
-
-def summarise(details: Sequence[dict[str, Any]]) -> str:
-    first = details[0]
-    where = f"item {first['item']}: " if first.get("item") is not None else ""
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return f"{where}{first['field']}: {first['message']}{more}"

@@ -12,11 +12,17 @@ from typing import Any
 
 from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.engine.scorer import PreparedItem, ResolvedOptions
-from reward_server.items.errors import MAX_DETAILS, RequestRejected, summarise
+from reward_server.errors import (
+    MAX_DETAILS,
+    InvalidItem,
+    InvalidRequest,
+    ItemFieldError,
+    TooManyItems,
+    summarise,
+)
 from reward_server.items.json_values import value_problem
 from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.items.settings import Settings
-from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.profiles import parse_profile
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
 from reward_server.rewards.tasks import TaskType, parse_task_type
@@ -63,9 +69,8 @@ def resolve_profile(name: str | None, settings: Settings, field: str = "options.
         return settings.profile
     try:
         return parse_profile(name).name
-    except RewardInputError as exc:
-        raise RequestRejected(422, "invalid_request", f"{field}: {exc.message}",
-                              [{"item": None, "field": field, "message": exc.message}]) from exc
+    except ItemFieldError as exc:
+        raise InvalidRequest.for_field(field, exc.message) from exc
 
 
 def resolve_options(options: RequestOptions | None, settings: Settings) -> ResolvedOptions:
@@ -77,9 +82,7 @@ def resolve_options(options: RequestOptions | None, settings: Settings) -> Resol
 
 def check_item_count(count: int, settings: Settings) -> None:
     if count > settings.max_items_per_request:
-        raise RequestRejected(
-            413,
-            "too_many_items",
+        raise TooManyItems(
             f"items: {count} items in one request; the limit is {settings.max_items_per_request} "
             "(split the batch or raise REWARD_MAX_ITEMS_PER_REQUEST)",
             [{"item": None, "field": "items", "message": f"at most {settings.max_items_per_request} items"}],
@@ -123,17 +126,17 @@ def build_items(
             unusable = True
         try:
             task = parse_task_type(item.task_type)
-        except RewardInputError as exc:
+        except ItemFieldError as exc:
             fail(index, item, exc.field, exc.message)
             continue
         if unusable:
             continue
         try:
             truth = _prepared(task, truth_text)
-        except RewardInputError as exc:
+        except ItemFieldError as exc:
             fail(index, item, exc.field, f"{exc.message} (task_type {task.value})")
             continue
         built.append(PreparedItem(response=item.response, truth=truth, options=options))
     if errors:
-        raise RequestRejected(422, "invalid_item", summarise(errors), errors)
+        raise InvalidItem(summarise(errors), errors)
     return built

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.engine.idf import IdfTable, count_documents, tokenizer_hash
+from reward_server.errors import ItemFieldError
 from reward_server.offline.rows import MISSING, FieldMap, RowError, get_field, iter_rows, progress_total
-from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.spans import answer_span
 from reward_server.rewards.tasks import TaskType, parse_task_type
 
@@ -78,7 +78,7 @@ def _documents(job: IdfJob, summary: IdfSummary, bar: Any) -> Iterator[str]:
             if task_value is not None:
                 try:
                     task = parse_task_type(str(task_value))
-                except RewardInputError as exc:
+                except ItemFieldError as exc:
                     raise RowError(source.line, job.fields.task_type, exc.message) from exc
                 if task is not TaskType.OPEN_ENDED:
                     summary.skipped_tasks[task.value] = summary.skipped_tasks.get(task.value, 0) + 1

@@ -21,12 +21,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from reward_server.engine.scorer import PreparedItem, ResolvedOptions
-from reward_server.items.errors import RequestRejected, validation_details
+from reward_server.errors import ItemFieldError, RewardServerError
+from reward_server.items.errors import validation_details
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items
-from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.tasks import TaskType, parse_task_type
 
 MISSING: Any = object()
@@ -250,7 +250,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
         task_value = fields.default_task_type
     try:
         task = parse_task_type(task_value)
-    except RewardInputError as exc:
+    except ItemFieldError as exc:
         raise fail(fields.task_type, exc.message) from None
 
     items: list[RequestItem] = []
@@ -265,7 +265,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
             raise fail(field, detail["message"]) from None
     try:
         built = build_items(items, options, settings)
-    except RequestRejected as exc:
+    except RewardServerError as exc:
         detail = exc.details[0]
         index = detail.get("item") or 0
         name = f"{response_name}[{index}]" if multi else response_name

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reward_server.errors import ItemFieldError
 from reward_server.offline.rows import (
     MISSING,
     PLURAL,
@@ -26,7 +27,6 @@ from reward_server.offline.rows import (
     iter_rows,
     raw_text,
 )
-from reward_server.rewards.errors import RewardInputError
 from reward_server.rewards.tasks import parse_task_type
 
 COMPONENTS = ("reward", "accuracy", "format", "bmas_forward", "bmas_backward")
@@ -81,7 +81,7 @@ def read_scored(source: SourceRow, fields: FieldMap) -> ScoredRow:
         raise fail(fields.task_type, "missing (or pass --task-type for a single-task file)")
     try:
         task = parse_task_type(task_value).value
-    except RewardInputError as exc:
+    except ItemFieldError as exc:
         raise fail(task_field, exc.message) from None
 
     multi = "rewards" in row and "reward" not in row

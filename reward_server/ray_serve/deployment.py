@@ -33,13 +33,13 @@ from ray.serve import Application
 
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.engine.idf import IdfFileError
+from reward_server.errors import RewardServerError
 from reward_server.items.settings import Settings
 from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
 from reward_server.ray_serve.inprocess import asgi_request
 from reward_server.ray_serve.options import DEPLOYMENT_NAME, deployment_options, replica_settings
 from reward_server.ray_serve.registry import REPORT_EVERY_S, get_or_create_registry, summary
 from reward_server.service.app import ServiceHooks, create_app, load_configured_idf, swap_table
-from reward_server.service.errors import ApiError
 
 log = logging.getLogger("reward_server.ray")
 RELOAD_WAIT_S = 600.0  # a reload answers once every replica serves the new table, or after this
@@ -158,7 +158,7 @@ class RewardReplica:
             await swap_table(self.service_app.state.service, table.get("model_path"), table.get("device") or s.device,
                              table.get("dtype") or s.dtype)
             self.table_error = None
-        except ApiError as exc:
+        except RewardServerError as exc:
             self.table_error = exc.message
             log.error("replica %s: cannot load the published table: %s", self.replica_id, exc.message)
         finally:

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import math
 
-from reward_server.rewards.errors import RewardInputError
+from reward_server.errors import ItemFieldError
 
 
 def final_reward(accuracy: float, format_score: float, format_weight: float) -> float:
     """Combine components; a non-finite weight is the client's error, a non-finite score is ours."""
     if not math.isfinite(format_weight):
-        raise RewardInputError(
+        raise ItemFieldError(
             "format_weight", f"format_weight must be a finite number, got {format_weight!r}"
         )
     if not (math.isfinite(accuracy) and math.isfinite(format_score)):
         raise ValueError(f"non-finite reward component: accuracy={accuracy!r}, format={format_score!r}")
     reward = float(accuracy) + float(format_weight) * float(format_score)
     if not math.isfinite(reward):
-        raise RewardInputError("format_weight", f"format_weight {format_weight!r} overflows the reward")
+        raise ItemFieldError("format_weight", f"format_weight {format_weight!r} overflows the reward")
     return reward
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reward_server.rewards.errors import RewardInputError
+from reward_server.errors import ItemFieldError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def parse_profile(name: str) -> Profile:
     key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
     profile = PROFILES.get(key) if isinstance(key, str) else None
     if profile is None:
-        raise RewardInputError(
+        raise ItemFieldError(
             "profile", f"unknown profile {name!r}; valid profiles: {', '.join(PROFILE_NAMES)}"
         )
     return profile

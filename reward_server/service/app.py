@@ -27,9 +27,19 @@ import reward_server
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.embeddings.placement import resolve_device, resolve_dtype
 from reward_server.embeddings.table import EmbeddingTable
-from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
+from reward_server.engine.batcher import Batcher, RequestOutcome
 from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
 from reward_server.engine.scorer import RewardEngine
+from reward_server.errors import (
+    AdminDisabled,
+    BodyTooLarge,
+    Draining,
+    InvalidRequest,
+    InvalidTable,
+    NotReady,
+    ReloadInProgress,
+    Unauthorized,
+)
 from reward_server.items.models import RequestItem, ScoreRequest
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items, resolve_options
@@ -39,7 +49,7 @@ from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.direct_routes import install_direct_routes
-from reward_server.service.errors import ApiError, install_error_handlers
+from reward_server.service.errors import install_error_handlers
 from reward_server.service.json_body import read_json_body
 from reward_server.service.metrics import ServiceMetrics
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, install_openapi, route_doc
@@ -124,7 +134,7 @@ async def swap_table(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load a table and swap it in under the reload lock: the batch in flight finishes on the old
     table, every later batch uses the new one. Returns (previous info, current info); raises
-    :class:`ApiError` 422 naming ``model_path`` when the table cannot be used."""
+    :class:`InvalidTable` naming ``model_path`` when the table cannot be used."""
     settings = state.settings
     async with state.reload_lock:
         old = state.table.info()
@@ -134,9 +144,7 @@ async def swap_table(
             if idf is not None:  # the robust profile's ids must mean the same tokens
                 check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
         except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:
-            raise ApiError(
-                422, "invalid_table", str(exc), [{"item": None, "field": "model_path", "message": str(exc)}]
-            ) from exc
+            raise InvalidTable.for_field("model_path", str(exc), prefix=False) from exc
         state.batcher.engine = build_engine(table, settings, idf)
         gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
         _freeze_heap()
@@ -168,9 +176,7 @@ def _placement(field: str, resolve: Any, *args: Any) -> Any:
     try:
         return resolve(*args)
     except TableLoadError as exc:
-        raise ApiError(
-            422, "invalid_table", f"{field}: {exc}", [{"item": None, "field": field, "message": str(exc)}]
-        ) from exc
+        raise InvalidTable.for_field(field, str(exc)) from exc
 
 
 def create_app(
@@ -226,18 +232,18 @@ def create_app(
 
     def require_ready() -> None:
         if not state.ready:
-            raise ApiError(503, "not_ready", "the reward server is not ready (starting or shutting down)")
+            raise NotReady("the reward server is not ready (starting or shutting down)")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Alive: the process answers. Says nothing about the table."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, responses=error_responses(503))
+    @app.get("/readyz", response_model=Readiness, responses=error_responses(NotReady, Draining))
     async def readyz() -> dict[str, Any]:
         """Ready: the table is loaded, the scoring worker runs and the server is not shutting down."""
         if state.draining:
-            raise ApiError(503, "draining", "the reward server is shutting down; send new requests elsewhere")
+            raise Draining("the reward server is shutting down; send new requests elsewhere")
         require_ready()
         return {"status": "ready", "table": state.table.info()}
 
@@ -269,12 +275,7 @@ def create_app(
         built = build_items(items, resolve_options(options, settings), settings)
         if not built:
             return built, None
-        try:
-            outcome = await metrics.submit(state.batcher, built)
-        except QueueFull as exc:
-            raise ApiError(429, "overloaded", str(exc)) from exc
-        except BatcherStopped as exc:
-            raise ApiError(503, "not_ready", str(exc)) from exc
+        outcome = await metrics.submit(state.batcher, built)  # QueueFull is a 429, BatcherStopped a 503
         await difficulty.record_scored(app, items, built, outcome.results)  # durable before we answer
         return built, outcome
 
@@ -334,18 +335,18 @@ def create_app(
         return JSONResponse(body)
 
     @app.post(
-        "/admin/reload", response_model=ReloadResponse, responses=error_responses(401, 404, 409, 413, 422),
+        "/admin/reload", response_model=ReloadResponse, responses=error_responses(Unauthorized, AdminDisabled, ReloadInProgress, BodyTooLarge, InvalidRequest, InvalidTable),
         openapi_extra=route_doc(ReloadRequest, auth="admin"),
     )
     async def reload_table(http_request: Request) -> dict[str, Any]:
         """Swap in a newer checkpoint's table without dropping a request: the batch in flight
         finishes on the old table, every later batch uses the new one."""
         if settings.admin_token is None:
-            raise ApiError(404, "admin_disabled", "the admin API is disabled; set REWARD_ADMIN_TOKEN to enable it")
+            raise AdminDisabled("the admin API is disabled; set REWARD_ADMIN_TOKEN to enable it")
         check_bearer(http_request, settings.admin_token, "the admin API")
         request = await read_json_body(http_request, ReloadRequest)
         if state.reload_lock.locked():
-            raise ApiError(409, "reload_in_progress", "another reload is in progress")
+            raise ReloadInProgress("another reload is in progress")
         device = request.device or settings.device
         dtype = request.dtype or settings.dtype
         # Checked before loading, so that the error names the field (not model_path).

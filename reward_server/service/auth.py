@@ -6,7 +6,7 @@ import secrets
 
 from fastapi import Request
 
-from reward_server.service.errors import ApiError
+from reward_server.errors import Unauthorized
 
 
 def check_bearer(request: Request, token: str | None, realm: str, *, query_param: str | None = None) -> None:
@@ -24,4 +24,4 @@ def check_bearer(request: Request, token: str | None, realm: str, *, query_param
     # Bytes: compare_digest refuses non-ASCII str, and a client's header must never cause a 500.
     if supplied is None or not secrets.compare_digest(supplied.encode(), token.encode()):
         also = f" (or ?{query_param}=<token>)" if query_param is not None else ""
-        raise ApiError(401, "unauthorized", f"{realm} requires 'Authorization: Bearer <token>'{also}")
+        raise Unauthorized(f"{realm} requires 'Authorization: Bearer <token>'{also}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reward_server.service.errors import ApiError, error_response
+from reward_server.errors import BodyTooLarge
+from reward_server.service.errors import render
 
 
 class BodySizeLimit:
@@ -16,10 +17,8 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _error(self) -> ApiError:
-        return ApiError(
-            413,
-            "body_too_large",
+    def _error(self) -> BodyTooLarge:
+        return BodyTooLarge(
             f"body: request body exceeds {self.max_bytes} bytes (REWARD_MAX_BODY_BYTES)",
             [{"item": None, "field": "body", "message": f"at most {self.max_bytes} bytes"}],
         )
@@ -35,8 +34,7 @@ class BodySizeLimit:
                 except ValueError:
                     too_large = False
                 if too_large:
-                    err = self._error()
-                    await error_response(err.status, err.type, err.message, err.details)(scope, receive, send)
+                    await render(self._error(), scope)(scope, receive, send)
                     return
         received = 0
 
@@ -46,7 +44,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise self._error()  # rendered by the app's ApiError handler
+                    raise self._error()  # rendered by the app's error handlers
             return message
 
         await self.app(scope, limited_receive, send)

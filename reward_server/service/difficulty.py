@@ -30,17 +30,26 @@ from reward_server.difficulty.ids import canonical_prompt_id, prompt_id_problem
 from reward_server.difficulty.posterior import DecayParams
 from reward_server.difficulty.store import INFORMATIVE_RANGE, P_BUCKETS, DifficultyStore, Observation
 from reward_server.engine.scorer import ItemReward, PreparedItem
+from reward_server.errors import (
+    BodyTooLarge,
+    DifficultyDisabled,
+    InvalidRequest,
+    KTooLarge,
+    StateUnavailable,
+    Unauthorized,
+    UnknownPool,
+    UnknownPrompt,
+)
 from reward_server.items.settings import Settings
 from reward_server.service.auth import check_bearer
-from reward_server.service.errors import ApiError
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
 from reward_server.service.schemas import Identifier, RequestItem
 
 log = logging.getLogger("reward_server.difficulty")
 router = APIRouter(tags=["difficulty"])
-_ERRORS = error_responses(401, 404, 422)
-_BODY_ERRORS = error_responses(401, 404, 413, 422)
+_ERRORS = error_responses(Unauthorized, DifficultyDisabled, UnknownPrompt, InvalidRequest)
+_BODY_ERRORS = error_responses(Unauthorized, DifficultyDisabled, UnknownPool, BodyTooLarge, InvalidRequest, KTooLarge)
 MAX_CANDIDATES = 1_000_000
 
 
@@ -102,8 +111,8 @@ async def record_scored(
         await backend.record(found)
     except Exception as exc:
         log.exception("difficulty state: update failed")
-        raise ApiError(
-            503, "state_unavailable", f"the rewards were computed but the difficulty state could not be "
+        raise StateUnavailable(
+            f"the rewards were computed but the difficulty state could not be "
             f"updated durably ({type(exc).__name__}); retry the request"
         ) from exc
     request_app.state.difficulty_metrics.updates.inc(len(found))
@@ -180,8 +189,7 @@ def _backend(request: Request) -> DifficultyBackend:
     check_bearer(request, settings.api_token, "the difficulty API")
     backend = getattr(request.app.state, "difficulty", None)
     if backend is None:
-        raise ApiError(
-            404, "difficulty_disabled",
+        raise DifficultyDisabled(
             "per-prompt difficulty is off; start the server with --state-path (REWARD_STATE_PATH) to enable it",
         )
     return backend
@@ -190,7 +198,7 @@ def _backend(request: Request) -> DifficultyBackend:
 def _check_id(value: object, field: str) -> str:
     problem = prompt_id_problem(value)
     if problem is not None:
-        raise ApiError(422, "invalid_request", f"{field}: {problem}", [{"item": None, "field": field, "message": problem}])
+        raise InvalidRequest.for_field(field, problem)
     return canonical_prompt_id(value)  # type: ignore[arg-type]
 
 
@@ -224,7 +232,7 @@ def _ids(values: Sequence[object], field: str) -> list[str]:
         else:
             ids.append(canonical_prompt_id(value))  # type: ignore[arg-type]
     if details:
-        raise ApiError(422, "invalid_request", f"{field}[{details[0]['item']}]: {details[0]['message']}", details)
+        raise InvalidRequest(f"{field}[{details[0]['item']}]: {details[0]['message']}", details)
     return ids
 
 
@@ -235,8 +243,8 @@ async def get_prompt(prompt_id: str, request: Request) -> dict[str, Any]:
     key = _check_id(prompt_id, "prompt_id")
     found = await backend.get(key)
     if found is None:
-        raise ApiError(
-            404, "unknown_prompt", f"prompt_id: no scored item has carried prompt_id {key!r}",
+        raise UnknownPrompt(
+            f"prompt_id: no scored item has carried prompt_id {key!r}",
             [{"item": None, "field": "prompt_id", "message": "never scored"}],
         )
     return found
@@ -282,14 +290,13 @@ async def sample(request: Request) -> JSONResponse:
     backend = _backend(request)  # the token before the body
     body = await read_json_body(request, SampleRequest)
     if (body.candidates is None) == (body.pool is None):
-        raise ApiError(
-            422, "invalid_request", "body: give exactly one of 'candidates' or 'pool'",
+        raise InvalidRequest(
+            "body: give exactly one of 'candidates' or 'pool'",
             [{"item": None, "field": "candidates", "message": "give exactly one of 'candidates' or 'pool'"}],
         )
     candidates = None if body.candidates is None else _ids(body.candidates, "candidates")
     result = await backend.sample(candidates, body.pool, body.k, body.seed)
     if isinstance(result, SampleRefused):
-        status, field = (404, "pool") if result.reason == "unknown_pool" else (422, "k")
-        raise ApiError(status, result.reason, f"{field}: {result.message}",
-                       [{"item": None, "field": field, "message": result.message}])
+        kind, field = (UnknownPool, "pool") if result.reason == UnknownPool.type else (KTooLarge, "k")
+        raise kind.for_field(field, result.message)
     return JSONResponse({"prompt_ids": result, "k": body.k})

@@ -47,14 +47,15 @@ def _request_only(route: APIRoute) -> bool:
     )
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
-    """Every APIRoute, in matching order, also inside included routers (FastAPI >= 0.16x keeps an
+def all_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, in matching order, also inside included routers (FastAPI >= 0.16x keeps an
     included router as one entry holding ``original_router``; older versions copy its routes)."""
     for route in routes:
-        if isinstance(route, APIRoute):
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from all_routes(inner.routes)
+        else:
             yield route
-        elif getattr(route, "original_router", None) is not None:
-            yield from _api_routes(route.original_router.routes)
 
 
 class DirectRoutes:
@@ -63,8 +64,8 @@ class DirectRoutes:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI, paths: Iterable[str], max_body_bytes: int) -> None:
         self.app = app
         self.routes: dict[str, tuple[APIRoute, ASGIApp]] = {}
-        for route in _api_routes(fastapi_app.router.routes):
-            if route.path in paths and route.methods == {"POST"} and route.path not in self.routes:
+        for route in all_routes(fastapi_app.router.routes):
+            if isinstance(route, APIRoute) and route.path in paths and route.methods == {"POST"} and route.path not in self.routes:
                 if not _request_only(route):
                     raise TypeError(f"{route.path}: a direct route's endpoint must take only the Request")
                 self.routes[route.path] = (route, BodySizeLimit(self._endpoint_app(route.endpoint), max_bytes=max_body_bytes))
@@ -97,14 +98,14 @@ class DirectRoutes:
                 try:
                     response = await endpoint(Request(scope, receive, send_tracked))
                 except Exception as exc:
-                    handled = handled_error_response(exc)
+                    handled = handled_error_response(exc, scope)
                     if handled is None:
                         raise
                     response = handled
                 await response(scope, receive, send_tracked)
             except Exception as exc:
                 if not started:  # as Starlette's ServerErrorMiddleware: answer 500, then re-raise
-                    await internal_error_response(exc)(scope, receive, send)
+                    await internal_error_response(exc, scope)(scope, receive, send)
                 raise
 
         return run
@@ -122,4 +123,4 @@ def install_direct_routes(app: FastAPI, paths: Iterable[str], max_body_bytes: in
     app.build_middleware_stack = build_with_direct_routes  # type: ignore[method-assign]
 
 
-__all__ = ["DirectRoutes", "install_direct_routes"]
+__all__ = ["DirectRoutes", "all_routes", "install_direct_routes"]

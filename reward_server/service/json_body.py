@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from reward_server.items.errors import RequestRejected, summarise, validation_details
+from reward_server.errors import InvalidRequest, summarise
+from reward_server.items.errors import validation_details
 from reward_server.items.json_values import TOO_DEEP, loads_lenient
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def body_error(message: str) -> RequestRejected:
-    return RequestRejected(422, "invalid_request", f"body: {message}", [{"item": None, "field": "body", "message": message}])
+def body_error(message: str) -> InvalidRequest:
+    return InvalidRequest.for_field("body", message)
 
 
 async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
@@ -66,7 +67,7 @@ def _second_look(exc: ValidationError, body: bytes, model: type[ModelT]) -> Mode
         except ValueError:
             parsed = None
         details = validation_details(errors, parsed)
-        raise RequestRejected(422, "invalid_request", summarise(details), details) from None
+        raise InvalidRequest(summarise(details), details) from None
     reason = str(invalid.get("ctx", {}).get("error", invalid.get("msg")))
     if "recursion limit" in reason:
         raise body_error(TOO_DEEP) from None
@@ -77,4 +78,4 @@ def _second_look(exc: ValidationError, body: bytes, model: type[ModelT]) -> Mode
         return model.model_validate(parsed)
     except ValidationError as inner:
         details = validation_details(inner.errors(), parsed)
-        raise RequestRejected(422, "invalid_request", summarise(details), details) from None
+        raise InvalidRequest(summarise(details), details) from None

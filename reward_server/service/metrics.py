@@ -20,9 +20,7 @@ multiprocess mode is deliberately not used; scale out with replicas, each scrape
 
 from __future__ import annotations
 
-import json
 import platform
-import re
 import threading
 import time
 from bisect import bisect_left
@@ -54,44 +52,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import reward_server
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
 from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem
+from reward_server.errors import InternalError, http_kinds
 from reward_server.rewards.groups import GroupSummary
 from reward_server.rewards.profiles import PROFILE_NAMES
 from reward_server.rewards.tasks import TaskType
+from reward_server.service.direct_routes import all_routes
+from reward_server.service.errors import error_type_of, note_error_type
 
 TASK_TYPES: tuple[str, ...] = tuple(task.value for task in TaskType)
 MIXED = "mixed"  # a group whose members have different task types
 ITEM_OUTCOMES = ("scored", "rejected", "failed")
 REQUEST_OUTCOMES = ("success", "client_error", "server_error")
 OTHER = "other"
-# The routes of SPEC §11, created at zero so that their panels have data before their first call;
-# any other route gets its series on first use.
-ENDPOINTS = ("/score", "/get_reward", "/healthz", "/readyz", "/metrics", "/v1/info", "/admin/reload", OTHER)
-
-# Every error type the service answers with (the JSON body's error.type). Any other well-formed
-# type still gets its own label (types are constants in the code, never client text); a body that
-# is not ours is counted as "other".
-ERROR_REASONS = (
-    "invalid_request",
-    "invalid_item",
-    "too_many_items",
-    "body_too_large",
-    "unauthorized",
-    "overloaded",
-    "not_ready",
-    "admin_disabled",
-    "reload_in_progress",
-    "invalid_table",
-    "difficulty_disabled",
-    "unknown_prompt",
-    "unknown_pool",
-    "k_too_large",
-    "state_unavailable",
-    "http_error",
-    "internal_error",
-    OTHER,
-)
-_REASON = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-_MAX_ERROR_BODY = 16 << 10
+# Every error type a route may answer with (reward_server/errors.py), each created at zero. The
+# endpoint label's series are created at zero for every route of the app when its middleware stack
+# is built (see ``install``); any other path is ``other``.
+ERROR_REASONS = (*(kind.type for kind in http_kinds()), OTHER)
 _SMALL_BATCH = 32  # values per histogram call below which pure Python beats numpy
 
 # Request latency and queue wait: from about 1 ms (a one-item rule request) to 30 s (a huge batch
@@ -326,7 +302,10 @@ class ServiceMetrics:
             self.batch_tokens.labels(side)
         for stage in ("rules", "tokenize", "kernel"):
             self.stage_seconds.labels(stage)
-        for endpoint in ENDPOINTS:
+        self._create_endpoint_series((OTHER,))
+
+    def _create_endpoint_series(self, endpoints: Iterable[str]) -> None:
+        for endpoint in endpoints:
             self.request_duration.labels(endpoint)
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(endpoint, outcome)
@@ -355,6 +334,7 @@ class ServiceMetrics:
         build = app.build_middleware_stack
 
         def build_with_metrics() -> ASGIApp:
+            self._create_endpoint_series(route_paths(app))  # every route exists by now
             return _RequestMetrics(build(), self, app)
 
         app.build_middleware_stack = build_with_metrics  # type: ignore[method-assign]
@@ -460,7 +440,7 @@ class ServiceMetrics:
         outcome = "success" if status < 400 else "client_error" if status < 500 else "server_error"
         self._child(self.requests, endpoint, outcome).inc()
         if status >= 400:
-            self.errors.labels(reason if reason and _REASON.match(reason) else OTHER).inc()
+            self._child(self.errors, reason if reason in ERROR_REASONS else OTHER).inc()
 
 
 def _endpoint(app: FastAPI, scope: Scope) -> str:
@@ -480,12 +460,17 @@ def _endpoint(app: FastAPI, scope: Scope) -> str:
     return OTHER
 
 
+def route_paths(app: FastAPI) -> list[str]:
+    """The path templates of the app's routes, in order (included routers too)."""
+    return list(dict.fromkeys(p for route in all_routes(app.router.routes) if isinstance(p := getattr(route, "path", None), str)))
+
+
 class _RequestMetrics:
     """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer and re-task every request).
 
     The endpoint is known once the router has run, so everything is recorded at the end. The error
-    reason is the ``error.type`` of the JSON error body, read from error responses only (they are
-    small); success bodies pass through untouched. Scrapes of /metrics are not "in flight" work.
+    reason is what the renderer of the error wrote into the request's state (service/errors.py);
+    bodies are never read. Scrapes of /metrics are not "in flight" work.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, fastapi_app: FastAPI) -> None:
@@ -498,17 +483,11 @@ class _RequestMetrics:
             await self.app(scope, receive, send)
             return
         status = 0
-        error_body: list[bytes] = []
-        error_size = 0
 
         async def send_observed(message: Message) -> None:
-            nonlocal status, error_size
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            elif message["type"] == "http.response.body" and status >= 400 and error_size < _MAX_ERROR_BODY:
-                chunk = message.get("body", b"")
-                error_body.append(chunk)
-                error_size += len(chunk)
             await send(message)
 
         counted = scope.get("path") != "/metrics"
@@ -519,24 +498,16 @@ class _RequestMetrics:
             await self.app(scope, receive, send_observed)
         except Exception:
             if status == 0:  # nothing was sent: the server answers 500 for it
-                status, error_body = 500, [b'{"error": {"type": "internal_error"}}']
+                status = 500
+                note_error_type(scope, InternalError.type)
             raise
         finally:
             if counted:
                 self.metrics.in_flight.dec()
             if status:  # 0: cancelled before answering (shutdown), not a response to count
-                reason = _error_type(b"".join(error_body)) if status >= 400 else None
+                reason = error_type_of(scope) if status >= 400 else None
                 endpoint = _endpoint(self.fastapi_app, scope)
                 self.metrics.observe_request(endpoint, status, time.perf_counter() - started, reason)
 
 
-def _error_type(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-        reason = parsed["error"]["type"]
-    except (ValueError, KeyError, TypeError):
-        return OTHER
-    return reason if isinstance(reason, str) else OTHER
-
-
-__all__ = ["TASK_TYPES", "ServiceMetrics", "reward_components"]
+__all__ = ["TASK_TYPES", "ServiceMetrics", "reward_components", "route_paths"]

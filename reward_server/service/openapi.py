@@ -14,22 +14,24 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from reward_server.errors import (
+    BodyTooLarge,
+    InvalidItem,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    RewardServerError,
+    StateUnavailable,
+    TooManyItems,
+    Unauthorized,
+)
 from reward_server.items.settings import Settings
 from reward_server.service.schemas import ErrorResponse
 
-SCORING_ERRORS = (401, 413, 422, 429, 503)  # /score and /get_reward
-
-_WHEN = {
-    401: "Missing or wrong bearer token (only when the server has one configured).",
-    404: "Not found: the admin API is disabled (no REWARD_ADMIN_TOKEN), the difficulty API is off (no "
-    "REWARD_STATE_PATH), or an unknown prompt or pool.",
-    409: "Another reload is in progress.",
-    413: "Body larger than REWARD_MAX_BODY_BYTES, or more items than REWARD_MAX_ITEMS_PER_REQUEST.",
-    422: "Invalid body or item: not JSON, not UTF-8, nested > 200 levels, wrong field types or values. "
-    "Details name the item and field.",
-    429: "The scoring queue is full (REWARD_QUEUE_MAX_ITEMS); retry later.",
-    503: "Not ready: starting, or shutting down.",
-}
+#: What /score, /get_reward and /slime may answer besides 200.
+SCORING_ERRORS: tuple[type[RewardServerError], ...] = (
+    Unauthorized, BodyTooLarge, TooManyItems, InvalidRequest, InvalidItem, Overloaded, NotReady, StateUnavailable,
+)
 
 SECURITY_SCHEMES = {
     "scoringToken": {"type": "http", "scheme": "bearer", "description": "REWARD_API_TOKEN"},
@@ -41,9 +43,19 @@ SECURITY_SCHEMES = {
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each error status with the shared error body and when it happens."""
-    return {code: {"model": ErrorResponse, "description": _WHEN[code]} for code in codes}
+def error_responses(*kinds: type[RewardServerError]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status its error kinds answer with, the shared error body,
+    and each ``error.type`` with when it happens (from the kinds' summaries, reward_server/errors.py)."""
+    by_status: dict[int, list[type[RewardServerError]]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": " ".join(f"`{kind.type}`: {kind.summary}" for kind in members),
+        }
+        for status, members in sorted(by_status.items())
+    }
 
 
 def json_body(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from reward_server.engine.scorer import PreparedItem
-from reward_server.items.errors import RequestRejected, summarise
+from reward_server.errors import InvalidItem, RewardServerError, summarise
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import TASK_TYPE_NAMES, RequestItem, RequestOptions
 from reward_server.rewards.tasks import TaskType
@@ -98,8 +98,8 @@ def item_detail(index: int | None, field: str, message: str) -> dict[str, Any]:
     return {"item": index, "field": field, "message": message}
 
 
-def reject(details: list[dict[str, Any]]) -> RequestRejected:
-    return RequestRejected(422, "invalid_item", summarise(details), details)
+def reject(details: list[dict[str, Any]]) -> InvalidItem:
+    return InvalidItem(summarise(details), details)
 
 
 def _nonspace_end(query: str, anchor: str) -> int | None:
@@ -186,7 +186,7 @@ def eos_list(request: Request, body_eos: str | list[str] | None = None) -> Seque
     return DEFAULT_EOS
 
 
-def remap_errors(exc: RequestRejected, response_field: str, label_field: str) -> RequestRejected:
+def remap_errors(exc: RewardServerError, response_field: str, label_field: str) -> RewardServerError:
     """/score's item errors, in a trainer protocol's field names (OpenRLHF: ``query``, ``labels``)."""
     details = []
     for detail in exc.details:
@@ -199,7 +199,7 @@ def remap_errors(exc: RequestRejected, response_field: str, label_field: str) ->
             details.append(detail)
     if not details:
         return exc
-    return RequestRejected(exc.status, exc.type, summarise(details), details)
+    return exc.restated(summarise(details), details)
 
 
 def score_item(
@@ -304,7 +304,7 @@ async def get_reward(request: Request) -> JSONResponse:
     options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)
     try:
         built, outcome = await request.app.state.score_items(items, options)
-    except RequestRejected as exc:
+    except RewardServerError as exc:
         raise remap_errors(exc, "query", "labels") from exc
     scored = outcome.results if outcome is not None else []
     return JSONResponse({

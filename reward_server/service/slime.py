@@ -32,7 +32,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
-from reward_server.items.errors import RequestRejected
+from reward_server.errors import RewardServerError
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import parse_json
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
@@ -132,11 +132,10 @@ async def slime_reward(request: Request) -> JSONResponse:
     options = request_options(request)
     try:
         built, outcome = await request.app.state.score_items(items, options)
-    except RequestRejected as exc:
+    except RewardServerError as exc:
         mapped = remap_errors(exc, "response", "label")
         if not grouped and mapped.details:
-            mapped = RequestRejected(mapped.status, mapped.type, mapped.message.removeprefix("item 0: "),
-                              [{**d, "item": None} for d in mapped.details])
+            mapped = mapped.restated(mapped.message.removeprefix("item 0: "), [{**d, "item": None} for d in mapped.details])
         raise mapped from exc
     scored = outcome.results if outcome is not None else []
     replies = [
