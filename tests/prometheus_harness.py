@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
+from debian_packages import ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -38,27 +37,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "mixed-reward.json"
 
 def ensure_prometheus() -> tuple[str, str]:
     """Paths of ``prometheus`` and ``promtool``, installing the Debian package if they are missing."""
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if all(found):
-        return found[0], found[1]  # type: ignore[return-value]
-    on_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    if os.geteuid() != 0:
-        message = "prometheus is not installed and installing it (apt-get install prometheus) needs root"
-        if on_ci:
-            pytest.fail(message)
-        pytest.skip(message)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-    ):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if not all(found):
-        pytest.fail("the prometheus package installed, but prometheus/promtool are not on PATH")
-    return found[0], found[1]  # type: ignore[return-value]
+    prometheus, promtool = ensure_binaries("prometheus", "prometheus", "promtool")
+    return prometheus, promtool
 
 
 def _free_port() -> int:

@@ -14,8 +14,8 @@ import pytest
 from reward_server.cli import main
 from reward_server.engine.idf import IdfFileError, IdfTable, load_idf, tokenizer_hash
 from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
-from reward_server.offline import backends
 from reward_server.errors import ItemFieldError
+from reward_server.offline import backends
 from reward_server.rewards.profiles import PROFILE_NAMES, f_measure, parse_profile
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.tasks import TaskType

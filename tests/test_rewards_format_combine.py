@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from reward_server.rewards.combine import final_reward
 from reward_server.errors import ItemFieldError
+from reward_server.rewards.combine import final_reward
 from reward_server.rewards.format import format_reward
 
 

@@ -49,6 +49,7 @@ from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.direct_routes import install_direct_routes
+from reward_server.service.docs_ui import install_docs_ui
 from reward_server.service.errors import install_error_handlers
 from reward_server.service.json_body import read_json_body
 from reward_server.service.metrics import ServiceMetrics
@@ -221,6 +222,7 @@ def create_app(
         version=reward_server.__version__,
         description="Mixed-R1 rewards (matching, chart, IoU, format, BMAS) for GRPO trainers.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served from the package instead: service/docs_ui.py
     )
     app.state.service = state
     app.state.metrics = metrics
@@ -356,5 +358,6 @@ def create_app(
         extra = {} if hooks.reloaded is None else await hooks.reloaded(request.model_dump(), current)
         return {"previous": old, "current": current, **extra}
 
+    install_docs_ui(app)
     install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest, SlimeSample, *difficulty.BODIES)
     return app
