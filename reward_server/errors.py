@@ -257,13 +257,30 @@ class AddressInUse(RewardServerError):
     summary = "serve: the host:port to listen on is taken by another process (exit 6)."
 
 
+class RayNotInstalled(RewardServerError):
+    status, type, exit_code = 503, "ray_missing", EXIT_RAY_MISSING
+    summary = "serve --ray: Ray Serve is not installed; the message says how to install it (exit 3)."
+
+
+class ClusterUnreachable(RewardServerError):
+    status, type, exit_code = 503, "cluster_unreachable", EXIT_CLUSTER_UNREACHABLE
+    summary = "serve --ray: no Ray cluster answers at --ray-address (exit 4)."
+
+
+class DeployFailed(RewardServerError):
+    status, type, exit_code = 503, "deploy_failed", EXIT_NOT_READY
+    summary = "serve --ray: the application did not become ready; Serve's reason is printed (exit 5)."
+
+
 class Interrupted(RewardServerError):
     status, type, exit_code = 503, "interrupted", EXIT_INTERRUPTED
     summary = "A command was interrupted; its checkpoint is on disk, rerun it to resume (exit 130)."
 
 
 #: The kinds only the commands raise: they have no place in the HTTP error table or metrics.
-COMMAND_ONLY: tuple[type[RewardServerError], ...] = (UsageError, DataError, AddressInUse, Interrupted)
+COMMAND_ONLY: tuple[type[RewardServerError], ...] = (
+    UsageError, DataError, AddressInUse, RayNotInstalled, ClusterUnreachable, DeployFailed, Interrupted,
+)
 
 
 def http_kinds() -> list[type[RewardServerError]]:

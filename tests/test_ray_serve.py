@@ -43,7 +43,8 @@ from test_service_http import (  # noqa: F401 - the single-process HTTP tests, r
 )
 
 from reward_server.items.settings import Settings
-from reward_server.ray_serve.launch import EXIT_BAD_CONFIG, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, deploy
+from reward_server.errors import EXIT_ADDRESS_IN_USE, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, EXIT_USAGE
+from reward_server.ray_serve.launch import deploy
 from reward_server.ray_serve.options import deployment_options
 
 REPO = Path(__file__).resolve().parent.parent
@@ -324,8 +325,12 @@ def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, t
     address, a table no replica can load; and the Ray client without ray."""
     missing = tmp_path / "no-such-checkpoint"
     closed = free_port()
+    taken = socket.create_server(("127.0.0.1", 0))  # what `make serve` left running, say
+    taken_port = taken.getsockname()[1]
     started = time.monotonic()
     runs = {
+        "busy port": start_cli("serve", "--ray", "--ray-address", "local", "--host", "127.0.0.1",
+                               "--port", str(taken_port)),
         "no ray": start_cli("serve", "--ray", hide_ray=True),
         "bad settings": start_cli("serve", "--ray", "--min-replicas", "3"),
         "unreachable": start_cli("serve", "--ray", "--ray-address", f"127.0.0.1:{closed}"),
@@ -339,15 +344,19 @@ def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, t
     }
     outputs = {name: run.communicate(timeout=240) for name, run in runs.items()}
     done = {name: (runs[name].returncode, *out) for name, out in outputs.items()}
+    taken.close()
 
     code, _, err = done["no ray"]
     assert code == EXIT_RAY_MISSING and 'pip install "mixed-reward[ray]"' in err, err
     code, _, err = done["bad settings"]
-    assert code == EXIT_BAD_CONFIG and "--max-replicas" in err, err
+    assert code == EXIT_USAGE and "--max-replicas" in err, err
     code, _, err = done["unreachable"]
     assert code == EXIT_CLUSTER_UNREACHABLE and f"no Ray cluster reachable at 127.0.0.1:{closed}" in err, err
+    code, _, err = done["busy port"]
+    assert code == EXIT_ADDRESS_IN_USE and f"127.0.0.1:{taken_port} is already in use" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err  # Ray's token notice + ours
     code, _, err = done["bad table"]
-    assert code == EXIT_BAD_CONFIG, err[-3000:]
+    assert code == EXIT_USAGE, err[-3000:]
     assert "cannot load the embedding table" in err and str(missing) in err
     assert "broken" not in serve.status().applications  # it cleaned up after itself
     code, out, err = done["client"]

@@ -6,10 +6,12 @@ from this one class so the three never disagree.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from reward_server.errors import UsageError
 
 
 class Settings(BaseSettings):
@@ -137,3 +139,31 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``REWARD_MODEL_PATH=`` in a compose file means unset, not the current directory."""
         return None if value == "" else value
+
+
+def setting_names(name: str) -> str:
+    """How a user sets ``name``: its flag and its environment variable."""
+    return f"--{name.replace('_', '-')} / REWARD_{name.upper()}"
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line for a bad setting: which one, how it is set, what was given and what is valid
+    (pydantic's message lists a Literal's choices: "Input should be 'sum' or 'mean'")."""
+    errors = exc.errors()
+    first = errors[0]
+    name = str(first["loc"][0]) if first.get("loc") else "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    given = first.get("input")
+    shown = repr(given if not isinstance(given, str) or len(given) <= 80 else given[:77] + "...")
+    return f"invalid setting {name} ({setting_names(name)}) = {shown}: {first['msg']}{more}"
+
+
+def load_settings(cli_source: PydanticBaseSettingsSource | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then ``cli_source`` (the serve flags), then ``overrides``:
+    a bad value is a :class:`UsageError` (exit 2) in one line naming the setting, never a traceback."""
+    try:
+        if cli_source is not None:
+            return Settings(_cli_settings_source=cli_source, **overrides)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError(describe_invalid(exc)) from None

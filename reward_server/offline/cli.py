@@ -159,14 +159,14 @@ def _fields(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from reward_server.items.settings import Settings
+    from reward_server.items.settings import load_settings
 
     names = ("model_path", "device", "dtype", "format_weight", "bmas_reduction", "profile", "idf_path",
              "memory_budget_mb")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "tolerance", None) is not None:
         overrides["zero_variance_tolerance"] = args.tolerance
-    return Settings(**overrides)
+    return load_settings(**overrides)
 
 
 def _check_input(path: Path) -> bool:

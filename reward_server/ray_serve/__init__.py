@@ -14,6 +14,8 @@ Serve ``DeploymentHandle`` (``mixed_reward_client.ray``) without an HTTP hop.
 
 from __future__ import annotations
 
+from reward_server.errors import RayNotInstalled
+
 INSTALL_HINT = 'pip install "mixed-reward[ray]"  (ray[serve]==2.60.0)'
 
 # How a replica that cannot serve its table says so (deployment.py), and how `serve --ray` tells that
@@ -22,15 +24,11 @@ TABLE_UNLOADABLE = "cannot load the embedding table"
 IDF_UNUSABLE = "cannot use the idf file"
 
 
-class RayMissing(ImportError):
-    """Ray Serve is not installed; the message says how to install it."""
-
-
 def require_ray() -> None:
-    """Import ray and ray.serve, or raise :class:`RayMissing` naming the install command."""
+    """Import ray and ray.serve, or raise :class:`RayNotInstalled` naming the install command."""
     try:
         import ray  # noqa: F401
         from ray import serve  # noqa: F401
     except ImportError as exc:
-        raise RayMissing(f"Ray mode needs Ray Serve, which is not installed ({exc}); install it with: "
+        raise RayNotInstalled(f"Ray mode needs Ray Serve, which is not installed ({exc}); install it with: "
                          f"{INSTALL_HINT}") from exc

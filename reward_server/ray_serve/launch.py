@@ -11,6 +11,10 @@ naming the cause:
     3  Ray Serve is not installed (the message says how to install it)
     4  no Ray cluster reachable at --ray-address
     5  the deployment did not become ready for another reason (or within --ray-start-timeout)
+    6  --host:--port is taken by another process (Serve's proxy could not listen there)
+
+Each is an error kind of :mod:`reward_server.errors` (its ``exit_code``), raised here and printed
+as one line by ``reward_server.cli``.
 """
 
 from __future__ import annotations
@@ -23,30 +27,19 @@ import threading
 import time
 from typing import Any
 
+from reward_server.errors import AddressInUse, ClusterUnreachable, DeployFailed, InvalidTable
 from reward_server.items.settings import Settings
-from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE, RayMissing, require_ray
-from reward_server.ray_serve.options import BadRayConfig, check_ray_settings
+from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE, require_ray
+from reward_server.ray_serve.options import check_ray_settings
 from reward_server.ray_serve.registry import NAMESPACE, registry_name
 
-EXIT_BAD_CONFIG = 2
-EXIT_RAY_MISSING = 3
-EXIT_CLUSTER_UNREACHABLE = 4
-EXIT_NOT_READY = 5
 START_TIMEOUT_S = 600.0  # pulling a large table onto a fresh node takes minutes, not hours
 
 log = logging.getLogger("reward_server.ray")
 
 
-class ClusterUnreachable(ConnectionError):
-    """No Ray cluster answers at the address."""
-
-
-class DeployFailed(RuntimeError):
-    """The application did not become ready; ``table`` says whether a replica could not load its table."""
-
-    def __init__(self, message: str, table: bool) -> None:
-        super().__init__(message)
-        self.table = table
+class TableDeployFailed(InvalidTable):
+    """A replica could not load its table or idf file (exit 2, like ``serve`` without Ray)."""
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
@@ -97,11 +90,12 @@ def wait_ready(name: str, timeout_s: float = START_TIMEOUT_S) -> None:
             if state == "RUNNING":
                 return
             if state in ("DEPLOY_FAILED", "UNHEALTHY"):
-                message = _failure(name, last)
-                raise DeployFailed(message, table=TABLE_UNLOADABLE in message or IDF_UNUSABLE in message)
+                message = f"the Ray Serve deployment failed: {_failure(name, last)}"
+                unloadable = TABLE_UNLOADABLE in message or IDF_UNUSABLE in message
+                raise (TableDeployFailed if unloadable else DeployFailed)(message)
         time.sleep(0.5)
     detail = _failure(name, last) if last is not None else "Serve never listed it"
-    raise DeployFailed(f"not ready after {timeout_s:.0f}s: {detail}", table=False)
+    raise DeployFailed(f"the Ray Serve deployment is not ready after {timeout_s:.0f}s: {detail}")
 
 
 def deploy(*applications: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -134,32 +128,34 @@ def shutdown_app(settings: Settings) -> None:
         pass
 
 
-def serve_on_ray(settings: Settings) -> int:
-    """The whole command; returns its exit status."""
-    try:
-        require_ray()
-    except RayMissing as exc:
-        print(f"reward-server: {exc}", file=sys.stderr)
-        return EXIT_RAY_MISSING
-    try:
-        check_ray_settings(settings)
-    except BadRayConfig as exc:
-        print(f"reward-server: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    try:
-        connect(settings.ray_address)
-    except ClusterUnreachable as exc:
-        print(f"reward-server: {exc}", file=sys.stderr)
-        return EXIT_CLUSTER_UNREACHABLE
+def start_proxy(settings: Settings) -> None:
+    """Start Serve's HTTP proxy on --host:--port; a port taken by another process is
+    :class:`AddressInUse` (exit 6), not a page of RayTaskError."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+    except Exception as exc:  # Serve wraps the proxy's bind failure in a RayTaskError
+        text = str(exc).lower()
+        if any(sign in text for sign in ("failed to bind to address", "address already in use", "errno 98")):
+            raise AddressInUse(
+                f"{settings.host}:{settings.port} is already in use by another process (a `reward-server serve` "
+                "without --ray?); stop it or choose another --port / REWARD_PORT"
+            ) from None
+        raise
+
+
+def serve_on_ray(settings: Settings) -> int:
+    """The whole command; returns 0 after serving, raises an error kind (its exit code) otherwise."""
+    require_ray()
+    check_ray_settings(settings)
+    connect(settings.ray_address)
+    start_proxy(settings)
     try:
         deploy(settings)
-    except DeployFailed as exc:
-        print(f"reward-server: the Ray Serve deployment failed:\n{exc}", file=sys.stderr)
+    except (DeployFailed, TableDeployFailed):
         shutdown_app(settings)
-        return EXIT_BAD_CONFIG if exc.table else EXIT_NOT_READY
+        raise
     scale = (f"{settings.min_replicas}..{settings.max_replicas} replicas (autoscaling)"
              if settings.min_replicas is not None else f"{settings.replicas} replica(s)")
     prefix = settings.ray_route_prefix.rstrip("/")

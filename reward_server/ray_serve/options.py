@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reward_server.errors import UsageError
 from reward_server.items.settings import Settings
 
 DEPLOYMENT_NAME = "RewardReplica"
@@ -20,7 +21,7 @@ GRACEFUL_SHUTDOWN_TIMEOUT_S = 30.0
 HEALTH_CHECK_PERIOD_S = 5.0
 
 
-class BadRayConfig(ValueError):
+class BadRayConfig(UsageError):
     """The Ray settings contradict each other (the CLI exits 2 naming them)."""
 
 
