@@ -25,8 +25,8 @@ def test_bad_settings_and_a_busy_port_are_one_line_and_an_exit_code(tmp_path) ->
     port = taken.getsockname()[1]
     cases = {
         "reduction": (["serve", "--bmas-reduction", "foo"], None, EXIT_USAGE,
-                      "invalid setting bmas_reduction (--bmas-reduction / REWARD_BMAS_REDUCTION) = 'foo': "
-                      "Input should be 'sum' or 'mean'"),
+                      ("invalid setting bmas_reduction (--bmas-reduction / REWARD_BMAS_REDUCTION) = 'foo': "
+                      "Input should be 'sum' or 'mean'")),
         "profile": (["serve", "--profile", "foo"], None, EXIT_USAGE, "Input should be 'mixed-r1' or 'robust'"),
         "env port": (["serve"], {"REWARD_PORT": "abc"}, EXIT_USAGE,
                      "invalid setting port (--port / REWARD_PORT) = 'abc': Input should be a valid integer"),
@@ -41,7 +41,7 @@ def test_bad_settings_and_a_busy_port_are_one_line_and_an_exit_code(tmp_path) ->
     runs = {name: run_cli(args, env) for name, (args, env, _, _) in cases.items()}
     try:
         for name, (_, _, code, text) in cases.items():
-            out, err = runs[name].communicate(timeout=120)
+            _out, err = runs[name].communicate(timeout=120)
             assert runs[name].returncode == code, (name, err)
             assert text in err, (name, err)
             assert len(err.strip().splitlines()) == 1 and err.startswith("reward-server: "), (name, err)

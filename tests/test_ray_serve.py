@@ -42,8 +42,8 @@ from test_service_http import (  # noqa: F401 - the single-process HTTP tests, r
     test_zero_variance_group,
 )
 
-from reward_server.items.settings import Settings
 from reward_server.errors import EXIT_ADDRESS_IN_USE, EXIT_CLUSTER_UNREACHABLE, EXIT_RAY_MISSING, EXIT_USAGE
+from reward_server.items.settings import Settings
 from reward_server.ray_serve.launch import deploy
 from reward_server.ray_serve.options import deployment_options
 
