@@ -1,11 +1,8 @@
 """Grounding reward (SPEC §5): shape parsing, IoU, first-box rule, optimal matching."""
 
-import itertools
 
-import numpy as np
 import pytest
 
-from reward_server.rewards.assignment import max_weight_matching
 from reward_server.rewards.errors import InvalidGroundTruth
 from reward_server.rewards.grounding import (
     MAX_REPAIR_POINTS,
@@ -240,42 +237,3 @@ def test_malformed_truth_raises(text: str, fragment: str) -> None:
         parse_truth_shapes(text)
     assert info.value.field == "ground_truth"
     assert fragment in info.value.message
-
-
-# -------------------------------------------------------------------------------------- assignment
-
-
-def _brute_force(weights: np.ndarray) -> float:
-    rows, cols = weights.shape
-    if rows <= cols:
-        return max(
-            sum(weights[i, p[i]] for i in range(rows)) for p in itertools.permutations(range(cols), rows)
-        )
-    return max(sum(weights[p[j], j] for j in range(cols)) for p in itertools.permutations(range(rows), cols))
-
-
-def test_hungarian_matches_brute_force() -> None:
-    rng = np.random.default_rng(1234)
-    for trial in range(400):
-        rows, cols = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        weights = rng.random((rows, cols))
-        if trial % 3 == 0:
-            weights = np.round(weights * 2) / 2  # ties
-        pairs = max_weight_matching(weights)
-        assert len(pairs) == min(rows, cols)
-        assert len({r for r, _ in pairs}) == len({c for _, c in pairs}) == len(pairs)
-        assert sum(weights[r, c] for r, c in pairs) == pytest.approx(_brute_force(weights))
-
-
-def test_hungarian_edge_cases() -> None:
-    assert max_weight_matching(np.zeros((0, 3))) == []
-    assert max_weight_matching(np.array([[0.5]])) == [(0, 0)]
-    assert max_weight_matching(np.array([[1.0, 0.0], [1.0, 0.9]])) == [(0, 0), (1, 1)]
-    with pytest.raises(ValueError):
-        max_weight_matching(np.array([[np.nan]]))
-
-
-def test_hungarian_large_is_fast() -> None:
-    weights = np.random.default_rng(0).random((200, 256))
-    pairs = max_weight_matching(weights)
-    assert len(pairs) == 200

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 import shapely
+from scipy.optimize import linear_sum_assignment
 from shapely.errors import GEOSException
 from shapely.geometry.base import BaseGeometry
 
-from reward_server.rewards.assignment import max_weight_matching
 from reward_server.rewards.errors import InvalidGroundTruth
 from reward_server.rewards.shapes import Box, Polygon, Shape, Unusable, parse_shapes
 
@@ -185,7 +185,8 @@ def match_score(predictions: list[Shape], truths: tuple[Shape, ...]) -> float:
         return 0.0
     considered = [_Prediction(p) for p in predictions[:MAX_MATCHED_PREDICTIONS]]
     weights = np.array([[p.iou(t) for t in truths] for p in considered], dtype=np.float64)
-    total = sum(float(weights[i, j]) for i, j in max_weight_matching(weights))
+    rows, cols = linear_sum_assignment(weights, maximize=True)  # the optimal one-to-one matching
+    total = float(weights[rows, cols].sum())
     return _clamp_unit(total / max(len(predictions), len(truths)))
 
 
