@@ -30,10 +30,11 @@ import workloads
 from reward_server.cli import main as cli_main
 from reward_server.embeddings.loader import load_table
 from reward_server.engine.idf import load_idf
-from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
+from reward_server.engine.scorer import RewardEngine
 from reward_server.rewards.format import format_reward
+from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.rules import prepare_ground_truth
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.scoring import PreparedItem
 
 # (truth, correct paraphrase, wrong caption, three of the truth's keywords)
 CAPTIONS = [
@@ -129,7 +130,7 @@ def main() -> None:
         "robust (idf)": (RewardEngine(table, idf=idf), "robust"),
     }
 
-    def mean_accuracy(name: str, task: TaskType, pairs: list[tuple[str, str]]) -> float:
+    def mean_accuracy(name: str, task: str, pairs: list[tuple[str, str]]) -> float:
         engine, profile = scorers[name]
         options = ResolvedOptions(format_weight=0.0, profile=profile)
         items = [PreparedItem(_wrap(r), prepare_ground_truth(task, t), options) for t, r in pairs]
@@ -142,14 +143,14 @@ def main() -> None:
     print("-" * len(header))
     correct = [(t, p) for t, p, _, _ in CAPTIONS]
     wrong = [(t, w) for t, _, w, _ in CAPTIONS]
-    base = {n: (mean_accuracy(n, TaskType.OPEN_ENDED, correct), mean_accuracy(n, TaskType.OPEN_ENDED, wrong))
+    base = {n: (mean_accuracy(n, "open_ended", correct), mean_accuracy(n, "open_ended", wrong))
             for n in names}
     for family, pairs in _open_ended_families().items():
         for n in names:
-            hack = mean_accuracy(n, TaskType.OPEN_ENDED, pairs)
+            hack = mean_accuracy(n, "open_ended", pairs)
             print(f"{'open_ended: ' + family:<48} {n:<16} {hack:>6.2f} {base[n][0]:>8.2f} {base[n][1]:>6.2f}")
     rule_profiles = ["mixed-r1", "robust (no idf)"]  # the rules are the same in every profile
-    for task, cases, hacks in ((TaskType.MCQ, MCQ, MCQ_HACKS), (TaskType.YES_NO, YES_NO, YES_NO_HACKS)):
+    for task, cases, hacks in (("mcq", MCQ, MCQ_HACKS), ("yes_no", YES_NO, YES_NO_HACKS)):
         for family, hack in hacks.items():
             for n in rule_profiles:
                 h = mean_accuracy(n, task, [(t, hack) for t, _, _ in cases])
@@ -158,7 +159,7 @@ def main() -> None:
                 print(f"{family:<48} {n.split(' ')[0]:<16} {h:>6.2f} {c:>8.2f} {w:>6.2f}")
     draft = [(t, f"<think>draft: <answer>{r}</answer></think><answer>{w}</answer>") for t, r, w in MCQ]
     engine, _ = scorers["mixed-r1"]
-    items = [PreparedItem(r, prepare_ground_truth(TaskType.MCQ, t), ResolvedOptions(format_weight=0.0)) for t, r in draft]
+    items = [PreparedItem(r, prepare_ground_truth("mcq", t), ResolvedOptions(format_weight=0.0)) for t, r in draft]
     scores, _ = engine.score(items)
     h = sum(s.accuracy for s in scores) / len(scores)
     print(f"{'mcq: right draft in <think>, wrong final answer':<48} {'all':<16} {h:>6.2f} {1.0:>8.2f} {0.0:>6.2f}")

@@ -44,12 +44,13 @@ from baselines import PerItemLoop, tokenize_only
 from report import HttpFigures, Row, print_table
 
 from reward_server.embeddings.loader import load_table
-from reward_server.engine import PreparedItem, RewardEngine
 from reward_server.engine.bmas import prepare_truth
+from reward_server.engine.scorer import RewardEngine
 from reward_server.engine.tokenization import encode_flat
+from reward_server.rewards.registry import resolve_family
 from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.scoring import PreparedItem
 from reward_server.rewards.spans import answer_span
-from reward_server.rewards.tasks import parse_task_type
 
 
 class PeakRss:
@@ -93,7 +94,7 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
 
 
 def engine_items(items: list[workloads.Item]) -> list[PreparedItem]:
-    return [PreparedItem(i.response, prepare_ground_truth(parse_task_type(i.task_type), i.ground_truth)) for i in items]
+    return [PreparedItem(i.response, prepare_ground_truth(resolve_family(i.task_type), i.ground_truth)) for i in items]
 
 
 def check(engine_scores: list[float], reference: list[float], what: str) -> float:

@@ -74,6 +74,11 @@ class RewardServerError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by state, not by constructor arguments (refinements take other ones): a family's
+        error raised in a worker process arrives in the server as the same error."""
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
     def restated(self, message: str, details: Sequence[Mapping[str, Any]]) -> RewardServerError:
         """The same error (same kind, status, headers) in other words: a trainer protocol's field
         names instead of ``/score``'s."""
@@ -90,6 +95,13 @@ class RewardServerError(Exception):
         return cls(text, [{"item": item, "field": field, "message": message}])
 
 
+def _rebuild(cls: type[RewardServerError], message: str, state: dict[str, Any]) -> RewardServerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
 def error_kinds() -> list[type[RewardServerError]]:
     """Every kind, in the order defined (the vocabulary)."""
     return list(_KINDS.values())
@@ -104,15 +116,18 @@ def kind_of(type_: str) -> type[RewardServerError] | None:
 
 class InvalidRequest(RewardServerError):
     status, type, exit_code = 422, "invalid_request", EXIT_USAGE
-    summary = ("The body is not JSON, not UTF-8, nested more than 200 levels, not sent as application/json, "
-               "or a field outside the items (options, query parameters) has a wrong type or value.")
+    summary = ("The body as a whole (field `body`): not JSON, not UTF-8, nested more than 200 levels, an integer "
+               "of more than 4,300 digits, or sent without `Content-Type: application/json`; a missing field, a "
+               "wrong type (`format_weight: true` or `\"2\"`: numbers only) or a bad option or query parameter.")
 
 
 class InvalidItem(RewardServerError):
     """One or more items cannot be scored; ``details`` name each (item, field)."""
 
     status, type, exit_code = 422, "invalid_item", EXIT_DATA
-    summary = "An item cannot be scored: unknown task type, malformed ground truth, text too long or not Unicode."
+    summary = ("An item cannot be scored: unknown task type, malformed ground truth (no valid box, zero-area box, "
+               "yes/no truth without yes or no, empty, NaN or Infinity anywhere), a text longer than "
+               "REWARD_MAX_CHARS_PER_TEXT or not Unicode. Every bad item is listed (up to 50).")
 
 
 class ItemFieldError(InvalidItem):
@@ -132,12 +147,13 @@ class TooManyItems(RewardServerError):
 
 class BodyTooLarge(RewardServerError):
     status, type, exit_code = 413, "body_too_large", EXIT_USAGE
-    summary = "The request body is larger than REWARD_MAX_BODY_BYTES."
+    summary = "The request body is larger than REWARD_MAX_BODY_BYTES (checked on Content-Length and on the bytes received)."
 
 
 class Unauthorized(RewardServerError):
     status, type, exit_code = 401, "unauthorized", EXIT_USAGE
-    summary = "A bearer token is required and missing or wrong."
+    summary = ("REWARD_API_TOKEN (or REWARD_ADMIN_TOKEN for /admin/reload) is set and the bearer token is missing "
+               "or wrong; checked before the body is read.")
 
 
 class Forbidden(RewardServerError):
@@ -152,7 +168,7 @@ class NotFound(RewardServerError):
 
 class MethodNotAllowed(RewardServerError):
     status, type, exit_code = 405, "method_not_allowed", EXIT_USAGE
-    summary = "The route exists, the method does not."
+    summary = "The route exists, the method does not (the `Allow` header lists the right ones)."
 
 
 class HttpError(RewardServerError):
@@ -160,7 +176,7 @@ class HttpError(RewardServerError):
     framework's (the only kind whose status is per instance)."""
 
     status, type, exit_code = 400, "http_error", EXIT_USAGE
-    summary = "Another protocol-level error raised by the web framework (status as raised)."
+    summary = "Another protocol-level refusal by the web framework (its status as raised)."
 
     def __init__(self, message: str, status: int = 400, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message, headers=headers)
@@ -205,6 +221,11 @@ class KTooLarge(RewardServerError):
     summary = "More prompt ids asked for than there are candidates."
 
 
+class MissingExtra(RewardServerError):
+    status, type, exit_code = 422, "missing_extra", EXIT_USAGE
+    summary = "The task type needs an optional extra this server lacks (the message names the pip install)."
+
+
 class Overloaded(RewardServerError):
     status, type, exit_code = 429, "overloaded", EXIT_DATA
     summary = "The scoring queue is full (REWARD_QUEUE_MAX_ITEMS); retry after the Retry-After seconds."
@@ -216,7 +237,7 @@ class Overloaded(RewardServerError):
 
 class NotReady(RewardServerError):
     status, type, exit_code = 503, "not_ready", EXIT_NOT_READY
-    summary = "The server is starting, stopping, or its device failed."
+    summary = "The server is starting or stopping (scoring), or its device failed."
 
 
 class Draining(RewardServerError):
@@ -242,39 +263,39 @@ class UsageError(RewardServerError):
     output in the way or held by another run."""
 
     status, type, exit_code = 400, "usage", EXIT_USAGE
-    summary = "A command's flag, setting, input or output is unusable (exit 2)."
+    summary = "A command's flag, setting, input or output is unusable."
 
 
 class DataError(RewardServerError):
     """A command met data it cannot use (a bad row) or a service that kept failing."""
 
     status, type, exit_code = 422, "bad_data", EXIT_DATA
-    summary = "A command met a bad row or a failing service (exit 1)."
+    summary = "A command met a bad row or a failing service."
 
 
 class AddressInUse(RewardServerError):
     status, type, exit_code = 503, "address_in_use", EXIT_ADDRESS_IN_USE
-    summary = "serve: the host:port to listen on is taken by another process (exit 6)."
+    summary = "serve: the host:port to listen on is taken by another process."
 
 
 class RayNotInstalled(RewardServerError):
     status, type, exit_code = 503, "ray_missing", EXIT_RAY_MISSING
-    summary = "serve --ray: Ray Serve is not installed; the message says how to install it (exit 3)."
+    summary = "serve --ray: Ray Serve is not installed; the message says how to install it."
 
 
 class ClusterUnreachable(RewardServerError):
     status, type, exit_code = 503, "cluster_unreachable", EXIT_CLUSTER_UNREACHABLE
-    summary = "serve --ray: no Ray cluster answers at --ray-address (exit 4)."
+    summary = "serve --ray: no Ray cluster answers at --ray-address."
 
 
 class DeployFailed(RewardServerError):
     status, type, exit_code = 503, "deploy_failed", EXIT_NOT_READY
-    summary = "serve --ray: the application did not become ready; Serve's reason is printed (exit 5)."
+    summary = "serve --ray: the application did not become ready; Serve's reason is printed."
 
 
 class Interrupted(RewardServerError):
     status, type, exit_code = 503, "interrupted", EXIT_INTERRUPTED
-    summary = "A command was interrupted; its checkpoint is on disk, rerun it to resume (exit 130)."
+    summary = "A command was interrupted; its checkpoint is on disk, rerun it to resume."
 
 
 #: The kinds only the commands raise: they have no place in the HTTP error table or metrics.

@@ -19,6 +19,7 @@ import yaml
 from fastapi import FastAPI
 from prometheus_harness import DASHBOARD, DEPLOY, REPO, SCRAPE_CONFIG, dashboard_panels, dashboard_queries
 
+from reward_server.rewards.registry import default_registry
 from reward_server.service.metrics import ServiceMetrics
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -85,7 +86,7 @@ def test_dashboard_is_self_contained() -> None:
 
 
 def test_dashboard_and_alerts_query_only_metrics_the_service_exposes() -> None:
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(default_registry().families())
     state = SimpleNamespace(
         batcher=SimpleNamespace(queued_items=0), ready=True,
         table=SimpleNamespace(info=lambda: {"content_hash": "x"}),

@@ -12,7 +12,8 @@ from reward_server.difficulty.correctness import Thresholds, is_correct
 from reward_server.difficulty.posterior import DecayParams
 from reward_server.difficulty.sampler import thompson_select
 from reward_server.difficulty.store import DifficultyStore, Observation
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.scoring import ItemReward, PreparedItem
 
 NO_DECAY = DecayParams(prior_alpha=1.0, prior_beta=1.0, local_decay=1.0, stale_half_life=0.0)
 
@@ -46,14 +47,20 @@ def test_stale_decay_halves_evidence_per_half_life_of_global_clock() -> None:
     assert (after.alpha, after.beta) == pytest.approx((4.0, 2.0))
 
 
+def _judged(task: str, truth: str, accuracy: float, limits: Thresholds, **sub_scores: float) -> bool:
+    item = PreparedItem("", prepare_ground_truth(task, truth))
+    return is_correct(item, ItemReward(accuracy, accuracy, 0.0, sub_scores), limits)
+
+
 def test_correctness_thresholds_per_task_type() -> None:
-    limits = Thresholds(grounding=0.5, open_ended=0.75)
-    assert is_correct(TaskType.YES_NO, 1.0, None, None, limits)
-    assert not is_correct(TaskType.MCQ, 0.0, None, None, limits)
-    assert is_correct(TaskType.GROUNDING, 0.5, None, None, limits)
-    assert not is_correct(TaskType.GROUNDING, 0.49, None, None, limits)
-    assert is_correct(TaskType.OPEN_ENDED, 1.6, 0.8, 0.8, limits)  # mean 0.8 whatever the reduction
-    assert not is_correct(TaskType.OPEN_ENDED, 1.4, 0.9, 0.5, limits)  # mean 0.7
+    limits = Thresholds({"grounding": 0.5, "open_ended": 0.75})
+    assert _judged("yes_no", "yes", 1.0, limits)
+    assert not _judged("mcq", "A", 0.0, limits)
+    assert _judged("grounding", "[0, 0, 1, 1]", 0.5, limits)
+    assert not _judged("grounding", "[0, 0, 1, 1]", 0.49, limits)
+    assert not _judged("grounding", "[0, 0, 1, 1]", 0.5, Thresholds({"grounding": 0.6}))  # the setting moves it
+    assert _judged("open_ended", "a dog", 1.6, limits, bmas_forward=0.8, bmas_backward=0.8)  # mean 0.8, any reduction
+    assert not _judged("open_ended", "a dog", 1.4, limits, bmas_forward=0.9, bmas_backward=0.5)  # mean 0.7
 
 
 def test_thompson_prefers_uncertain_middle_and_is_seedable() -> None:

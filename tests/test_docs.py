@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reward_server import docs_tables
 from reward_server.cli import build_parser
 from reward_server.items.settings import Settings
 
@@ -16,14 +17,6 @@ README = (ROOT / "README.md").read_text()
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-
-
-def settings_table() -> str:
-    rows = ["| Environment variable | Flag | Default | Meaning |", "|---|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = "unset" if field.default is None else f"`{field.default}`"
-        rows.append(f"| `REWARD_{name.upper()}` | `--{name.replace('_', '-')}` | {default} | {field.description} |")
-    return "\n".join(rows)
 
 
 def prose(text: str) -> str:
@@ -46,11 +39,15 @@ def anchors(page: Path) -> set[str]:
     return set(seen)
 
 
-def test_settings_table_is_generated_from_settings() -> None:
-    text = CONFIGURATION.read_text()
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.DOTALL)
-    assert block, "docs/configuration.md lost its settings table markers"
-    assert block.group(1) == settings_table(), "regenerate the settings table in docs/configuration.md from Settings"
+@pytest.mark.parametrize(
+    ("name", "page"), [(name, page) for name, (_, pages) in docs_tables.TABLES.items() for page in pages]
+)
+def test_generated_tables_match_the_code(name: str, page: str) -> None:
+    """Settings, error kinds, exit codes, task types: the docs' tables are the code's (regenerate with
+    `python -m reward_server.docs_tables`)."""
+    found = docs_tables.current(page, name)
+    assert found is not None, f"docs/{page} lost its <!-- {name} --> markers"
+    assert found == docs_tables.TABLES[name][0](), f"docs/{page}: run python -m reward_server.docs_tables"
 
 
 def test_every_setting_is_a_serve_flag() -> None:

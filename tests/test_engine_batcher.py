@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from reward_server.engine.batcher import Batcher, BatcherStopped
-from reward_server.engine.scorer import PreparedItem, RewardEngine
+from reward_server.engine.scorer import RewardEngine
 from reward_server.rewards.rules import prepare_ground_truth
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.scoring import PreparedItem
 
 
 class EngineWithABug(RewardEngine):
@@ -22,7 +22,7 @@ class EngineWithABug(RewardEngine):
 
 
 def test_a_failing_request_does_not_fail_its_batch(default_table) -> None:
-    truth = prepare_ground_truth(TaskType.YES_NO, "yes")
+    truth = prepare_ground_truth("yes_no", "yes")
 
     async def main() -> list[object]:
         batcher = Batcher(EngineWithABug(default_table), max_wait_s=0.05)
@@ -45,6 +45,6 @@ def test_a_stopped_batcher_refuses_at_once(default_table) -> None:
         await batcher.start()
         await batcher.stop()
         with pytest.raises(BatcherStopped):
-            await batcher.submit([PreparedItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes"))])
+            await batcher.submit([PreparedItem("yes", prepare_ground_truth("yes_no", "yes"))])
 
     asyncio.run(main())

@@ -10,11 +10,12 @@ import random
 
 import pytest
 
-from reward_server.engine import PreparedItem, ResolvedOptions, RewardEngine
 from reward_server.engine.bmas import bmas_reference
+from reward_server.engine.scorer import RewardEngine
+from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.rules import prepare_ground_truth
+from reward_server.rewards.scoring import PreparedItem
 from reward_server.rewards.spans import answer_span
-from reward_server.rewards.tasks import TaskType
 
 _WORDS = ["a", "red", "dog", "sits", "on", "the", "green", "grass", "near", "two", "small", "cats", "under", "blue", "sky", "while", "children", "play"]
 
@@ -27,7 +28,7 @@ def _items(seed: int, groups: int = 6) -> list[PreparedItem]:
     rng = random.Random(seed)
     items = []
     for _ in range(groups):
-        truth = prepare_ground_truth(TaskType.OPEN_ENDED, _text(rng, rng.randint(1, 60)))
+        truth = prepare_ground_truth("open_ended", _text(rng, rng.randint(1, 60)))
         for _ in range(rng.randint(1, 9)):
             response = _text(rng, rng.randint(0, 80))
             if rng.random() < 0.3:
@@ -58,7 +59,7 @@ def test_engine_equals_per_item(default_table, threads: int, budget: int) -> Non
 
 def test_identical_texts(default_table) -> None:
     engine = RewardEngine(default_table)
-    truth = prepare_ground_truth(TaskType.OPEN_ENDED, "A small red dog sits on the green grass.")
+    truth = prepare_ground_truth("open_ended", "A small red dog sits on the green grass.")
     items = [
         PreparedItem("A small red dog sits on the green grass.", truth),
         PreparedItem("<answer>A small red dog sits on the green grass.</answer>", truth, ResolvedOptions(bmas_reduction="mean")),

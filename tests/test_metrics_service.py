@@ -18,17 +18,15 @@ from serving import running_server
 
 from reward_server.engine.batcher import QueueFull
 from reward_server.rewards.groups import summarise_groups
+from reward_server.rewards.registry import default_registry
 from reward_server.service.metrics import (
-    BMAS_DIRECTION_BUCKETS,
-    BMAS_SUM_BUCKETS,
-    RULE_REWARD_BUCKETS,
     UNIT_BUCKETS,
     ServiceMetrics,
     TableInfoCollector,
     route_paths,
 )
 
-TASKS = ("yes_no", "mcq", "chart", "grounding", "open_ended")
+TASKS = tuple(default_registry().names())
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -141,11 +139,13 @@ def test_bucket_bounds_fit_each_range(traffic: Any) -> None:
             )
         )
 
+    # from each family's declared ranges: accuracy, accuracy + format (weight 1), each sub-score
     assert bounds("yes_no", "accuracy") == UNIT_BUCKETS == tuple(k / 10 for k in range(11))
     assert bounds("grounding", "accuracy") == UNIT_BUCKETS
-    assert bounds("mcq", "reward") == RULE_REWARD_BUCKETS and RULE_REWARD_BUCKETS[-1] == 2.0
-    assert bounds("open_ended", "accuracy") == BMAS_SUM_BUCKETS and BMAS_SUM_BUCKETS[0] == -2.0
-    assert bounds("open_ended", "bmas_forward") == BMAS_DIRECTION_BUCKETS and BMAS_DIRECTION_BUCKETS[0] == -1.0
+    assert bounds("mcq", "reward") == tuple(round(k / 10, 6) for k in range(21))  # 0 .. 2 by 0.1
+    assert bounds("open_ended", "accuracy") == tuple(round(-2 + k / 5, 6) for k in range(21))  # -2 .. 2 by 0.2
+    assert bounds("open_ended", "reward") == tuple(round(-2 + k / 4, 6) for k in range(21))  # -2 .. 3 by 0.25
+    assert bounds("open_ended", "bmas_forward") == tuple(round(-1 + k / 10, 6) for k in range(21))
     assert bounds("chart", "bmas_forward") == ()  # no such series: rules have no BMAS terms
 
 
@@ -241,15 +241,15 @@ class _Batcher:
 
 
 def test_items_never_scored_are_counted_by_why(default_table: Any) -> None:
-    from reward_server.engine.scorer import PreparedItem
-    from reward_server.rewards.rules import prepare_ground_truth
-    from reward_server.rewards.tasks import TaskType
 
-    metrics = ServiceMetrics()
+    from reward_server.rewards.rules import prepare_ground_truth
+    from reward_server.rewards.scoring import PreparedItem
+
+    metrics = ServiceMetrics(default_registry().families())
     items = [
-        PreparedItem("yes", prepare_ground_truth(TaskType.YES_NO, "yes")),
-        PreparedItem("A", prepare_ground_truth(TaskType.MCQ, "A")),
-        PreparedItem("B", prepare_ground_truth(TaskType.MCQ, "A")),
+        PreparedItem("yes", prepare_ground_truth("yes_no", "yes")),
+        PreparedItem("A", prepare_ground_truth("mcq", "A")),
+        PreparedItem("B", prepare_ground_truth("mcq", "A")),
     ]
     with pytest.raises(QueueFull):
         asyncio.run(metrics.submit(_Batcher(QueueFull("full")), items))  # type: ignore[arg-type]
@@ -263,15 +263,15 @@ def test_items_never_scored_are_counted_by_why(default_table: Any) -> None:
 
 
 def test_group_task_types_come_from_their_members() -> None:
-    from reward_server.engine.scorer import PreparedItem
-    from reward_server.rewards.rules import prepare_ground_truth
-    from reward_server.rewards.tasks import TaskType
 
-    metrics = ServiceMetrics()
-    truth = {TaskType.CHART: prepare_ground_truth(TaskType.CHART, "3"),
-             TaskType.YES_NO: prepare_ground_truth(TaskType.YES_NO, "no")}
-    tasks = [TaskType.CHART, TaskType.CHART, TaskType.YES_NO, TaskType.YES_NO, TaskType.CHART, TaskType.YES_NO,
-             TaskType.YES_NO]
+    from reward_server.rewards.rules import prepare_ground_truth
+    from reward_server.rewards.scoring import PreparedItem
+
+    metrics = ServiceMetrics(default_registry().families())
+    truth = {"chart": prepare_ground_truth("chart", "3"),
+             "yes_no": prepare_ground_truth("yes_no", "no")}
+    tasks = ["chart", "chart", "yes_no", "yes_no", "chart", "yes_no",
+             "yes_no"]
     group_ids = ["g1", "g1", "g2", "g2", "g3", "g3", "alone"]  # "alone": a one-item group, not counted
     rewards = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     items = [PreparedItem("x", truth[task]) for task in tasks]

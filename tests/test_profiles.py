@@ -13,12 +13,13 @@ import pytest
 
 from reward_server.cli import main
 from reward_server.engine.idf import IdfFileError, IdfTable, load_idf, tokenizer_hash
-from reward_server.engine.scorer import PreparedItem, ResolvedOptions, RewardEngine
+from reward_server.engine.scorer import RewardEngine
 from reward_server.errors import ItemFieldError
 from reward_server.offline import backends
+from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.profiles import PROFILE_NAMES, f_measure, parse_profile
 from reward_server.rewards.rules import prepare_ground_truth
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.scoring import PreparedItem
 
 CAPTIONS = [
     ("a brown dog runs along the beach", "a puppy is running on the sand by the sea", "a red car parked in a garage"),
@@ -38,7 +39,7 @@ def _shared_table(default_table, monkeypatch):
 
 def _score(engine: RewardEngine, pairs: list[tuple[str, str]], **options: object) -> list[float]:
     opts = ResolvedOptions(format_weight=0.0, **options)  # type: ignore[arg-type]
-    items = [PreparedItem(r, prepare_ground_truth(TaskType.OPEN_ENDED, t), opts) for t, r in pairs]
+    items = [PreparedItem(r, prepare_ground_truth("open_ended", t), opts) for t, r in pairs]
     return [s.accuracy for s in engine.score(items)[0]]
 
 
@@ -121,7 +122,7 @@ def test_mixed_profiles_in_one_batch_equal_each_alone(default_table, tmp_path) -
     items = []
     for profile in ("robust", "mixed-r1", "robust"):
         for response in (paraphrase, wrong, "a .", truth):
-            items.append(PreparedItem(response, prepare_ground_truth(TaskType.OPEN_ENDED, truth),
+            items.append(PreparedItem(response, prepare_ground_truth("open_ended", truth),
                                      ResolvedOptions(profile=profile)))
     together = [s.reward for s in engine.score(items)[0]]
     alone = [engine.score([item])[0][0].reward for item in items]
@@ -132,9 +133,9 @@ def test_mixed_profiles_in_one_batch_equal_each_alone(default_table, tmp_path) -
 
 def test_rules_are_the_same_under_both_profiles(default_table) -> None:
     engine = RewardEngine(default_table)
-    cases = [(TaskType.MCQ, "C", "The answer is (C)."), (TaskType.MCQ, "C", "A B C D"),
-             (TaskType.YES_NO, "yes", "Yes, it is."), (TaskType.YES_NO, "yes", "yes and no"),
-             (TaskType.CHART, "12", "12.05"), (TaskType.GROUNDING, "[0,0,10,10]", "[0,0,10,5]")]
+    cases = [("mcq", "C", "The answer is (C)."), ("mcq", "C", "A B C D"),
+             ("yes_no", "yes", "Yes, it is."), ("yes_no", "yes", "yes and no"),
+             ("chart", "12", "12.05"), ("grounding", "[0,0,10,10]", "[0,0,10,5]")]
     for profile in PROFILE_NAMES:
         items = [PreparedItem(f"<think>x</think><answer>{r}</answer>", prepare_ground_truth(task, t),
                              ResolvedOptions(profile=profile)) for task, t, r in cases]

@@ -10,8 +10,8 @@ from reward_server.rewards.matching import (
     split_leading_option,
     yes_no_reward,
 )
-from reward_server.rewards.rules import prepare_ground_truth, rule_accuracy
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.options import ResolvedOptions
+from reward_server.rewards.rules import prepare_ground_truth, score_answer
 
 # ------------------------------------------------------------------------------------------ yes/no
 
@@ -276,4 +276,4 @@ def test_mcq_reward(span: str, truth: str, expected: float) -> None:
     ],
 )
 def test_option_marked_truths(truth: str, response: str, expected: float) -> None:
-    assert rule_accuracy(TaskType.MCQ, response, prepare_ground_truth(TaskType.MCQ, truth)) == expected
+    assert score_answer(response, prepare_ground_truth("mcq", truth), ResolvedOptions()).accuracy == expected

@@ -19,9 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reward_server.rewards.registry import default_registry
+
 DATASOURCE = {"type": "prometheus", "uid": "reward-prometheus"}
 OUTPUT = Path(__file__).parent / "dashboards" / "mixed-reward.json"
-TASK_TYPES = ("yes_no", "mcq", "chart", "grounding", "open_ended")
+FAMILIES = default_registry().families()  # the built-in reward families: their names and sub-scores
 FAST = "1m"  # traffic, latency, batches
 SLOW = "5m"  # rewards and groups
 SCORING = 'endpoint=~"/score|/get_reward"'
@@ -247,19 +249,26 @@ def build() -> dict[str, Any]:
         [target(mean('component="reward"', "task_type"), "{{task_type}}")], "none"), 8)
     g.add(timeseries(
         "Mean accuracy by task type",
-        "Mean accuracy component per task type over 5 minutes: the fraction correct for yes_no, mcq "
-        "and chart, the mean IoU for grounding, the mean BMAS for open_ended.",
+        "Mean accuracy component per task type over 5 minutes, on each family's own scale: the fraction "
+        "correct for the binary ones, the mean IoU, tIoU or ANLS for the continuous ones, the mean BMAS for "
+        "open_ended (GET /v1/info lists every family and its range).",
         [target(mean('component="accuracy"', "task_type"), "{{task_type}}")], "none"), 8)
     g.add(timeseries(
         "Format pass rate by task type",
         "Share of responses in the <think>...</think><answer>...</answer> format, per task type.",
         [target(mean('component="format"', "task_type"), "{{task_type}}")], "percentunit", min=0, max=1), 8)
     g.add(timeseries(
-        "BMAS directions (open-ended)",
-        "Mean of the two BMAS terms: forward (response tokens to their best ground-truth token) and "
-        "backward (ground truth to response). Forward high and backward low: short answers that miss content.",
-        [target(mean('task_type="open_ended",component=~"bmas_forward|bmas_backward"', "component"),
-                "{{component}}")], "none"), 8)
+        "Sub-scores by task type",
+        "Mean of each family's named sub-scores: for open_ended the two BMAS terms, forward (response tokens "
+        "to their best ground-truth token) and backward (ground truth to response); forward high and "
+        "backward low: short answers that miss content.",
+        [target(mean('component!~"reward|accuracy|format"', "task_type, component"),
+                "{{task_type}} {{component}}")], "none"), 8)
+    g.add(timeseries(
+        "Scorer timeouts (math)",
+        "Items per second of a pooled family (math) whose verification overran --math-timeout-seconds and "
+        "scored 0 (reward_item_timeouts_total). A steady rate: pathological answers, or too few --math-workers.",
+        [target(f"sum by (task_type) (rate(reward_item_timeouts_total[{SLOW}]))", "{{task_type}}")], "ops"), 8)
     g.add(table(
         "Mean per task type and component since start",
         "Mean of every reward component per task type since the service started (sum / count).",
@@ -267,20 +276,15 @@ def build() -> dict[str, Any]:
         4), 16)
 
     g.row("Reward distributions")
-    for task in TASK_TYPES:
-        for component in ("reward", "accuracy"):
+    for family in FAMILIES:
+        task = family.name
+        for component in ("reward", "accuracy", *family.sub_scores):
             g.add(heatmap(
                 f"Distribution: {task} {component}",
                 f"Histogram of the {component} of {task} items over time (items per second per bucket, "
                 "5-minute window). A distribution collapsing onto one bucket means no learning signal.",
                 f'sum by (le) (rate(reward_value_bucket{{task_type="{task}",component="{component}"}}[{SLOW}]))'),
                 6, 7)
-    for component in ("bmas_forward", "bmas_backward"):
-        g.add(heatmap(
-            f"Distribution: open_ended {component}",
-            f"Histogram of the BMAS {component.split('_')[1]} term of open-ended items over time.",
-            f'sum by (le) (rate(reward_value_bucket{{task_type="open_ended",component="{component}"}}[{SLOW}]))'),
-            6, 7)
 
     g.row("GRPO groups")
     g.add(timeseries(

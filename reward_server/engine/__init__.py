@@ -1,5 +1,5 @@
-"""Tokenization, the BMAS kernel, the batch scorer and the request batcher. No HTTP here."""
+"""Tokenization, the BMAS kernel, the batch scorer, the request batcher and the worker pool. No HTTP here."""
 
-from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem, ResolvedOptions, RewardEngine
+from reward_server.engine.scorer import BatchReport, RewardEngine
 
-__all__ = ["BatchReport", "ItemReward", "PreparedItem", "ResolvedOptions", "RewardEngine"]
+__all__ = ["BatchReport", "RewardEngine"]

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem, RewardEngine
+from reward_server.engine.scorer import BatchReport, RewardEngine
 from reward_server.errors import NotReady, Overloaded
+from reward_server.rewards.scoring import ItemReward, PreparedItem
 
 log = logging.getLogger("reward_server")
 

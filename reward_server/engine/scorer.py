@@ -8,15 +8,14 @@ the service, the offline ``score`` command and the benchmarks all drive this sam
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,42 +23,14 @@ import torch
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.bmas import FLOAT_BYTES, GroupInput, TruthState, score_group
 from reward_server.engine.idf import IdfTable
+from reward_server.engine.pool import ScorerPool
 from reward_server.engine.tokenization import TruthTokenCache, encode_flat
-from reward_server.rewards.combine import final_reward
-from reward_server.rewards.format import format_reward
-from reward_server.rewards.profiles import DEFAULT_PROFILE, PROFILES, f_measure
-from reward_server.rewards.rules import PreparedTruth, rule_accuracy
+from reward_server.rewards.families.open_ended import bmas_score
+from reward_server.rewards.family import Runs, Score
+from reward_server.rewards.profiles import PROFILES
+from reward_server.rewards.rules import score_answer
+from reward_server.rewards.scoring import ItemReward, PreparedItem, combine
 from reward_server.rewards.spans import answer_span
-from reward_server.rewards.tasks import TaskType
-
-BmasReduction = Literal["sum", "mean"]
-
-
-@dataclass(frozen=True)
-class ResolvedOptions:
-    """Per-request knobs (SPEC §6, §8); the server's settings supply the defaults."""
-
-    format_weight: float = 1.0
-    bmas_reduction: BmasReduction = "sum"
-    profile: str = DEFAULT_PROFILE  # a key of rewards.profiles.PROFILES, validated by the caller
-
-
-@dataclass(frozen=True)
-class PreparedItem:
-    response: str
-    truth: PreparedTruth
-    options: ResolvedOptions = ResolvedOptions()
-
-
-@dataclass(frozen=True)
-class ItemReward:
-    """Every component, not only the sum (SPEC §8). BMAS terms are set for open-ended items only."""
-
-    reward: float
-    accuracy: float
-    format: float
-    bmas_forward: float | None = None
-    bmas_backward: float | None = None
 
 
 @dataclass
@@ -96,8 +67,10 @@ class RewardEngine:
         truth_block_cache_bytes: int = 256 << 20,
         kernel_threads: int | None = None,
         idf: IdfTable | None = None,
+        pool: ScorerPool | None = None,
     ) -> None:
         self.table = table
+        self.pool = pool  # for pooled families (math) when this engine scores them itself (offline)
         self.idf = idf
         # The robust profile's token weights: idf from the user's file, else uniform.
         self.token_weights = (
@@ -124,46 +97,60 @@ class RewardEngine:
             return self._score(items)
 
     def _score(self, items: Sequence[PreparedItem]) -> tuple[list[ItemReward], BatchReport]:
+        """Route each item by where its family runs: inline rules here, pooled families (math) to
+        the pool (blocking: the service sends those to the pool itself, never through a batch),
+        open-ended items to the kernel; then combine with the format reward (SPEC §8)."""
         report = BatchReport(items=len(items))
         started = time.perf_counter()
-        formats = [format_reward(item.response) for item in items]
-        accuracy: list[float] = [0.0] * len(items)
-        open_ended: list[int] = []
+        scores: list[Score | None] = [None] * len(items)
+        on_table: list[int] = []
+        pooled: list[int] = []
         for index, item in enumerate(items):
-            task = item.truth.task
-            report.task_counts[task.value] = report.task_counts.get(task.value, 0) + 1
-            if task is TaskType.OPEN_ENDED:
-                open_ended.append(index)
+            family = item.truth.family
+            report.task_counts[family.name] = report.task_counts.get(family.name, 0) + 1
+            if family.runs is Runs.TABLE:
+                on_table.append(index)
+            elif family.runs is Runs.POOL:
+                pooled.append(index)
             else:  # rule-scored: no tokenization at all
-                accuracy[index] = rule_accuracy(task, item.response, item.truth)
+                scores[index] = score_answer(item.response, item.truth, item.options)
         report.rules_seconds = time.perf_counter() - started
+        if pooled:
+            if self.pool is None:
+                raise RuntimeError("items of a pooled family reached an engine without a worker pool")
+            for index, score in zip(pooled, self.pool.score_blocking([items[i] for i in pooled])):
+                scores[index] = score
+        if on_table:
+            for index, (forward, backward) in self._bmas_terms(items, on_table, report).items():
+                scores[index] = bmas_score(forward, backward, items[index].options)
+            explained = [i for i in on_table if items[i].options.explain]
+            if explained:
+                for index, tokens in zip(explained, self.weakest_tokens([items[i] for i in explained])):
+                    scores[index] = replace(scores[index], parsed=tokens)  # type: ignore[arg-type]
+        return [combine(item, score) for item, score in zip(items, scores) if score is not None], report
 
-        terms: dict[int, tuple[float, float]] = {}
-        if open_ended:
-            terms = self._bmas_terms(items, open_ended, report)
-
-        results = []
-        for index, item in enumerate(items):
-            forward = backward = None
-            term = terms.get(index)
-            if term is not None:
-                forward, backward = term
-                if PROFILES[item.options.profile].weighted:  # robust: F-measure, same range as BMAS
-                    total = 2.0 * f_measure(forward, backward)
-                else:
-                    total = forward + backward
-                accuracy[index] = total if item.options.bmas_reduction == "sum" else total / 2.0
-            reward = final_reward(accuracy[index], formats[index], item.options.format_weight)
-            results.append(
-                ItemReward(
-                    reward=_finite(reward),
-                    accuracy=_finite(accuracy[index]),
-                    format=formats[index],
-                    bmas_forward=forward,
-                    bmas_backward=backward,
-                )
-            )
-        return results, report
+    def weakest_tokens(self, items: Sequence[PreparedItem], count: int = 5) -> list[list[dict[str, Any]]]:
+        """For ``options.explain`` on open-ended items: the ``count`` distinct response tokens whose
+        best match in the truth is weakest, weakest first, with that cosine. Computed one item at
+        a time on the side (explanations are off by default); the rewards come from the kernel."""
+        spans = [answer_span(item.response) for item in items]
+        truths = self.truth_cache.get_many([item.truth.text for item in items])
+        flat, lengths = encode_flat(self.table, spans)
+        weight = self.table.weight
+        out: list[list[dict[str, Any]]] = []
+        for ids, truth_ids in zip(np.split(flat, np.cumsum(lengths)[:-1]), truths):
+            if ids.size == 0 or truth_ids.size == 0:
+                out.append([])
+                continue
+            distinct = torch.from_numpy(np.unique(ids)).to(weight.device)
+            rows = weight[distinct].float()
+            best = (rows @ weight[torch.from_numpy(truth_ids).to(weight.device)].float().T).clamp_(-1, 1).amax(dim=1)
+            best = torch.where(torch.isin(distinct, torch.from_numpy(truth_ids).to(weight.device)), 1.0, best)
+            order = torch.argsort(best, stable=True)[:count].cpu().tolist()
+            ids_list = distinct.cpu().tolist()
+            token = self.table.tokenizer.id_to_token
+            out.append([{"token": token(ids_list[i]), "similarity": float(best[i])} for i in order])
+        return out
 
     def prepare(
         self, items: Sequence[PreparedItem], indices: list[int]
@@ -353,11 +340,4 @@ def _split_for_workers(
     return [t for t in tasks if t]
 
 
-def _finite(value: float) -> float:
-    """Last line of defence for SPEC §8 ("every number returned is finite")."""
-    if not math.isfinite(value):
-        raise ArithmeticError(f"non-finite reward component {value!r}")
-    return float(value)
-
-
-__all__ = ["BatchReport", "ItemReward", "PreparedItem", "ResolvedOptions", "RewardEngine"]
+__all__ = ["BatchReport", "RewardEngine"]

@@ -7,15 +7,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr
-
-from reward_server.rewards.tasks import TASK_ALIASES
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr
 
 Identifier = StrictStr | StrictInt
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]  # a NaN truth would match a "NaN" answer
-#: Canonical task names, then their aliases: the ``enum`` of ``task_type`` in the OpenAPI document.
-#: Case and separators are folded (``Multiple-Choice`` is ``multiple_choice``), which an enum cannot say.
-TASK_TYPE_NAMES: list[str] = list(TASK_ALIASES)
 GroundTruth = StrictStr | StrictInt | FiniteFloat | list[Any] | dict[str, Any]
 
 
@@ -30,9 +25,8 @@ class RequestItem(BaseModel):
         description="Answer text; numbers, box lists and JSON objects are accepted and read as their JSON text."
     )
     task_type: StrictStr = Field(
-        description="yes_no | mcq | chart | grounding | open_ended, or an alias; case-insensitive, "
-        "'-', ' ' and '_' are the same.",
-        json_schema_extra={"enum": TASK_TYPE_NAMES},
+        description="A reward family's name or alias (GET /v1/info lists them; the enum here is the server's "
+        "registry); case-insensitive, '-', ' ' and '_' are the same.",
     )
     group_id: Identifier | None = Field(None, description="The prompt this response was sampled for (GRPO group).")
     prompt_id: Identifier | None = Field(
@@ -53,6 +47,13 @@ class RequestOptions(BaseModel):
     format_weight: Annotated[float, Strict()] | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     bmas_reduction: Literal["sum", "mean"] | None = None
     profile: StrictStr | None = Field(None, description="Reward profile: mixed-r1 | robust (GET /v1/info lists them).")
+    explain: StrictBool | None = Field(
+        None, description="Add `parsed` to every result: the answer as the rule read it (never changes a number)."
+    )
+    tiou_boundary_penalty: StrictBool | None = Field(
+        None, description="temporal_grounding: multiply by Time-R1's boundary penalty (the truth needs a duration). "
+        "Unset: the server's default.",
+    )
 
 
 class ScoreRequest(BaseModel):

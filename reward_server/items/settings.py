@@ -43,8 +43,27 @@ class Settings(BaseSettings):
         description="idf file for the robust profile's token weights, built with `reward-server idf`. "
         "Unset: every token weighs 1.",
     )
+    tiou_boundary_penalty: bool = Field(
+        False, description="temporal_grounding: multiply tIoU by Time-R1's boundary penalty (needs the truth's "
+        "duration). Per request: options.tiou_boundary_penalty.",
+    )
     zero_variance_tolerance: float = Field(
         1e-6, ge=0.0, description="A group whose rewards span at most this much has zero variance (no GRPO signal)."
+    )
+
+    # Reward families (SPEC §13, §14)
+    rewards_module: list[str] = Field(
+        default_factory=list,
+        description="Python file(s) defining extra reward families (RewardFamily subclasses); repeat the flag "
+        "for several. Installed plug-ins (entry points mixed_reward.rewards) load without it.",
+    )
+    math_timeout_seconds: float = Field(
+        5.0, gt=0.0, le=600.0,
+        description="math: deadline of one verification; an overrun scores 0 with timed_out and its worker is "
+        "killed and replaced.",
+    )
+    math_workers: int = Field(
+        2, ge=1, le=256, description="math: worker processes verifying answers (needs the [math] extra)."
     )
 
     # Limits on what a client may send

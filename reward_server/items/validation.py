@@ -11,7 +11,6 @@ from functools import lru_cache
 from typing import Any
 
 from reward_server.difficulty.ids import prompt_id_problem
-from reward_server.engine.scorer import PreparedItem, ResolvedOptions
 from reward_server.errors import (
     MAX_DETAILS,
     InvalidItem,
@@ -23,35 +22,38 @@ from reward_server.errors import (
 from reward_server.items.json_values import value_problem
 from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.items.settings import Settings
+from reward_server.rewards.family import RewardFamily
+from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.profiles import parse_profile
+from reward_server.rewards.registry import FamilyRegistry, default_registry
 from reward_server.rewards.rules import PreparedTruth, prepare_ground_truth
-from reward_server.rewards.tasks import TaskType, parse_task_type
+from reward_server.rewards.scoring import PreparedItem
 
 CACHED_TRUTH_MAX_CHARS = 4096
 CACHED_LONG_TRUTH_MAX_CHARS = 65536
 
 
 @lru_cache(maxsize=8192)
-def _prepared_short(task: TaskType, ground_truth: str) -> PreparedTruth:
-    return prepare_ground_truth(task, ground_truth)
+def _prepared_short(family: RewardFamily, ground_truth: str) -> PreparedTruth:
+    return prepare_ground_truth(family, ground_truth)
 
 
 @lru_cache(maxsize=128)
-def _prepared_long(task: TaskType, ground_truth: str) -> PreparedTruth:
-    return prepare_ground_truth(task, ground_truth)
+def _prepared_long(family: RewardFamily, ground_truth: str) -> PreparedTruth:
+    return prepare_ground_truth(family, ground_truth)
 
 
-def _prepared(task: TaskType, ground_truth: str) -> PreparedTruth:
+def _prepared(family: RewardFamily, ground_truth: str) -> PreparedTruth:
     """A group's truth is parsed once, not once per response: a trainer that sends one request per
     sample repeats each truth group-size times. Short truths (boxes, numbers, short answers) get a
     large cache, at most ~8192 x 4096 characters; long ones (open-ended descriptions, whose answer
     spans cost ~70 µs of regex a time at 5,000 characters) a small one, at most 128 x 65,536
     characters. Longer truths are prepared every time."""
     if len(ground_truth) <= CACHED_TRUTH_MAX_CHARS:
-        return _prepared_short(task, ground_truth)
+        return _prepared_short(family, ground_truth)
     if len(ground_truth) <= CACHED_LONG_TRUTH_MAX_CHARS:
-        return _prepared_long(task, ground_truth)
-    return prepare_ground_truth(task, ground_truth)
+        return _prepared_long(family, ground_truth)
+    return prepare_ground_truth(family, ground_truth)
 
 
 def _is_valid_unicode(text: str) -> bool:
@@ -74,10 +76,20 @@ def resolve_profile(name: str | None, settings: Settings, field: str = "options.
 
 
 def resolve_options(options: RequestOptions | None, settings: Settings) -> ResolvedOptions:
-    weight = options.format_weight if options and options.format_weight is not None else settings.format_weight
-    reduction = options.bmas_reduction if options and options.bmas_reduction else settings.bmas_reduction
-    profile = resolve_profile(options.profile if options else None, settings)
-    return ResolvedOptions(format_weight=weight, bmas_reduction=reduction, profile=profile)
+    """The request's options, each unset one from the server's settings."""
+    given = options or RequestOptions()
+
+    def pick(name: str) -> Any:
+        value = getattr(given, name)
+        return getattr(settings, name) if value is None else value
+
+    return ResolvedOptions(
+        format_weight=pick("format_weight"),
+        bmas_reduction=pick("bmas_reduction"),
+        profile=resolve_profile(given.profile, settings),
+        explain=bool(given.explain),
+        tiou_boundary_penalty=pick("tiou_boundary_penalty"),
+    )
 
 
 def check_item_count(count: int, settings: Settings) -> None:
@@ -90,9 +102,12 @@ def check_item_count(count: int, settings: Settings) -> None:
 
 
 def build_items(
-    items: Sequence[RequestItem], options: ResolvedOptions, settings: Settings
+    items: Sequence[RequestItem], options: ResolvedOptions, settings: Settings,
+    registry: FamilyRegistry | None = None,
 ) -> list[PreparedItem]:
-    """Validate every item; raise one 422 listing each bad (item, field), or return engine items."""
+    """Validate every item; raise one 422 listing each bad (item, field), or return engine items.
+    Task types are resolved in ``registry`` (default: the built-ins and installed plug-ins)."""
+    families = registry or default_registry()
     check_item_count(len(items), settings)
     limit = settings.max_chars_per_text
     errors: list[dict[str, Any]] = []
@@ -125,16 +140,16 @@ def build_items(
             fail(index, item, "prompt_id", problem)
             unusable = True
         try:
-            task = parse_task_type(item.task_type)
+            family = families.resolve(item.task_type)
         except ItemFieldError as exc:
             fail(index, item, exc.field, exc.message)
             continue
         if unusable:
             continue
         try:
-            truth = _prepared(task, truth_text)
+            truth = _prepared(family, truth_text)
         except ItemFieldError as exc:
-            fail(index, item, exc.field, f"{exc.message} (task_type {task.value})")
+            fail(index, item, exc.field, f"{exc.message} (task_type {family.name})")
             continue
         built.append(PreparedItem(response=item.response, truth=truth, options=options))
     if errors:

@@ -11,9 +11,16 @@ import functools
 import time
 from typing import Any, Protocol
 
-from reward_server.engine.scorer import ItemReward, ResolvedOptions, RewardEngine
+from reward_server.engine.pool import ScorerPool
+from reward_server.engine.scorer import RewardEngine
 from reward_server.items.settings import Settings
 from reward_server.offline.rows import ParsedRow
+from reward_server.rewards.options import ResolvedOptions
+from reward_server.rewards.scoring import ItemReward
+
+#: Keys of a /score result that are not a family's named sub-score.
+_NOT_SUB_SCORES = frozenset({"id", "task_type", "reward", "accuracy", "format", "group_id", "prompt_id",
+                             "timed_out", "parsed"})
 
 
 class BackendError(Exception):
@@ -48,11 +55,13 @@ class LocalScorer:
 
         table = _cached_table(settings.model_path, settings.device, settings.dtype)
         idf = load_idf(settings.idf_path, table.tokenizer, table.vocab_size) if settings.idf_path else None
+        self.pool = ScorerPool(settings.math_workers, settings.math_timeout_seconds, settings.rewards_module)
         self.engine = RewardEngine(
             table,
             memory_budget_bytes=settings.memory_budget_mb << 20,
             truth_cache_entries=settings.truth_cache_entries,
             idf=idf,
+            pool=self.pool,  # math items: verified in worker processes under the same deadline
         )
 
     def identity(self) -> dict[str, Any]:
@@ -69,7 +78,7 @@ class LocalScorer:
         return scores
 
     def close(self) -> None:
-        pass
+        self.pool.close()
 
 
 class ItemsRejected(Exception):
@@ -147,7 +156,7 @@ class RemoteScorer:
         owners: list[tuple[int, int]] = []  # per item: (row index in ``rows``, item index within the row)
         for r, row in enumerate(rows):
             for i, item in enumerate(row.items):
-                payload.append({"response": item.response, "ground_truth": row.ground_truth, "task_type": row.task.value})
+                payload.append({"response": item.response, "ground_truth": row.ground_truth, "task_type": row.task.name})
                 owners.append((r, i))
         step = max(1, self.limits.get("max_items_per_request", len(payload) or 1))
         scores: list[ItemReward] = []
@@ -184,8 +193,8 @@ class RemoteScorer:
                 reward=r["reward"],
                 accuracy=r["accuracy"],
                 format=r["format"],
-                bmas_forward=r.get("bmas_forward"),
-                bmas_backward=r.get("bmas_backward"),
+                sub_scores={k: v for k, v in r.items() if k not in _NOT_SUB_SCORES and isinstance(v, (int, float))},
+                timed_out=bool(r.get("timed_out", False)),
             )
             for r in body["results"]
         ]

@@ -208,8 +208,8 @@ def _scorer(args: argparse.Namespace, job: Any) -> Any:
 
 
 def _score_job(args: argparse.Namespace, input_: Path, output: Path) -> Any:
-    from reward_server.engine.scorer import ResolvedOptions
     from reward_server.offline.score import ScoreJob
+    from reward_server.rewards.options import ResolvedOptions
 
     settings = _settings(args)
     options = ResolvedOptions(

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-#: Task types whose rewards are continuous (IoU, BMAS): ``filter`` also needs their group std above
-#: ``DEFAULT_MIN_STD``; a spread in the third decimal is noise to GRPO, not signal.
-CONTINUOUS_TASKS = ("grounding", "open_ended")
+#: ``filter`` also needs a continuous family's group std above this (IoU, BMAS, tIoU, ANLS: the
+#: families that are not binary); a spread in the third decimal is noise to GRPO, not signal.
 DEFAULT_MIN_STD = 0.01
 #: Responses per scoring batch and per checkpoint: bounds memory and the work lost to a kill.
 DEFAULT_BATCH_SIZE = 512
 
-__all__ = ["CONTINUOUS_TASKS", "DEFAULT_BATCH_SIZE", "DEFAULT_MIN_STD"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MIN_STD"]

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward_server.offline.defaults import CONTINUOUS_TASKS, DEFAULT_MIN_STD
+from reward_server.offline.defaults import DEFAULT_MIN_STD
 from reward_server.offline.rows import FieldMap, RowError, dump_row, iter_rows
 from reward_server.offline.scored import ScoredRow, read_scored
 from reward_server.offline.sink import atomic_output, atomic_write_json, sidecar
+from reward_server.offline.tasks import continuous_tasks, judged, task_order
 from reward_server.rewards.groups import GroupSummary, summarise_group
 
 REASONS = ("all_correct", "all_wrong", "all_equal", "low_std", "single_response")
@@ -47,12 +48,12 @@ def _reason(task: str, size: int, zero_variance: bool, std: float, all_correct: 
     if size < 2:
         return "single_response"
     if zero_variance:
-        if task != "open_ended" and all_correct:
+        if judged(task) and all_correct:
             return "all_correct"
-        if task != "open_ended" and all_wrong:
+        if judged(task) and all_wrong:
             return "all_wrong"
         return "all_equal"
-    if task in CONTINUOUS_TASKS and std <= min_std:
+    if task in continuous_tasks() and std <= min_std:
         return "low_std"
     return "kept"
 
@@ -144,7 +145,7 @@ class FilterSummary:
             (f"filter: kept {t['kept']} of {t['groups']} prompts ({t['responses_kept']} of "
             f"{t['responses_kept'] + t['responses_dropped']} responses, {t['rows_kept']} rows) -> {p['output']}"),
             (f"rule: drop zero-variance groups (max-min <= {p['rule']['tolerance']:g}); for "
-            f"{', '.join(CONTINUOUS_TASKS)} also std <= {p['rule']['min_std']:g}"),
+            f"{', '.join(p['rule']['min_std_applies_to'])} also std <= {p['rule']['min_std']:g}"),
         ]
         header = ["task", "prompts", "kept", "dropped", *REASONS]
         rows = [header]
@@ -276,7 +277,6 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
                 totals[key] = totals.get(key, 0) + value
     for key in ("groups", "kept", "dropped", "rows_kept", "rows_dropped", "responses_kept", "responses_dropped"):
         totals.setdefault(key, 0)
-    order = ["yes_no", "mcq", "chart", "grounding", "open_ended"]
     payload = {
         "input": str(job.input),
         "scored_file": str(scored_path),
@@ -285,11 +285,11 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
         "rule": {
             "tolerance": job.tolerance,
             "min_std": job.min_std,
-            "min_std_applies_to": list(CONTINUOUS_TASKS),
+            "min_std_applies_to": continuous_tasks(),
             "std": "sample std (n-1), as GRPO normalises advantages",
         },
         "totals": totals,
-        "by_task": {t: by_task[t] for t in sorted(by_task, key=lambda t: order.index(t) if t in order else 99)},
+        "by_task": {t: by_task[t] for t in task_order(by_task)},
         **bad.payload(),
         **(extra or {}),
     }
@@ -298,5 +298,5 @@ def run_filter(job: FilterJob, scored_path: Path, extra: dict[str, Any] | None =
 
 
 __all__ = [
-    "CONTINUOUS_TASKS", "DEFAULT_MIN_STD", "FilterError", "FilterJob", "FilterSummary", "GroupStats", "decide", "run_filter",
+    "DEFAULT_MIN_STD", "FilterError", "FilterJob", "FilterSummary", "GroupStats", "decide", "run_filter",
 ]

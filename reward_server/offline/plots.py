@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-TASK_COLORS = {
-    "yes_no": "#4C72B0",
-    "mcq": "#DD8452",
-    "chart": "#55A868",
-    "grounding": "#937860",
-    "open_ended": "#8172B3",
-}
+from reward_server.offline.tasks import accuracy_label
+from reward_server.rewards.registry import default_registry
+
+#: Colours in the registry's order (seaborn "deep", then "muted"): the same family, the same colour.
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#937860", "#8172B3", "#C44E52", "#DA8BC3", "#8C8C8C", "#CCB974",
+           "#64B5CD", "#4878D0", "#EE854A")
+
+
+def task_color(task: str) -> str:
+    names = default_registry().names()
+    return PALETTE[names.index(task) % len(PALETTE)] if task in names else "#555555"
+
 DEGENERATE = "#B00020"
 
 
@@ -107,7 +112,7 @@ def plot_rewards(rewards: Mapping[str, np.ndarray], path: Path, source: str) -> 
             continue
         task = tasks[i]
         values = rewards[task]
-        bad = _histogram(ax, values, TASK_COLORS.get(task, "#555555"), "reward", "responses")
+        bad = _histogram(ax, values, task_color(task), "reward", "responses")
         ax.set_title(f"{task}\n{_stats_line(values)}", fontsize=10, color=DEGENERATE if bad else "black")
         panels.append(task)
     return _save(fig, path, f"Reward per task type: {source}", panels)
@@ -127,8 +132,8 @@ def plot_components(
         for c, name in enumerate(names):
             ax = axes[r][c]
             values = components[task].get(name, np.zeros(0))
-            label = "accuracy (BMAS)" if name == "accuracy" and task == "open_ended" else name
-            bad = _histogram(ax, values, TASK_COLORS.get(task, "#555555"), label, "responses")
+            label = accuracy_label(task) if name == "accuracy" else name
+            bad = _histogram(ax, values, task_color(task), label, "responses")
             ax.set_title(f"{task} / {label}\n{_stats_line(values)}", fontsize=9, color=DEGENERATE if bad else "black")
             panels.append(f"{task}/{name}")
     return _save(fig, path, f"Reward components per task type: {source}", panels)
@@ -165,7 +170,7 @@ def plot_group_std(
             zero = zero_variance.get(task, 0)
             top = max(float(values.max()), 1e-3)
             bins = np.linspace(0.0, top * 1.02, 31)
-            ax.hist(values, bins=bins, color=TASK_COLORS.get(task, "#555555"), edgecolor="black", linewidth=0.3)
+            ax.hist(values, bins=bins, color=task_color(task), edgecolor="black", linewidth=0.3)
             if zero:
                 ax.bar([0.0], [zero], width=bins[1] - bins[0], align="edge", color=DEGENERATE, edgecolor="black",
                        linewidth=0.3, label=f"zero variance: {zero:,}")

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from reward_server.offline.defaults import CONTINUOUS_TASKS, DEFAULT_MIN_STD
+from reward_server.offline.defaults import DEFAULT_MIN_STD
 from reward_server.offline.filter import GroupStats
 from reward_server.offline.rows import FieldMap, RowError, iter_rows
 from reward_server.offline.scored import COMPONENTS, read_scored
 from reward_server.offline.sink import atomic_write_bytes, atomic_write_json, sidecar
+from reward_server.offline.tasks import continuous_tasks, judged, task_order
 from reward_server.rewards.groups import summarise_group
 
-TASK_ORDER = ("yes_no", "mcq", "chart", "grounding", "open_ended")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PLOT_COMPONENTS = ("reward", "accuracy", "format")
 
@@ -84,7 +84,7 @@ def describe(values: np.ndarray) -> dict[str, float | int | None]:
 
 
 def _ordered(tasks: Any) -> list[str]:
-    return sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
+    return task_order(tasks)
 
 
 def collect(
@@ -158,10 +158,10 @@ def warnings_for(arrays: dict[str, dict[str, np.ndarray]], groups: dict[str, dic
         rewards, acc, fmt = comps["reward"], comps["accuracy"], comps["format"]
         if rewards.size >= 2 and np.ptp(rewards) == 0:
             out.append(f"{task}: every reward is {rewards[0]:g}: the reward carries no information")
-        if task != "open_ended" and acc.size >= 10 and acc.max() == 0:
+        if judged(task) and acc.size >= 10 and acc.max() == 0:
             out.append(f"{task}: accuracy is 0 for all {acc.size:,} responses: check --ground-truth-field, "
                        "--response-field and the task type")
-        if task != "open_ended" and acc.size >= 10 and acc.min() >= 1:
+        if judged(task) and acc.size >= 10 and acc.min() >= 1:
             out.append(f"{task}: accuracy is 1 for all {acc.size:,} responses: is the ground truth leaking into the response?")
         if fmt.size >= 10 and fmt.max() == 0:
             out.append(f"{task}: no response passes the format check (<think>...</think><answer>...</answer>): "
@@ -278,7 +278,7 @@ def run_report(job: ReportJob) -> dict[str, Any]:
             {t: g["stds"] for t, g in groups.items()},
             {t: g["zero_variance"] for t, g in groups.items()},
             job.min_std,
-            CONTINUOUS_TASKS,
+            continuous_tasks(),
             job.out_dir / "group_std.png",
             source,
         )

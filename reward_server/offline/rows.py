@@ -20,14 +20,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reward_server.engine.scorer import PreparedItem, ResolvedOptions
 from reward_server.errors import ItemFieldError, RewardServerError
 from reward_server.items.errors import validation_details
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items
-from reward_server.rewards.tasks import TaskType, parse_task_type
+from reward_server.rewards.family import RewardFamily
+from reward_server.rewards.options import ResolvedOptions
+from reward_server.rewards.registry import resolve_family
+from reward_server.rewards.scoring import PreparedItem
 
 MISSING: Any = object()
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -197,7 +199,7 @@ class ParsedRow:
     source: SourceRow
     items: list[PreparedItem]
     multi: bool  # the row holds a list of responses (a whole GRPO group)
-    task: TaskType
+    task: RewardFamily
     ground_truth: Any  # as found in the file: what --url mode sends, so the server parses the same value
 
 
@@ -249,7 +251,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
             raise fail(fields.task_type, "missing (or pass --task-type for a single-task file)")
         task_value = fields.default_task_type
     try:
-        task = parse_task_type(task_value)
+        task = resolve_family(task_value)
     except ItemFieldError as exc:
         raise fail(fields.task_type, exc.message) from None
 
@@ -257,7 +259,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
     for index, response in enumerate(responses):
         name = f"{response_name}[{index}]" if multi else response_name
         try:
-            items.append(RequestItem.model_validate({"response": response, "ground_truth": truth, "task_type": task.value}))
+            items.append(RequestItem.model_validate({"response": response, "ground_truth": truth, "task_type": task.name}))
         except ValidationError as exc:
             errors = [{**err, "loc": ("items", 0, *err["loc"])} for err in exc.errors()]
             detail = validation_details(errors, None)[0]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward_server.engine.scorer import ItemReward, ResolvedOptions
 from reward_server.items.settings import Settings
 from reward_server.offline.backends import ItemsRejected, Scorer
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE
@@ -35,6 +34,8 @@ from reward_server.offline.rows import (
     raw_text,
 )
 from reward_server.offline.sink import ResumableSink
+from reward_server.rewards.options import ResolvedOptions
+from reward_server.rewards.scoring import ItemReward
 
 
 class BadRowStop(Exception):
@@ -96,14 +97,20 @@ def output_row(parsed: ParsedRow, scores: list[ItemReward], output_fields: tuple
         row = {name: value for name in output_fields if (value := get_field(data, name)) is not MISSING}
     else:
         row = dict(data)
-    row[TASK_OUTPUT_FIELD] = parsed.task.value
+    row[TASK_OUTPUT_FIELD] = parsed.task.name
+    names = [*PLURAL, *(name for name in parsed.task.sub_scores if name not in PLURAL)]
+
+    def value(score: ItemReward, name: str) -> float | None:
+        return getattr(score, name) if name in ("reward", "accuracy", "format") else score.sub_scores.get(name)
+
     if parsed.multi:
-        for name, plural in PLURAL.items():
-            row[plural] = [getattr(s, name) for s in scores]
+        for name in names:
+            row[PLURAL.get(name, name + "s")] = [value(s, name) for s in scores]
     else:
-        s = scores[0]
-        for name in PLURAL:
-            row[name] = getattr(s, name)
+        for name in names:
+            row[name] = value(scores[0], name)
+    if any(s.timed_out for s in scores):  # a pooled family's scorer overran its deadline: scored 0
+        row["timed_out"] = [s.timed_out for s in scores] if parsed.multi else True
     return row
 
 
@@ -196,7 +203,7 @@ def run_score(job: ScoreJob, scorer: Scorer) -> ScoreResult:
             mine = scores[offset : offset + n]
             offset += n
             chunks.append(dump_row(output_row(parsed, mine, job.output_fields)))
-            tally = counts.setdefault(parsed.task.value, {"rows": 0, "items": 0, "reward_sum": 0.0})
+            tally = counts.setdefault(parsed.task.name, {"rows": 0, "items": 0, "reward_sum": 0.0})
             tally["rows"] += 1
             tally["items"] += n
             tally["reward_sum"] += sum(s.reward for s in mine)

@@ -51,3 +51,8 @@ def normalise_text(text: str) -> str:
 
 
 __all__ = ["collapse_whitespace", "normalise_text", "strip_punctuation"]
+
+
+def preview(text: str, limit: int = 60) -> str:
+    """A short quote of client text for an error message: at most ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")

@@ -27,8 +27,9 @@ import reward_server
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.embeddings.placement import resolve_device, resolve_dtype
 from reward_server.embeddings.table import EmbeddingTable
-from reward_server.engine.batcher import Batcher, RequestOutcome
+from reward_server.engine.batcher import Batcher
 from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
+from reward_server.engine.pool import ScorerPool
 from reward_server.engine.scorer import RewardEngine
 from reward_server.errors import (
     AdminDisabled,
@@ -40,11 +41,11 @@ from reward_server.errors import (
     ReloadInProgress,
     Unauthorized,
 )
-from reward_server.items.models import RequestItem, ScoreRequest
+from reward_server.items.models import ScoreRequest
 from reward_server.items.settings import Settings
-from reward_server.items.validation import build_items, resolve_options
 from reward_server.rewards.groups import summarise_groups
 from reward_server.rewards.profiles import PROFILES
+from reward_server.rewards.registry import build_registry
 from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
@@ -57,6 +58,7 @@ from reward_server.service.openapi import SCORING_ERRORS, error_responses, insta
 from reward_server.service.openrlhf import GetRewardRequest
 from reward_server.service.openrlhf import router as openrlhf_router
 from reward_server.service.schemas import ScoreResponse, TableInfo
+from reward_server.service.scoring import ScoringService, result_row
 from reward_server.service.slime import SlimeSample
 from reward_server.service.slime import router as slime_router
 
@@ -190,7 +192,12 @@ def create_app(
     hooks = hooks or ServiceHooks()
     if idf is None:
         idf = load_configured_idf(settings, table)
-    metrics = ServiceMetrics()
+    registry = build_registry(settings.rewards_module)  # a plug-in that clashes stops the start (exit 2)
+    metrics = ServiceMetrics(registry.families())
+    pool = ScorerPool(
+        settings.math_workers, settings.math_timeout_seconds, settings.rewards_module,
+        on_timeout=lambda family: metrics.timeouts.labels(family).inc(),
+    )
     state = ServiceState(
         settings=settings,
         batcher=Batcher(
@@ -213,6 +220,7 @@ def create_app(
         finally:
             state.ready = False
             await state.batcher.stop()
+            await asyncio.to_thread(pool.close)
             refresher.cancel()
             if app.state.difficulty is not None:
                 await app.state.difficulty.close()  # commits what is queued
@@ -220,7 +228,8 @@ def create_app(
     app = FastAPI(
         title="mixed-reward",
         version=reward_server.__version__,
-        description="Mixed-R1 rewards (matching, chart, IoU, format, BMAS) for GRPO trainers.",
+        description="Mixed-R1 rewards (matching, chart, IoU, format, BMAS, and the families of GET /v1/info) "
+        "for GRPO trainers.",
         lifespan=lifespan,
         docs_url=None, redoc_url=None,  # served from the package instead: service/docs_ui.py
     )
@@ -232,10 +241,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
 
-    def require_ready() -> None:
-        if not state.ready:
-            raise NotReady("the reward server is not ready (starting or shutting down)")
-
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Alive: the process answers. Says nothing about the table."""
@@ -246,7 +251,8 @@ def create_app(
         """Ready: the table is loaded, the scoring worker runs and the server is not shutting down."""
         if state.draining:
             raise Draining("the reward server is shutting down; send new requests elsewhere")
-        require_ready()
+        if not state.ready:
+            raise NotReady("the reward server is not ready (starting or shutting down)")
         return {"status": "ready", "table": state.table.info()}
 
     @app.get("/v1/info")
@@ -267,21 +273,18 @@ def create_app(
                 "max_chars_per_text": settings.max_chars_per_text,
                 "max_body_bytes": settings.max_body_bytes,
             },
-            "task_types": ["yes_no", "mcq", "chart", "grounding", "open_ended"],
+            "task_types": registry.names(),
+            "families": {family.name: {**family.info(), "origin": registry.origin(family.name)}
+                         for family in registry.families()},
             **(await hooks.info() if hooks.info is not None else {}),
         }
 
-    async def score_items(items: list[RequestItem], options: Any) -> tuple[list[Any], RequestOutcome | None]:
-        """Shared by /score and /get_reward: validate, queue, await the batch."""
-        require_ready()
-        built = build_items(items, resolve_options(options, settings), settings)
-        if not built:
-            return built, None
-        outcome = await metrics.submit(state.batcher, built)  # QueueFull is a 429, BatcherStopped a 503
-        await difficulty.record_scored(app, items, built, outcome.results)  # durable before we answer
-        return built, outcome
-
-    app.state.score_items = score_items
+    scoring = ScoringService(
+        settings, registry, state.batcher, pool, metrics,
+        record=lambda items, built, results: difficulty.record_scored(app, items, built, results),
+        is_ready=lambda: state.ready,
+    )
+    app.state.scoring = scoring
     app.include_router(openrlhf_router)
     app.include_router(slime_router)
     difficulty.install(app, settings, metrics.registry)
@@ -295,43 +298,23 @@ def create_app(
         started = time.perf_counter()
         check_bearer(http_request, settings.api_token, "scoring")
         request = await read_json_body(http_request, ScoreRequest)
-        built, outcome = await score_items(request.items, request.options)
-        results = []
-        rewards = []
-        if outcome is not None:
-            for item, scored, prepared in zip(request.items, outcome.results, built):
-                row: dict[str, Any] = {
-                    "id": item.id,
-                    "task_type": prepared.truth.task.value,
-                    "reward": scored.reward,
-                    "accuracy": scored.accuracy,
-                    "format": scored.format,
-                }
-                if scored.bmas_forward is not None:
-                    row["bmas_forward"] = scored.bmas_forward
-                    row["bmas_backward"] = scored.bmas_backward
-                if item.group_id is not None:
-                    row["group_id"] = item.group_id
-                if item.prompt_id is not None:
-                    row["prompt_id"] = item.prompt_id
-                results.append(row)
-                rewards.append(scored.reward)
-        groups = summarise_groups(
-            [item.group_id for item in request.items], rewards, settings.zero_variance_tolerance
-        )
-        metrics.observe_groups(groups, [item.group_id for item in request.items], built)
-        report = outcome.report if outcome else None
+        scored = await scoring.score(request.items, request.options)
+        results = [result_row(*row) for row in zip(request.items, scored.items, scored.results)]
+        group_ids = [item.group_id for item in request.items]
+        groups = summarise_groups(group_ids, [r.reward for r in scored.results], settings.zero_variance_tolerance)
+        metrics.observe_groups(groups, group_ids, scored.items)
+        report = scored.report
         body = {
-            "profile": built[0].options.profile if built else resolve_options(request.options, settings).profile,
+            "profile": scored.items[0].options.profile if scored.items else scoring.options(request.options).profile,
             "results": results,
             "groups": [g.__dict__ for g in groups],
-            "table": outcome.table if outcome else state.table.info(),
+            "table": scored.table or state.table.info(),
             "timing": {
-                "queue_seconds": outcome.queue_seconds if outcome else 0.0,
+                "queue_seconds": scored.queue_seconds,
                 "tokenize_seconds": report.tokenize_seconds if report else 0.0,
                 "kernel_seconds": report.kernel_seconds if report else 0.0,
                 "total_seconds": time.perf_counter() - started,
-                "batch_items": outcome.batch_items if outcome else 0,
+                "batch_items": scored.batch_items,
             },
         }
         return JSONResponse(body)
@@ -359,5 +342,6 @@ def create_app(
         return {"previous": old, "current": current, **extra}
 
     install_docs_ui(app)
-    install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest, SlimeSample, *difficulty.BODIES)
+    install_openapi(app, settings, ScoreRequest, GetRewardRequest, ReloadRequest, SlimeSample, *difficulty.BODIES,
+                    task_types=registry.accepted_names())
     return app

@@ -29,7 +29,6 @@ from reward_server.difficulty.correctness import Thresholds, is_correct
 from reward_server.difficulty.ids import canonical_prompt_id, prompt_id_problem
 from reward_server.difficulty.posterior import DecayParams
 from reward_server.difficulty.store import INFORMATIVE_RANGE, P_BUCKETS, DifficultyStore, Observation
-from reward_server.engine.scorer import ItemReward, PreparedItem
 from reward_server.errors import (
     BodyTooLarge,
     DifficultyDisabled,
@@ -41,6 +40,7 @@ from reward_server.errors import (
     UnknownPrompt,
 )
 from reward_server.items.settings import Settings
+from reward_server.rewards.scoring import ItemReward, PreparedItem
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
@@ -63,9 +63,9 @@ def decay_params(settings: Settings) -> DecayParams:
 
 
 def thresholds(settings: Settings) -> Thresholds:
-    return Thresholds(
-        grounding=settings.difficulty_grounding_threshold, open_ended=settings.difficulty_open_ended_threshold
-    )
+    return Thresholds({
+        "grounding": settings.difficulty_grounding_threshold, "open_ended": settings.difficulty_open_ended_threshold,
+    })
 
 
 def open_backend(settings: Settings) -> DifficultyBackend | None:
@@ -92,7 +92,7 @@ def observations(
     for item, prepared, score in zip(items, built, scores):
         if item.prompt_id is None:
             continue
-        correct = is_correct(prepared.truth.task, score.accuracy, score.bmas_forward, score.bmas_backward, limits)
+        correct = is_correct(prepared, score, limits)
         out.append(Observation(canonical_prompt_id(item.prompt_id), correct))
     return out
 

@@ -51,15 +51,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import reward_server
 from reward_server.engine.batcher import Batcher, BatcherStopped, QueueFull, RequestOutcome
-from reward_server.engine.scorer import BatchReport, ItemReward, PreparedItem
+from reward_server.engine.scorer import BatchReport
 from reward_server.errors import InternalError, http_kinds
+from reward_server.rewards.family import RewardFamily
 from reward_server.rewards.groups import GroupSummary
 from reward_server.rewards.profiles import PROFILE_NAMES
-from reward_server.rewards.tasks import TaskType
+from reward_server.rewards.scoring import ItemReward, PreparedItem
 from reward_server.service.direct_routes import all_routes
 from reward_server.service.errors import error_type_of, note_error_type
 
-TASK_TYPES: tuple[str, ...] = tuple(task.value for task in TaskType)
 MIXED = "mixed"  # a group whose members have different task types
 ITEM_OUTCOMES = ("scored", "rejected", "failed")
 REQUEST_OUTCOMES = ("success", "client_error", "server_error")
@@ -83,27 +83,27 @@ def _steps(lo: float, hi: float, count: int) -> tuple[float, ...]:
     return tuple(round(float(x), 6) for x in np.linspace(lo, hi, count))
 
 
-# Reward-value buckets fit each component's range (SPEC §3-§8): [0, 1] for the binary rules,
-# IoU and format; [-1, 1] for one BMAS direction; [-2, 2] for the BMAS sum; the final reward adds
-# format_weight * format on top (weight 1 by default, larger values land in +Inf).
+# Reward-value buckets fit each component's range, read from the family's traits (SPEC §14):
+# [0, 1] for binary rules, IoU and format; [-1, 1] for one BMAS direction; [-2, 2] for the BMAS sum;
+# the final reward adds format_weight * format on top (weight 1 by default, more lands in +Inf).
 UNIT_BUCKETS = _steps(0.0, 1.0, 11)
-RULE_REWARD_BUCKETS = _steps(0.0, 2.0, 21)
-BMAS_DIRECTION_BUCKETS = _steps(-1.0, 1.0, 21)
-BMAS_SUM_BUCKETS = _steps(-2.0, 2.0, 21)
-OPEN_REWARD_BUCKETS = _steps(-2.0, 3.0, 21)
 
 
-def reward_components(task_type: str) -> dict[str, tuple[float, ...]]:
-    """The components reported for a task type, each with its bucket bounds."""
-    if task_type == TaskType.OPEN_ENDED.value:
-        return {
-            "reward": OPEN_REWARD_BUCKETS,
-            "accuracy": BMAS_SUM_BUCKETS,
-            "format": UNIT_BUCKETS,
-            "bmas_forward": BMAS_DIRECTION_BUCKETS,
-            "bmas_backward": BMAS_DIRECTION_BUCKETS,
-        }
-    return {"reward": RULE_REWARD_BUCKETS, "accuracy": UNIT_BUCKETS, "format": UNIT_BUCKETS}
+def _range_buckets(low: float, high: float) -> tuple[float, ...]:
+    return _steps(low, high, 11 if high - low <= 1.0 else 21)
+
+
+def reward_components(family: RewardFamily) -> dict[str, tuple[float, ...]]:
+    """The components reported for a family, each with its bucket bounds."""
+    low, high = family.accuracy_range
+    components = {
+        "reward": _steps(low, high + 1.0, 21),
+        "accuracy": _range_buckets(low, high),
+        "format": UNIT_BUCKETS,
+    }
+    for name in family.sub_scores:
+        components[name] = _range_buckets(*family.sub_score_range)
+    return components
 
 
 class RewardValueHistograms(Collector):
@@ -121,16 +121,16 @@ class RewardValueHistograms(Collector):
 
     name = "reward_value"
 
-    def __init__(self) -> None:
+    def __init__(self, families: Sequence[RewardFamily]) -> None:
         self._lock = threading.Lock()
         self._bounds: dict[tuple[str, str, str], np.ndarray] = {}
         self._bound_lists: dict[tuple[str, str, str], list[float]] = {}
         self._counts: dict[tuple[str, str, str], np.ndarray] = {}
         self._sums: dict[tuple[str, str, str], float] = {}
-        for task in TASK_TYPES:
-            for component, bounds in reward_components(task).items():
+        for family in families:
+            for component, bounds in reward_components(family).items():
                 for profile in PROFILE_NAMES:  # constants, so the label set stays bounded
-                    key = (task, component, profile)
+                    key = (family.name, component, profile)
                     self._bounds[key] = np.asarray(bounds, dtype=np.float64)
                     self._bound_lists[key] = [float(b) for b in bounds]
                     self._counts[key] = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
@@ -219,7 +219,7 @@ class ServiceMetrics:
       task type and outcome, reward values; ``observe_groups(...)`` after the group statistics.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, families: Sequence[RewardFamily]) -> None:
         # `_created` series double the series count and mean nothing on a dashboard.
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -281,17 +281,23 @@ class ServiceMetrics:
             "reward_group_std", "Sample std of the rewards within each GRPO group.",
             ("task_type",), buckets=GROUP_STD_BUCKETS, registry=r,
         )
-        self.reward_values = RewardValueHistograms()
+        self.timeouts = Counter(
+            "reward_item_timeouts", "Items of a pooled family (math) whose scorer overran its deadline (scored 0).",
+            ("task_type",), registry=r,
+        )
+        self.reward_values = RewardValueHistograms(families)
+        task_types = [family.name for family in families]
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(self.reward_values)
         Info("reward_build", "Service build: package, Python, torch and CUDA versions.", registry=r).info(
             _build_info()
         )
-        for task in TASK_TYPES:
+        for task in task_types:
+            self.timeouts.labels(task)
             for outcome in ITEM_OUTCOMES:
                 for profile in PROFILE_NAMES:
                     self.items.labels(task, outcome, profile)
-        for task in (*TASK_TYPES, MIXED):
+        for task in (*task_types, MIXED):
             self.groups.labels(task)
             self.zero_variance_groups.labels(task)
             self.group_std.labels(task)
@@ -377,26 +383,23 @@ class ServiceMetrics:
         except Exception:
             self._count_items(items, "failed")
             raise
-        self.observe_outcome(items, outcome)
+        self.queue_wait.observe(outcome.queue_seconds)
         return outcome
 
-    def observe_outcome(self, items: Sequence[PreparedItem], outcome: RequestOutcome) -> None:
-        """Queue wait of one request, its items per task type, and every reward component."""
-        self.queue_wait.observe(outcome.queue_seconds)
-        by_task: dict[tuple[str, str], list[ItemReward]] = {}
-        for item, scored in zip(items, outcome.results):
-            by_task.setdefault((item.truth.task.value, item.options.profile), []).append(scored)
-        for (task, profile), scores in by_task.items():
+    def observe_results(self, items: Sequence[PreparedItem], results: Sequence[ItemReward]) -> None:
+        """One request's items per task type, and every reward component (sub-scores included)."""
+        by_task: dict[tuple[RewardFamily, str], list[ItemReward]] = {}
+        for item, scored in zip(items, results):
+            by_task.setdefault((item.truth.family, item.options.profile), []).append(scored)
+        for (family, profile), scores in by_task.items():
+            task = family.name
             self._child(self.items, task, "scored", profile).inc(len(scores))
             values = self.reward_values
             values.observe(task, "reward", [s.reward for s in scores], profile)
             values.observe(task, "accuracy", [s.accuracy for s in scores], profile)
             values.observe(task, "format", [s.format for s in scores], profile)
-            if task == TaskType.OPEN_ENDED.value:
-                forward = [s.bmas_forward for s in scores if s.bmas_forward is not None]
-                backward = [s.bmas_backward for s in scores if s.bmas_backward is not None]
-                values.observe(task, "bmas_forward", forward, profile)
-                values.observe(task, "bmas_backward", backward, profile)
+            for name in family.sub_scores:
+                values.observe(task, name, [s.sub_scores[name] for s in scores if name in s.sub_scores], profile)
 
     def observe_groups(
         self,
@@ -413,7 +416,7 @@ class ServiceMetrics:
         for gid, item in zip(group_ids, items):
             if gid is None:
                 continue
-            task = item.truth.task.value
+            task = item.truth.family.name
             if task_of.setdefault(gid, task) != task:
                 task_of[gid] = MIXED
         for group in groups:
@@ -428,7 +431,7 @@ class ServiceMetrics:
     def _count_items(self, items: Iterable[PreparedItem], outcome: str) -> None:
         counts: dict[tuple[str, str], int] = {}
         for item in items:
-            key = (item.truth.task.value, item.options.profile)
+            key = (item.truth.family.name, item.options.profile)
             counts[key] = counts.get(key, 0) + 1
         for (task, profile), count in counts.items():
             self.items.labels(task, outcome, profile).inc(count)
@@ -510,4 +513,4 @@ class _RequestMetrics:
                 self.metrics.observe_request(endpoint, status, time.perf_counter() - started, reason)
 
 
-__all__ = ["TASK_TYPES", "ServiceMetrics", "reward_components", "route_paths"]
+__all__ = ["ServiceMetrics", "reward_components", "route_paths"]

@@ -84,8 +84,25 @@ def _security(auth: str, settings: Settings) -> list[dict[str, list[str]]] | Non
     return [{"scoringToken": []}, {"scoringTokenQuery": []}] if auth == "scoring+query" else [{"scoringToken": []}]
 
 
-def install_openapi(app: FastAPI, settings: Settings, *models: type[BaseModel]) -> None:
-    """Add the hand-read body schemas, the security schemes and per-route security to the document."""
+def _task_type_enums(schemas: dict[str, Any], names: list[str]) -> None:
+    """Every ``task_type`` property of the body schemas lists the server's registry: the names and
+    aliases it accepts (case and separators are folded, which an enum cannot say)."""
+    for schema in schemas.values():
+        prop = schema.get("properties", {}).get("task_type") if isinstance(schema, dict) else None
+        if not isinstance(prop, dict):
+            continue
+        variants = prop.get("anyOf")
+        if variants:  # optional: string or null
+            for variant in variants:
+                if variant.get("type") == "string":
+                    variant["enum"] = list(names)
+        else:
+            prop["enum"] = list(names)
+
+
+def install_openapi(app: FastAPI, settings: Settings, *models: type[BaseModel], task_types: list[str]) -> None:
+    """Add the hand-read body schemas, the security schemes, per-route security and the registry's
+    task types to the document."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -97,6 +114,7 @@ def install_openapi(app: FastAPI, settings: Settings, *models: type[BaseModel]) 
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            _task_type_enums(schemas, task_types)
             components["securitySchemes"] = SECURITY_SCHEMES
             for operations in document.get("paths", {}).values():
                 for operation in operations.values():

@@ -43,11 +43,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from reward_server.engine.scorer import PreparedItem
 from reward_server.errors import InvalidItem, RewardServerError, summarise
 from reward_server.items.json_values import loads_lenient
-from reward_server.items.models import TASK_TYPE_NAMES, RequestItem, RequestOptions
-from reward_server.rewards.tasks import TaskType
+from reward_server.items.models import RequestItem, RequestOptions
+from reward_server.rewards.scoring import PreparedItem
 from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
@@ -82,7 +81,7 @@ class GetRewardRequest(BaseModel):
     prompts: list[Any] | None = None
     labels: list[Any] | None = None
     eos: str | list[str] | None = None
-    task_type: str | None = Field(None, json_schema_extra={"enum": [*TASK_TYPE_NAMES, None]})
+    task_type: str | None = Field(None, description="Task type of labels without one (the server's registry).")
     format_weight: Annotated[float, Strict()] | None = None  # range checked by RequestOptions
     bmas_reduction: str | None = None
     profile: str | None = None
@@ -170,11 +169,9 @@ def label_prompt_id(label: Any) -> Any:
 
 
 def unit_score(item: PreparedItem, accuracy: float) -> float:
-    """The accuracy on OpenRLHF's 0..1 filtering scale (see the module docstring)."""
-    if item.truth.task is not TaskType.OPEN_ENDED:
-        return accuracy
-    low = -2.0 if item.options.bmas_reduction == "sum" else -1.0
-    return (accuracy - low) / (-2.0 * low)
+    """The accuracy on OpenRLHF's 0..1 filtering scale: the family's range mapped linearly (see the
+    module docstring)."""
+    return item.truth.family.unit_accuracy(accuracy, item.options)
 
 
 def eos_list(request: Request, body_eos: str | list[str] | None = None) -> Sequence[str]:
@@ -303,15 +300,15 @@ async def get_reward(request: Request) -> JSONResponse:
 
     options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)
     try:
-        built, outcome = await request.app.state.score_items(items, options)
+        scored = await request.app.state.scoring.score(items, options)
     except RewardServerError as exc:
         raise remap_errors(exc, "query", "labels") from exc
-    scored = outcome.results if outcome is not None else []
+    results = scored.results
     return JSONResponse({
-        "rewards": [s.reward for s in scored],
-        "scores": [unit_score(item, s.accuracy) for item, s in zip(built, scored)],
+        "rewards": [s.reward for s in results],
+        "scores": [unit_score(item, s.accuracy) for item, s in zip(scored.items, results)],
         "extra_logs": {
-            "accuracy": [s.accuracy for s in scored],
-            "format": [s.format for s in scored],
+            "accuracy": [s.accuracy for s in results],
+            "format": [s.format for s in results],
         },
     })

@@ -131,22 +131,21 @@ async def slime_reward(request: Request) -> JSONResponse:
 
     options = request_options(request)
     try:
-        built, outcome = await request.app.state.score_items(items, options)
+        scored = await request.app.state.scoring.score(items, options)
     except RewardServerError as exc:
         mapped = remap_errors(exc, "response", "label")
         if not grouped and mapped.details:
             mapped = mapped.restated(mapped.message.removeprefix("item 0: "), [{**d, "item": None} for d in mapped.details])
         raise mapped from exc
-    scored = outcome.results if outcome is not None else []
     replies = [
         {
             "reward": s.reward,
             "accuracy": s.accuracy,
             "format": s.format,
-            "task_type": item.truth.task.value,
+            "task_type": item.truth.family.name,
             "bmas_forward": s.bmas_forward,
             "bmas_backward": s.bmas_backward,
         }
-        for item, s in zip(built, scored)
+        for item, s in zip(scored.items, scored.results)
     ]
     return JSONResponse(replies if grouped else replies[0])

@@ -1,0 +1,113 @@
+"""The tables of the docs that are generated from the code, so that the docs cannot drift:
+
+* ``docs/configuration.md`` ``settings-table``: every setting (Settings), its flag and variable;
+* ``docs/api.md`` ``error-table``: every error kind (reward_server/errors.py): type, status, meaning;
+* ``docs/offline.md`` and ``docs/configuration.md`` ``exit-codes``: the commands' exit codes;
+* ``docs/rewards.md`` ``task-types``: every built-in reward family: names, range, where it runs.
+
+Each sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; ``tests/test_docs.py`` fails
+when one differs from what this module generates. After changing the code, rewrite them with::
+
+    python -m reward_server.docs_tables
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from reward_server import errors
+from reward_server.items.settings import Settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def settings_table() -> str:
+    rows = ["| Environment variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None or default == [] else f"`{default}`"
+        rows.append(f"| `REWARD_{name.upper()}` | `--{name.replace('_', '-')}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+def error_table() -> str:
+    rows = ["| `error.type` | status | when |", "|---|---|---|"]
+    for kind in errors.http_kinds():
+        rows.append(f"| `{kind.type}` | {kind.status} | {kind.summary} |")
+    return "\n".join(rows)
+
+
+def exit_codes_table() -> str:
+    codes: dict[int, list[str]] = {errors.EXIT_OK: ["done (also: the same offline run had already finished)"]}
+    for kind in errors.error_kinds():
+        if kind in errors.COMMAND_ONLY or kind.exit_code in (errors.EXIT_DATA, errors.EXIT_USAGE):
+            codes.setdefault(kind.exit_code, []).append(kind.summary)
+    codes[errors.EXIT_DATA] = ["a bad row (without --skip-bad), a service that kept failing, or a bug"]
+    codes[errors.EXIT_USAGE] = [("a bad flag or setting (one line naming it and its valid values), a missing input, "
+                                "an output in the way or held by another run, a table or idf file that cannot "
+                                "be used, a reward plug-in that clashes or does not load")]
+    rows = ["| exit code | meaning |", "|---|---|"]
+    for code in sorted(codes):
+        rows.append(f"| {code} | {'; '.join(dict.fromkeys(codes[code]))} |")
+    return "\n".join(rows)
+
+
+def task_types_table() -> str:
+    from reward_server.rewards.registry import default_registry
+
+    rows = ["| task type | aliases | reward | accuracy | runs |", "|---|---|---|---|---|"]
+    for family in default_registry().families():
+        low, high = family.accuracy_range
+        accuracy = "0 or 1" if family.binary else f"[{low:g}, {high:g}]"
+        aliases = ", ".join(f"`{alias}`" for alias in family.aliases)
+        runs = family.runs.value + (f" (extra `[{family.extra}]`)" if family.extra else "")
+        rows.append(f"| `{family.name}` | {aliases} | {family.summary} | {accuracy} | {runs} |")
+    return "\n".join(rows)
+
+
+#: marker name -> (generator, the pages that carry it)
+TABLES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
+    "settings-table": (settings_table, ("configuration.md",)),
+    "error-table": (error_table, ("api.md",)),
+    "exit-codes": (exit_codes_table, ("offline.md", "configuration.md")),
+    "task-types": (task_types_table, ("rewards.md",)),
+}
+
+
+def block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {name}:start -->\n)(.*?)\n?(<!-- {name}:end -->)", re.DOTALL)
+
+
+def current(page: str, name: str) -> str | None:
+    """The table now in ``docs/page`` between the markers, or None without markers."""
+    match = block(name).search((DOCS / page).read_text())
+    return None if match is None else match.group(2)
+
+
+def rewrite() -> tuple[list[str], list[str]]:
+    """Regenerate every table in place; returns the pages changed and the (page, table) markers missing."""
+    changed, missing = [], []
+    for name, (generate, pages) in TABLES.items():
+        table = generate()
+        for page in pages:
+            path = DOCS / page
+            text = path.read_text()
+            if not block(name).search(text):
+                missing.append(f"docs/{page}: <!-- {name}:start --> / <!-- {name}:end -->")
+                continue
+            new = block(name).sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(3), text)
+            if new != text:
+                path.write_text(new)
+                changed.append(page)
+    return changed, missing
+
+
+if __name__ == "__main__":
+    pages, absent = rewrite()
+    print("rewrote " + ", ".join(f"docs/{p}" for p in pages) if pages else "every generated table is current")
+    for marker in absent:
+        print(f"missing markers: {marker}", file=sys.stderr)
+    sys.exit(1 if absent else 0)
