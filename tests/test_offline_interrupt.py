@@ -88,6 +88,9 @@ def test_killed_run_resumes_to_the_same_output(rollouts, tmp_path, sig, capsys):
         assert "Rerun the same command to resume" in err
     else:
         assert proc.returncode == -signal.SIGKILL
+        # OUT.lock stays behind, naming the dead run; the kernel dropped its flock, so the resume below
+        # takes it over instead of being refused (tests/test_offline_lock.py: a live holder refuses).
+        assert json.loads(out.with_name(out.name + ".lock").read_text())["pid"] == proc.pid
     assert not out.exists()  # nothing under the final name until the run is complete
     partial = out.with_name(out.name + ".partial")
     checkpoint = json.loads(out.with_name(out.name + ".progress.json").read_text())

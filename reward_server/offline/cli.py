@@ -1,8 +1,9 @@
 """``reward-server score | filter | report | idf``: offline scoring, the data engine, idf weights.
 
 Exit codes: 0 done (also: the same run had already finished), 1 a bad row or a failing service,
-2 a usage problem (missing input, output in the way, a partial run made with other options),
-130 interrupted (the checkpoint is on disk: rerun the same command to resume).
+2 a usage problem (missing input, output in the way, a partial run made with other options, the
+output being written by another run: ``OUT.lock``), 130 interrupted (the checkpoint is on disk:
+rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +241,7 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
     from reward_server.engine.idf import IdfFileError
     from reward_server.offline.backends import BackendError
     from reward_server.offline.score import BadRowStop, run_score
-    from reward_server.offline.sink import OutputExists, ResumeRefused
+    from reward_server.offline.sink import OutputBusy, OutputExists, ResumeRefused, output_lock
 
     try:
         job = _score_job(args, input_, output)
@@ -247,7 +249,10 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
         _err(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
         return EXIT_USAGE, None
     scorer = None
+    lock = ExitStack()  # released last: the output stays ours until the scorer is closed too
     try:
+        # Before the scorer: a refused second run must not first spend seconds loading the table.
+        lock.enter_context(output_lock(output, getattr(args, "command", None) or "score"))
         scorer = _scorer(args, job)
         result = run_score(job, scorer)
     except KeyboardInterrupt:
@@ -260,15 +265,18 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
             "fix the row (then --restart), or rerun with --skip-bad to skip and count bad rows"
         )
         return EXIT_DATA, None
-    except (ResumeRefused, OutputExists, IdfFileError) as exc:
+    except (ResumeRefused, OutputExists, OutputBusy, IdfFileError) as exc:
         _err(str(exc))
         return EXIT_USAGE, None
     except (BackendError, TableLoadError, OSError) as exc:
         _err(str(exc))
         return EXIT_DATA, None
     finally:
-        if scorer is not None:
-            scorer.close()
+        try:
+            if scorer is not None:
+                scorer.close()
+        finally:
+            lock.close()
     return EXIT_OK, result
 
 
@@ -299,12 +307,31 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def filter_command(args: argparse.Namespace) -> int:
+    """``filter`` holds ``OUT``'s lock from its first check to its last write: two runs on one output
+    would otherwise both pass the "OUT exists" check, and the loser would crash on the winner's file
+    (its scoring step into ``OUT.scored.jsonl`` takes that file's own lock, as ``score`` does)."""
+    from reward_server.offline.sink import OutputBusy, output_lock
+
+    if not _check_input(args.input):
+        return EXIT_USAGE
+    with ExitStack() as held:
+        try:
+            held.enter_context(output_lock(args.output, "filter"))
+        except OutputBusy as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:  # the lock file cannot be created: an unwritable directory, as for score
+            _err(str(exc))
+            return EXIT_DATA
+        return _filter_locked(args)
+
+
+def _filter_locked(args: argparse.Namespace) -> int:
+    """The body of ``filter``, run while ``OUT``'s lock is held."""
     from reward_server.offline.filter import FilterError, FilterJob, run_filter
     from reward_server.offline.scored import is_scored
     from reward_server.offline.sink import sidecar
 
-    if not _check_input(args.input):
-        return EXIT_USAGE
     if args.output.exists() and not args.overwrite:
         _err(f"{args.output} already exists; pass --overwrite to replace it")
         return EXIT_USAGE
@@ -312,6 +339,9 @@ def filter_command(args: argparse.Namespace) -> int:
     scored_path = args.input
     if args.rescore or not is_scored(args.input):
         scored_path = args.scored or sidecar(args.output, ".scored.jsonl")
+        if Path(scored_path).resolve() == args.output.resolve():
+            _err(f"--scored {scored_path} is OUT itself; the scored rows need a file of their own")
+            return EXIT_USAGE
         code, result = _run_scoring(args, args.input, scored_path)
         if result is None:
             return code
