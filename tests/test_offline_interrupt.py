@@ -2,7 +2,9 @@
 then resumed; the result must equal an uninterrupted run byte for byte, with no duplicated rows.
 
 The child slows each batch by a few milliseconds (a patch applied in the child only) so that the
-kill lands mid-file on any machine; everything else is the real command.
+kill lands mid-file on any machine; everything else is the real command. It starts with SIGINT
+ignored, as a shell starts a background job (``make test &``, CI runners): the command itself must
+make SIGINT stop it, whatever the test runner's own disposition (issue #20).
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ def rollouts(tmp_path_factory) -> tuple[Path, bytes]:
 
 def _start(src: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    # sh ignores SIGINT, then exec's Python in its place (same pid): an ignored signal stays ignored
+    # across exec, exactly what a background job inherits.
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH],
+        ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh",
+         sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -9,9 +9,12 @@ rerun the same command to resume).
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
-from collections.abc import Callable
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,40 @@ def _add_rule_flags(p: argparse.ArgumentParser) -> None:
                    help="grounding/open_ended groups also need a sample std above this (default: %(default)s; 0 disables)")
 
 
+@contextmanager
+def _sigint_interrupts() -> Iterator[None]:
+    """Make SIGINT raise KeyboardInterrupt for the block, even in a process started with it ignored.
+
+    A shell starts background jobs (``cmd &``, a CI runner's steps) with SIGINT ignored, and Python
+    keeps an inherited SIG_IGN instead of installing its KeyboardInterrupt handler: SIGINT and Ctrl-C
+    then did nothing to ``score``, whose clean stop (checkpoint on disk, exit 130) is the
+    KeyboardInterrupt path. So an ignored or default SIGINT becomes Python's handler; any other
+    handler (one an embedding program installed) is kept. The previous disposition comes back
+    afterwards, for in-process callers of ``main``. Only the main thread may set handlers: from
+    another thread nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous not in (signal.SIG_IGN, signal.SIG_DFL) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interruptible(command: Command) -> Command:
+    """``command`` run under :func:`_sigint_interrupts`: every offline command stops on SIGINT."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with _sigint_interrupts():
+            return command(args)
+
+    return run
+
+
 def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
     """Add score / filter / report parsers to ``sub`` and their handlers to ``commands``."""
     score = sub.add_parser(
@@ -90,7 +127,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     score.add_argument("output", type=Path, metavar="OUT", help="JSONL file to write")
     _add_field_flags(score)
     _add_scoring_flags(score)
-    commands["score"] = score_command
+    commands["score"] = _interruptible(score_command)
 
     filt = sub.add_parser(
         "filter", help="the data engine: keep prompts whose sampled responses' rewards differ",
@@ -108,7 +145,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     filt.add_argument("--rescore", action="store_true", help="score IN even if it already has a reward field")
     filt.add_argument("--write-dropped", action="store_true",
                       help="also write the dropped rows, with filter_reason, to OUT.dropped.jsonl")
-    commands["filter"] = filter_command
+    commands["filter"] = _interruptible(filter_command)
 
     rep = sub.add_parser(
         "report", help="summarise a scored file: statistics, zero-variance groups, PNG plots",
@@ -123,7 +160,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     rep.add_argument("--no-plots", action="store_true", help="statistics only")
     _add_field_flags(rep)
     _add_rule_flags(rep)
-    commands["report"] = report_command
+    commands["report"] = _interruptible(report_command)
 
     idf = sub.add_parser(
         "idf", help="build the robust profile's idf file from a training set's ground truths",
@@ -141,7 +178,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     idf.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
     idf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: only when stderr is a terminal)")
-    commands["idf"] = idf_command
+    commands["idf"] = _interruptible(idf_command)
 
 
 # -- shared helpers -----------------------------------------------------------------------------
