@@ -2,7 +2,9 @@
 then resumed; the result must equal an uninterrupted run byte for byte, with no duplicated rows.
 
 The child slows each batch by a few milliseconds (a patch applied in the child only) so that the
-kill lands mid-file on any machine; everything else is the real command.
+kill lands mid-file on any machine; everything else is the real command. It starts with SIGINT
+ignored, as a shell starts a background job (``make test &``, CI runners): the command itself must
+make SIGINT stop it, whatever the test runner's own disposition (issue #20).
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ def rollouts(tmp_path_factory) -> tuple[Path, bytes]:
 
 def _start(src: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    # sh ignores SIGINT, then exec's Python in its place (same pid): an ignored signal stays ignored
+    # across exec, exactly what a background job inherits.
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH],
+        ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh",
+         sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -88,6 +93,9 @@ def test_killed_run_resumes_to_the_same_output(rollouts, tmp_path, sig, capsys):
         assert "Rerun the same command to resume" in err
     else:
         assert proc.returncode == -signal.SIGKILL
+        # OUT.lock stays behind, naming the dead run; the kernel dropped its flock, so the resume below
+        # takes it over instead of being refused (tests/test_offline_lock.py: a live holder refuses).
+        assert json.loads(out.with_name(out.name + ".lock").read_text())["pid"] == proc.pid
     assert not out.exists()  # nothing under the final name until the run is complete
     partial = out.with_name(out.name + ".partial")
     checkpoint = json.loads(out.with_name(out.name + ".progress.json").read_text())

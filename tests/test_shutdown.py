@@ -124,6 +124,34 @@ def readiness_after_signal(url: str, sent: threading.Event, out: dict) -> None:
             time.sleep(0.002)
 
 
+def probe_listener(port: int, proc: subprocess.Popen, sent: threading.Event, out: dict) -> None:
+    """From the signal on, open a new TCP connection every 20 ms until one is refused while the
+    server is still alive; record when (``out["refused_at"]``), then stop. Stops too once the
+    process has exited, leaving no record.
+
+    Started with the signal, so it sees the window between the listener closing and the process
+    exiting however short the slow batches make it (a probe started only after the load has
+    stopped could start after the exit). A refusal counts only if ``proc.poll()`` still finds the
+    process running *afterwards*: alive after the refusal means alive at it. Nothing else may wait
+    on ``proc`` meanwhile (``poll`` would then answer None for an exited process), so the caller
+    joins this thread before ``proc.wait``. Only ``ConnectionRefusedError`` counts: a timeout on a
+    loaded machine says nothing about the listener.
+    """
+    sent.wait()
+    while proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+        except ConnectionRefusedError:
+            refused_at = time.monotonic()
+            if proc.poll() is None:
+                out["refused_at"] = refused_at
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
 def test_sigterm_under_load_drains_without_losing_a_request() -> None:
     drain = 3.0
     with serve(drain) as (proc, url):
@@ -133,6 +161,11 @@ def test_sigterm_under_load_drains_without_losing_a_request() -> None:
         sent, readiness = threading.Event(), {"sent": 0.0, "answers": []}
         poller = threading.Thread(target=readiness_after_signal, args=(url, sent, readiness), daemon=True)
         poller.start()
+        listener: dict = {}
+        prober = threading.Thread(
+            target=probe_listener, args=(int(url.rsplit(":", 1)[1]), proc, sent, listener), daemon=True
+        )
+        prober.start()
         time.sleep(0.2)
         readiness["sent"] = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -155,17 +188,9 @@ def test_sigterm_under_load_drains_without_losing_a_request() -> None:
             thread.start()
         poller.join(timeout=10)
         load.join()
-
         # After the drain period the listener is closed while the slow batches are still scored.
-        time.sleep(0.8)
-        refused_while_alive = False
-        while proc.poll() is None and not refused_while_alive:
-            try:
-                with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
-                    pass
-            except OSError:
-                refused_while_alive = proc.poll() is None
-            time.sleep(0.05)
+        prober.join(timeout=drain + SHUTDOWN_GRACE_SECONDS + 10)  # before proc.wait: see probe_listener
+        assert not prober.is_alive()
         for thread in slow_threads:
             thread.join(timeout=120)
         returncode = proc.wait(timeout=drain + SHUTDOWN_GRACE_SECONDS + 10)
@@ -179,7 +204,9 @@ def test_sigterm_under_load_drains_without_losing_a_request() -> None:
     assert load.failures == [], load.failures[:5]
     assert load.ok > 20  # requests were served before and during the drain
     assert slow_results == [200, 200, 200], slow_results  # in flight when the listener closed: all answered
-    assert refused_while_alive, "new connections were still accepted after the drain period"
+    assert "refused_at" in listener, "new connections were still accepted after the drain period"
+    # ... and not before it ended: the listener stays open for the whole drain period
+    assert listener["refused_at"] - readiness["sent"] >= drain, listener["refused_at"] - readiness["sent"]
     assert returncode == 0, log
     assert exited < drain + SHUTDOWN_GRACE_SECONDS
     assert "drain period over" in log

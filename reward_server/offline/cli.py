@@ -1,15 +1,20 @@
 """``reward-server score | filter | report | idf``: offline scoring, the data engine, idf weights.
 
 Exit codes: 0 done (also: the same run had already finished), 1 a bad row or a failing service,
-2 a usage problem (missing input, output in the way, a partial run made with other options),
-130 interrupted (the checkpoint is on disk: rerun the same command to resume).
+2 a usage problem (missing input, output in the way, a partial run made with other options, the
+output being written by another run: ``OUT.lock``), 130 interrupted (the checkpoint is on disk:
+rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,40 @@ def _add_rule_flags(p: argparse.ArgumentParser) -> None:
                    help="grounding/open_ended groups also need a sample std above this (default: %(default)s; 0 disables)")
 
 
+@contextmanager
+def _sigint_interrupts() -> Iterator[None]:
+    """Make SIGINT raise KeyboardInterrupt for the block, even in a process started with it ignored.
+
+    A shell starts background jobs (``cmd &``, a CI runner's steps) with SIGINT ignored, and Python
+    keeps an inherited SIG_IGN instead of installing its KeyboardInterrupt handler: SIGINT and Ctrl-C
+    then did nothing to ``score``, whose clean stop (checkpoint on disk, exit 130) is the
+    KeyboardInterrupt path. So an ignored or default SIGINT becomes Python's handler; any other
+    handler (one an embedding program installed) is kept. The previous disposition comes back
+    afterwards, for in-process callers of ``main``. Only the main thread may set handlers: from
+    another thread nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous not in (signal.SIG_IGN, signal.SIG_DFL) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interruptible(command: Command) -> Command:
+    """``command`` run under :func:`_sigint_interrupts`: every offline command stops on SIGINT."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with _sigint_interrupts():
+            return command(args)
+
+    return run
+
+
 def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
     """Add score / filter / report parsers to ``sub`` and their handlers to ``commands``."""
     score = sub.add_parser(
@@ -88,7 +127,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     score.add_argument("output", type=Path, metavar="OUT", help="JSONL file to write")
     _add_field_flags(score)
     _add_scoring_flags(score)
-    commands["score"] = score_command
+    commands["score"] = _interruptible(score_command)
 
     filt = sub.add_parser(
         "filter", help="the data engine: keep prompts whose sampled responses' rewards differ",
@@ -106,7 +145,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     filt.add_argument("--rescore", action="store_true", help="score IN even if it already has a reward field")
     filt.add_argument("--write-dropped", action="store_true",
                       help="also write the dropped rows, with filter_reason, to OUT.dropped.jsonl")
-    commands["filter"] = filter_command
+    commands["filter"] = _interruptible(filter_command)
 
     rep = sub.add_parser(
         "report", help="summarise a scored file: statistics, zero-variance groups, PNG plots",
@@ -121,7 +160,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     rep.add_argument("--no-plots", action="store_true", help="statistics only")
     _add_field_flags(rep)
     _add_rule_flags(rep)
-    commands["report"] = report_command
+    commands["report"] = _interruptible(report_command)
 
     idf = sub.add_parser(
         "idf", help="build the robust profile's idf file from a training set's ground truths",
@@ -139,7 +178,7 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> N
     idf.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
     idf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: only when stderr is a terminal)")
-    commands["idf"] = idf_command
+    commands["idf"] = _interruptible(idf_command)
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -239,7 +278,7 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
     from reward_server.engine.idf import IdfFileError
     from reward_server.offline.backends import BackendError
     from reward_server.offline.score import BadRowStop, run_score
-    from reward_server.offline.sink import OutputExists, ResumeRefused
+    from reward_server.offline.sink import OutputBusy, OutputExists, ResumeRefused, output_lock
 
     try:
         job = _score_job(args, input_, output)
@@ -247,7 +286,10 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
         _err(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
         return EXIT_USAGE, None
     scorer = None
+    lock = ExitStack()  # released last: the output stays ours until the scorer is closed too
     try:
+        # Before the scorer: a refused second run must not first spend seconds loading the table.
+        lock.enter_context(output_lock(output, getattr(args, "command", None) or "score"))
         scorer = _scorer(args, job)
         result = run_score(job, scorer)
     except KeyboardInterrupt:
@@ -260,15 +302,18 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
             "fix the row (then --restart), or rerun with --skip-bad to skip and count bad rows"
         )
         return EXIT_DATA, None
-    except (ResumeRefused, OutputExists, IdfFileError) as exc:
+    except (ResumeRefused, OutputExists, OutputBusy, IdfFileError) as exc:
         _err(str(exc))
         return EXIT_USAGE, None
     except (BackendError, TableLoadError, OSError) as exc:
         _err(str(exc))
         return EXIT_DATA, None
     finally:
-        if scorer is not None:
-            scorer.close()
+        try:
+            if scorer is not None:
+                scorer.close()
+        finally:
+            lock.close()
     return EXIT_OK, result
 
 
@@ -299,12 +344,31 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def filter_command(args: argparse.Namespace) -> int:
+    """``filter`` holds ``OUT``'s lock from its first check to its last write: two runs on one output
+    would otherwise both pass the "OUT exists" check, and the loser would crash on the winner's file
+    (its scoring step into ``OUT.scored.jsonl`` takes that file's own lock, as ``score`` does)."""
+    from reward_server.offline.sink import OutputBusy, output_lock
+
+    if not _check_input(args.input):
+        return EXIT_USAGE
+    with ExitStack() as held:
+        try:
+            held.enter_context(output_lock(args.output, "filter"))
+        except OutputBusy as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:  # the lock file cannot be created: an unwritable directory, as for score
+            _err(str(exc))
+            return EXIT_DATA
+        return _filter_locked(args)
+
+
+def _filter_locked(args: argparse.Namespace) -> int:
+    """The body of ``filter``, run while ``OUT``'s lock is held."""
     from reward_server.offline.filter import FilterError, FilterJob, run_filter
     from reward_server.offline.scored import is_scored
     from reward_server.offline.sink import sidecar
 
-    if not _check_input(args.input):
-        return EXIT_USAGE
     if args.output.exists() and not args.overwrite:
         _err(f"{args.output} already exists; pass --overwrite to replace it")
         return EXIT_USAGE
@@ -312,6 +376,9 @@ def filter_command(args: argparse.Namespace) -> int:
     scored_path = args.input
     if args.rescore or not is_scored(args.input):
         scored_path = args.scored or sidecar(args.output, ".scored.jsonl")
+        if Path(scored_path).resolve() == args.output.resolve():
+            _err(f"--scored {scored_path} is OUT itself; the scored rows need a file of their own")
+            return EXIT_USAGE
         code, result = _run_scoring(args, args.input, scored_path)
         if result is None:
             return code

@@ -10,13 +10,21 @@ Only a finished run renames the partial files to their final names; ``OUT.meta.j
 records the fingerprint, so rerunning a finished command is a no-op instead of a rescoring. The
 checkpoint is marked ``complete`` before the first rename, so a run killed between the renames is
 completed by the next run (the renames are redone), whatever command that is.
+
+The protocol assumes one writer per output. :func:`output_lock` enforces it: two runs on the same
+``OUT`` would both append to ``OUT.partial`` and overwrite each other's checkpoint (duplicated rows,
+and a "complete" output that is not), so the second one is refused while the first holds the lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,6 +43,10 @@ class ResumeRefused(Exception):
 
 class OutputExists(Exception):
     """``OUT`` is already a finished run of something else; ``--overwrite`` replaces it."""
+
+
+class OutputBusy(Exception):
+    """Another live process is writing the same ``OUT`` (it holds ``OUT.lock``)."""
 
 
 def sidecar(out: Path, suffix: str) -> Path:
@@ -93,6 +105,64 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+LOCK_READ_TRIES = 50  # x 10 ms: how long a refused run waits for the holder to have written its name
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at ``path``, as written there by :func:`output_lock`. The holder writes its
+    name just after taking the lock, so a run refused in between retries briefly before giving up."""
+    for _ in range(LOCK_READ_TRIES):
+        try:
+            info = json.loads(path.read_text())
+            return f"pid {info['pid']} on {info['host']}, reward-server {info['command']} started {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+    return "pid unknown"
+
+
+@contextmanager
+def output_lock(out: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``OUT.lock`` for the block, or raise :class:`OutputBusy` at once.
+
+    ``flock`` is tied to the open file, so the kernel releases it when the process dies, however
+    (SIGKILL included): a stale ``OUT.lock`` left by a killed run is simply taken over, and the
+    resume works. The file records the holder (pid, host, start time, command) for the refusal
+    message, and is removed on release *while still locked*; a run that opened the old file just
+    before the removal notices, after its own ``flock``, that the path now names another file (or
+    none) and starts over, so two runs can never hold "the" lock through two different files.
+    """
+    path = sidecar(out, ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise OutputBusy(
+                f"{out} is being written by another run ({_holder(path)}); wait for it or choose another output"
+            ) from None
+        try:
+            mine = os.stat(path)
+        except FileNotFoundError:
+            mine = None
+        held = os.fstat(fd)
+        if mine is not None and (mine.st_dev, mine.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the current one
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @dataclass
@@ -281,11 +351,13 @@ class ResumableSink:
 
 __all__ = [
     "Checkpoint",
+    "OutputBusy",
     "OutputExists",
     "ResumableSink",
     "ResumeRefused",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_json",
+    "output_lock",
     "sidecar",
 ]
