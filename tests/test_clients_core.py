@@ -81,6 +81,38 @@ def test_numpy_values_are_sent_as_plain_json(server):
     assert (result["accuracy"], result["group_id"], result["id"]) == (1.0, 7, 3)
 
 
+def test_item_fields_are_the_servers_request_item_fields():
+    """The client's one list of item fields is exactly what /score reads: a field added to the
+    server's RequestItem and not here would be dropped from every request (prompt_id once was)."""
+    from mixed_reward_client._batching import (
+        ITEM_FIELDS,
+        OPTIONAL_ITEM_FIELDS,
+        REQUIRED_ITEM_FIELDS,
+        item_payload,
+    )
+
+    from reward_server.items.models import RequestItem
+
+    fields = RequestItem.model_fields
+    assert sorted(ITEM_FIELDS) == sorted(fields)
+    assert sorted(REQUIRED_ITEM_FIELDS) == sorted(name for name, info in fields.items() if info.is_required())
+    full = {name: f"value-{name}" for name in fields}
+    assert item_payload({**full, "prompt": "not sent", "metadata": {}}) == full
+    unset = {name: None for name in OPTIONAL_ITEM_FIELDS}
+    assert item_payload({**full, **unset}) == {name: full[name] for name in REQUIRED_ITEM_FIELDS}
+
+
+def test_ray_clients_build_items_with_the_shared_payload_code():
+    """The Ray handle clients replace only the transport (``_exchange``): their items are built by
+    the HTTP clients' code, so they send every item field (prompt_id included) the same way."""
+    from mixed_reward_client.ray import AsyncRayRewardClient, RayRewardClient
+
+    pairs = ((RayRewardClient, RewardClient), (AsyncRayRewardClient, AsyncRewardClient))
+    for ray_client, http_client in pairs:
+        assert ray_client.score is http_client.score
+        assert ray_client._prepare is http_client._prepare
+
+
 def test_bad_request_is_not_retried_and_carries_the_body(server):
     bad = {**YES, "task_type": "sentiment"}
     with RewardClient([server.url, dead_url()], retry=RetryPolicy(max_attempts=5, backoff=5.0)) as client:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
+from mixed_reward_client import AsyncRewardClient, RewardClient
 from mixed_reward_client.sampler import VadeSampler, VerlVadeSampler
 from serving import running_server
+from test_trainer_support import prompt_counts
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +61,29 @@ def test_verl_dataloader_iterates_the_sampler(diff_server) -> None:
 def test_client_package_stays_torch_free() -> None:
     code = "import sys, mixed_reward_client.sampler; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reward_clients_send_prompt_ids(default_table, tmp_path) -> None:
+    """RewardClient and AsyncRewardClient items carry prompt_id (any int or str, numpy too) to the
+    posterior, also when a batch is split into several requests."""
+
+    def rollouts(prompt_id, answers):
+        return [{"response": f"<answer>{a}</answer>", "ground_truth": "yes", "task_type": "yes_no",
+                 "prompt_id": prompt_id, "group_id": str(prompt_id)} for a in answers]
+
+    sync_items = rollouts("sync-a", ["yes", "no", "yes"]) + rollouts(np.int64(41), ["no", "no"])
+    without_id = {**rollouts(None, ["yes"])[0], "group_id": 9}
+    async_items = rollouts("async-a", ["yes", "yes", "yes", "no"]) + [without_id]
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        with RewardClient(srv.url, max_batch_items=2) as client:
+            assert client.score(sync_items).requests == 3
+
+        async def main():
+            async with AsyncRewardClient(srv.url) as client:
+                return await client.score(async_items)
+
+        asyncio.run(main())
+        assert prompt_counts(srv.url, "sync-a") == (3, 2)
+        assert prompt_counts(srv.url, "41") == (2, 0)  # 41 and "41" are the same prompt
+        assert prompt_counts(srv.url, "async-a") == (4, 3)
+        assert len(httpx.get(srv.url + "/v1/prompts").text.splitlines()) == 3  # the item without one: none

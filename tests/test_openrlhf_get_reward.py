@@ -19,7 +19,7 @@ import mixed_reward_client.openrlhf as openrlhf_file
 import pytest
 from mixed_reward_client import ServerUnavailable
 from serving import running_server
-from test_trainer_support import byte_tokenizer
+from test_trainer_support import byte_tokenizer, prompt_counts
 
 PROMPT_MESSAGES = [{"role": "user", "content": "Is there a cat in the image? Answer yes or no."}]
 THINK = "<think>I see whiskers.</think>"
@@ -191,6 +191,25 @@ def test_openrlhf_python_file_fails_over(server, monkeypatch):
     outputs = rollout(executor, SAMPLES)
     assert [o["reward"] for o in outputs] == [[2.0], [1.0], [1.0], [3.0]]
     assert [o["extra_logs"]["format"] for o in outputs] == [[1.0], [1.0], [0.0], [1.0]]
+
+
+def test_label_prompt_id_reaches_the_posterior(default_table, tmp_path, monkeypatch):
+    """`prompt_id` in the label object, through OpenRLHF's own executor on both paths (the plain
+    URL and the Python file): the service's posterior counts each prompt's samples."""
+    plan = {"orl-url": [True, True, False], 21: [False, True]}
+
+    def samples(pid):
+        label = json.dumps({"answer": "yes", "task_type": "yes_no", "prompt_id": pid})
+        return [(THINK + f"<answer>{'yes' if ok else 'no'}</answer>", label) for ok in plan[pid]]
+
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        monkeypatch.setenv("MIXED_REWARD_URL", srv.url)
+        plain_url = agent.SingleTurnAgentExecutor(remote_rm_url=[srv.url + "/get_reward"])
+        python_file = agent.SingleTurnAgentExecutor(remote_rm_url=[openrlhf_file.__file__])
+        by_url, by_file = rollout(plain_url, samples("orl-url")), rollout(python_file, samples(21))
+        assert all(o["reward"] is not None for o in by_url + by_file)
+        for pid, outcomes in plan.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(outcomes), sum(outcomes))
 
 
 def test_python_file_raises_when_every_url_is_down(monkeypatch):

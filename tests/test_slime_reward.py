@@ -25,6 +25,7 @@ import aiohttp
 import httpx
 import pytest
 from serving import running_server
+from test_trainer_support import prompt_counts
 
 THINK = "<think>I see whiskers.</think>"
 KEYS = {"reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward"}
@@ -140,3 +141,29 @@ def test_token_in_the_url(default_table):
             slime_rewards(srv.url + "/slime", sample)
         assert caught.value.status == 401
         assert slime_rewards(srv.url + "/slime?token=s3cret", sample)[1] == [2.0]
+
+
+def test_label_prompt_id_reaches_the_posterior(default_table, tmp_path):
+    """`prompt_id` in the label object (a dict or its JSON text, as slime's label column holds it),
+    per sample with remote_rm and as a posted group: the service's posterior counts each prompt's
+    samples. slime posts nothing else per sample, so the label is where it goes."""
+    plan = {"slime-a": [True, False, True], 4: [False, False, True]}
+
+    def samples(pid, as_text):
+        label = {"ground_truth": "yes", "task_type": "yes_no", "prompt_id": pid}
+        sent = json.dumps(label) if as_text else label
+        return [(THINK + f"<answer>{'yes' if ok else 'no'}</answer>", sent, 0.0) for ok in plan[pid]]
+
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        slime_rewards(srv.url + "/slime", samples("slime-a", as_text=True))
+        group = [{"prompt": PROMPT, "response": r, "label": sent} for r, sent, _ in samples(4, as_text=False)]
+        httpx.post(srv.url + "/slime", json=group, timeout=30).raise_for_status()
+        for pid, outcomes in plan.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(outcomes), sum(outcomes))
+        for bad, message in ((1.5, "string or an integer"), (" ", "blank")):
+            body = {"prompt": PROMPT, "response": "<answer>yes</answer>",
+                    "label": {"ground_truth": "yes", "task_type": "yes_no", "prompt_id": bad}}
+            response = httpx.post(srv.url + "/slime", json=body, timeout=30)
+            detail = response.json()["error"]["details"][0]
+            assert response.status_code == 422 and (detail["item"], detail["field"]) == (None, "label")
+            assert message in detail["message"]

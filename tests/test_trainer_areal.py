@@ -15,7 +15,8 @@ import pytest
 from mixed_reward_client import RewardClientError, ServerUnavailable
 from mixed_reward_client._coalesce import Coalescer
 from mixed_reward_client.areal import AsyncMixedReward
-from test_trainer_support import byte_tokenizer
+from serving import running_server
+from test_trainer_support import byte_tokenizer, prompt_counts
 
 pytest.importorskip("torch")
 rlvr = pytest.importorskip("areal.workflow.rlvr", reason="areal not installed (pip install --no-deps areal)")
@@ -167,6 +168,31 @@ def test_async_mixed_reward_raises_unless_zero_asked():
     with pytest.raises(ServerUnavailable):
         asyncio.run(run(AsyncMixedReward(dead_url(), max_attempts=1)))
     assert asyncio.run(run(AsyncMixedReward(dead_url(), max_attempts=1, on_failure="zero"))) == [0.0, 0.0]
+
+
+def test_row_prompt_id_reaches_the_posterior(default_table, tmp_path, monkeypatch, fresh_pool):
+    """A dataset row's `prompt_id` (in AReaL's `**data`, next to the `prompt_ids` token ids) reaches
+    the service's posterior, through the process-pool `reward_fn` and through AsyncMixedReward."""
+    yes, no = (THINK + "<answer>yes</answer>", True), ("<answer>no</answer>", False)
+    plan = {"pool": [yes, yes, no], 5: [no, yes], "async": [yes, no, no, yes]}  # id -> [(response, correct)]
+
+    def samples(*ids):
+        row = {"answer": "yes", "task_type": "yes_no"}
+        return [(r, {**row, "prompt_id": pid}, 0.0) for pid in ids for r, _ in plan[pid]]
+
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        monkeypatch.setenv("MIXED_REWARD_URL", srv.url)
+        engine, rows = episodes(samples("pool", 5))
+        asyncio.run(run_episodes(workflow("mixed_reward_client.areal.reward_fn"), engine, rows))
+
+        async def coalesced():
+            wf = workflow(lambda *a, **k: 0.0)
+            wf.async_reward_fn = AsyncMixedReward(srv.url)
+            return await run_episodes(wf, *episodes(samples("async")))
+
+        asyncio.run(coalesced())
+        for pid, rollouts in plan.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(rollouts), sum(ok for _, ok in rollouts))
 
 
 def test_row_without_ground_truth_names_the_fields(server):

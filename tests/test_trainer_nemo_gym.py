@@ -14,7 +14,8 @@ import socket
 
 import httpx
 import pytest
-from serving import serve_app
+from serving import running_server, serve_app
+from test_trainer_support import prompt_counts
 
 nemo_gym_server = pytest.importorskip("mixed_reward_client.nemo_gym", reason="nemo-gym not installed",
                                       exc_type=ImportError)
@@ -153,3 +154,17 @@ def test_service_down_fails_the_verify_unless_configured():
         (status, body), = verify_all(url, payload)
     assert status == 200 and body["mask_sample"] is True and body["failure_kind"] == "judge_failed"
     assert "reward service unavailable" in body["failure_reason"]
+
+
+def test_row_prompt_id_reaches_the_posterior(default_table, tmp_path):
+    """A dataset row's `prompt_id` field rides in simple_agent's verify payload (its run request keeps
+    a row's extra fields) and reaches the service's posterior."""
+    plan = {"ng-a": [("yes", True), ("no", False), ("yes", True)], 3: [("no", False), ("no", False)]}
+    payloads = [verify_payload(THINK + f"<answer>{answer}</answer>",
+                               {"ground_truth": "yes", "task_type": "yes_no", "prompt_id": pid})
+                for pid, rollouts in plan.items() for answer, _ in rollouts]
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        with serve_app(resources_app(reward_url=srv.url, flush_ms=50)) as url:
+            assert [status for status, _ in verify_all(url, payloads)] == [200] * len(payloads)
+        for pid, rollouts in plan.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(rollouts), sum(ok for _, ok in rollouts))

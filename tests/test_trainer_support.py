@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 
+import httpx
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -39,6 +41,15 @@ def byte_tokenizer():
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def prompt_counts(url: str, prompt_id: str) -> tuple[int, int]:
+    """``(n, successes)`` of one prompt's difficulty posterior, read back from the service: what the
+    VADE sampler will sample from, so the proof that a trainer's prompt ids arrived."""
+    response = httpx.get(f"{url}/v1/prompts/{prompt_id}", timeout=30)
+    response.raise_for_status()
+    body = response.json()
+    return body["n"], body["successes"]
 
 
 def test_byte_tokenizer_round_trips_tags_and_special_tokens():

@@ -8,11 +8,12 @@ import asyncio
 import math
 import socket
 
+import httpx
 import pytest
 from mixed_reward_client import RewardClient, ServerUnavailable
 from mixed_reward_client.trl import MixedReward, _group_ids, completion_text, mixed_reward_func
 from serving import running_server
-from test_trainer_support import byte_tokenizer
+from test_trainer_support import byte_tokenizer, prompt_counts
 
 THINK = "<think>look</think>"
 
@@ -138,7 +139,9 @@ def test_groups_are_runs_of_equal_prompt_and_image(server):
 trl = pytest.importorskip("trl", reason="trl not installed")
 
 
-def test_grpo_trainer_step_with_the_service(server, tmp_path):
+def grpo_trainer(url: str, rows: list[dict], output_dir, batch_size: int = 4):
+    """A real GRPOTrainer on a tiny randomly initialised Qwen2 (built from a config, nothing
+    downloaded), rewarded by the service at ``url``: one step, ``batch_size // 4`` prompts x 4."""
     import torch
     from datasets import Dataset
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -150,19 +153,22 @@ def test_grpo_trainer_step_with_the_service(server, tmp_path):
         num_key_value_heads=1, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
     ))
+    args = trl.GRPOConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, num_generations=4,
+        max_completion_length=8, max_steps=1, logging_steps=1, report_to="none", use_cpu=True,
+        save_strategy="no", seed=0, dataloader_num_workers=0, log_completions=False,
+    )
+    return trl.GRPOTrainer(model=model, processing_class=tok, args=args,
+                           reward_funcs=[mixed_reward_func(url)], train_dataset=Dataset.from_list(rows * 4))
+
+
+def test_grpo_trainer_step_with_the_service(server, tmp_path):
     rows = [
         {"prompt": [{"role": "user", "content": "Is there a cat?"}], "task_type": "yes_no", "ground_truth": "yes"},
         {"prompt": [{"role": "user", "content": "Describe the image."}], "task_type": "open_ended",
          "ground_truth": "a cat sitting on a mat"},
     ]
-    args = trl.GRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        max_steps=1, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", seed=0,
-        dataloader_num_workers=0, log_completions=False,
-    )
-    trainer = trl.GRPOTrainer(model=model, processing_class=tok, args=args,
-                              reward_funcs=[mixed_reward_func(server.url)],
-                              train_dataset=Dataset.from_list(rows * 4))
+    trainer = grpo_trainer(server.url, rows, tmp_path)
     logs = trainer._logs  # what TRL logs per completion, filled during the step
     trainer.train()
 
@@ -180,3 +186,37 @@ def test_grpo_trainer_step_with_the_service(server, tmp_path):
     history = trainer.state.log_history[0]
     assert "mixed_reward/accuracy" in history and "mixed_reward/format" in history
     assert history["rewards/mixed_reward/mean"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-5)
+
+
+def test_prompt_id_column_reaches_the_posterior(default_table, tmp_path):
+    """A `prompt_id` dataset column: called as GRPOTrainer._calculate_rewards calls the function,
+    then through a real GRPOTrainer step; the service's posterior counts each prompt's completions."""
+    answers = {"trl-a": ["yes", "yes", "no"], 12: ["no", "yes"]}
+    prompts = [f"Is there a cat? ({pid})" for pid, a in answers.items() for _ in a]
+    ids = [pid for pid, a in answers.items() for _ in a]
+    completions = [THINK + f"<answer>{x}</answer>" for a in answers.values() for x in a]
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Is there a {animal}?"}], "task_type": "yes_no",
+         "ground_truth": truth, "prompt_id": f"trl-{animal}"}
+        for animal, truth in (("cat", "yes"), ("dog", "no"))
+    ]
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        call_like_trl(mixed_reward_func(srv.url), prompts, completions, task_type=["yes_no"] * len(ids),
+                      ground_truth=["yes"] * len(ids), prompt_id=ids)
+        for pid, a in answers.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(a), a.count("yes"))
+
+        trainer = grpo_trainer(srv.url, rows, tmp_path / "out", batch_size=8)
+        logs = trainer._logs
+        trainer.train()
+        counts = {"trl-cat": [0, 0], "trl-dog": [0, 0]}
+        for prompt, accuracy in zip(logs["prompt"], logs["extra"]["mixed_reward/accuracy"]):
+            count = counts["trl-cat" if "cat" in str(prompt) else "trl-dog"]
+            count[0] += 1
+            count[1] += accuracy == 1.0
+        assert sum(n for n, _ in counts.values()) == 8
+        for pid, (n, successes) in counts.items():
+            if n:
+                assert prompt_counts(srv.url, pid) == (n, successes)
+            else:
+                assert httpx.get(f"{srv.url}/v1/prompts/{pid}").status_code == 404

@@ -15,6 +15,8 @@ import pytest
 from mixed_reward_client import ServerUnavailable
 from mixed_reward_client._coalesce import Coalescer
 from mixed_reward_client.verifiers import mixed_reward_func
+from serving import running_server
+from test_trainer_support import prompt_counts
 
 vf = pytest.importorskip("verifiers.v1", reason="verifiers not installed")
 from verifiers.v1.graph import MessageNode
@@ -35,6 +37,7 @@ PLUGGED = {"mixed_reward": vf.RewardFunctionConfig(fn="mixed_reward_client.verif
 class CatData(vf.TaskData):
     ground_truth: str
     task_type: str
+    prompt_id: str | int | None = None
 
 
 class CatTask(vf.Task[CatData]):
@@ -125,3 +128,19 @@ def test_zero_only_when_asked(server):
 
     (trace,), _ = score_all([(ZeroTask(CatData(prompt="Q", ground_truth="yes", task_type="yes_no")), "x")])
     assert trace.reward == 0.0 and trace.metrics == {"mixed_reward/accuracy": 0.0, "mixed_reward/format": 0.0}
+
+
+def test_task_prompt_id_reaches_the_posterior(default_table, tmp_path, monkeypatch):
+    """A `prompt_id` task-data field, with the reward plugged by import path: verifiers' Task.score
+    sends it and the service's posterior counts each prompt's rollouts."""
+    plan = {"vf-a": [("yes", True), ("yes", True), ("no", False)], 8: [("no", False), ("yes", True)]}
+    config = vf.TaskConfig(rewards=PLUGGED)
+    data = {"prompt": "Is there a cat?", "ground_truth": "yes", "task_type": "yes_no"}
+    tasks = [(CatTask(CatData(**data, prompt_id=pid), config), THINK + f"<answer>{answer}</answer>")
+             for pid, rollouts in plan.items() for answer, _ in rollouts]
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        monkeypatch.setenv("MIXED_REWARD_URL", srv.url)
+        traces, _ = score_all(tasks)
+        assert all(t.rewards for t in traces)
+        for pid, rollouts in plan.items():
+            assert prompt_counts(srv.url, str(pid)) == (len(rollouts), sum(ok for _, ok in rollouts))

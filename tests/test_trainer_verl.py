@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import httpx
 import mixed_reward_client._config as client_config
 import numpy as np
 import pytest
 from mixed_reward_client import BadRequest, ServerUnavailable
 from mixed_reward_client.verl import Coalescer, compute_score
 from serving import running_server
-from test_trainer_support import byte_tokenizer
+from test_trainer_support import byte_tokenizer, prompt_counts
 
 torch = pytest.importorskip("torch")
 reward_loop = pytest.importorskip(
@@ -119,6 +120,27 @@ def test_verl_reward_loop_scores_every_sample(server, tokenizer_dir):
     assert extra["format"].tolist() == [s[6] for s in SAMPLES for _ in range(8)]
     assert np.isfinite(extra["score"]).all()
     assert 1 <= requests <= 4  # 48 concurrent per-sample calls coalesced into a few POST /score
+
+
+def test_verl_extra_info_prompt_id_reaches_the_posterior(default_table, tokenizer_dir, tmp_path):
+    """`extra_info["prompt_id"]` (numpy from parquet, or text) as docs/difficulty.md says to set it:
+    after verl's reward loop, the service's posterior counts every rollout of each prompt."""
+    yes = {"task_type": "yes_no"}
+    box = {"task_type": "grounding", "prompt_id": "g-1"}
+    samples = [  # (response, truth, data_source, extra_info, correct)
+        *[(THINK + "<answer>yes</answer>", "yes", "mixed_r1", {**yes, "prompt_id": np.int64(7)}, True)] * 3,
+        ("<answer>no</answer>", "yes", "mixed_r1", {**yes, "prompt_id": np.int64(7)}, False),
+        (THINK + "<answer>[10, 10, 50, 50]</answer>", [10, 10, 50, 50], "grounding", box, True),
+        (THINK + "<answer>[60, 60, 90, 90]</answer>", [10, 10, 50, 50], "grounding", box, False),
+        (THINK + "<answer>yes</answer>", "yes", "mixed_r1", dict(yes), True),  # no prompt id: not counted
+    ]
+    rows = [(r, gt, ds, info, 0.0, 0.0, 0.0) for r, gt, ds, info, _ in samples]
+    with running_server(default_table, state_path=str(tmp_path / "state.db")) as srv:
+        run_worker(verl_config(tokenizer_dir, url=srv.url, flush_ms=50), rollout_batch(rows, repeat=2))
+        for key in ("7", "g-1"):
+            outcomes = [correct for *_, info, correct in samples if str(info.get("prompt_id")) == key] * 2
+            assert prompt_counts(srv.url, key) == (len(outcomes), sum(outcomes))
+        assert len(httpx.get(srv.url + "/v1/prompts").text.splitlines()) == 2
 
 
 def test_verl_flushes_on_size(server, tokenizer_dir):

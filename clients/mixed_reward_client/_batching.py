@@ -148,13 +148,24 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
                       requests=len(chunks))
 
 
+#: The item fields ``POST /score`` reads (the server's ``RequestItem``), and so the whole wire form of
+#: an item: callers and adapters may pass richer dicts, and anything else on them stays here. This is
+#: the client's only list of them; ``tests/test_clients_core.py`` fails when it drifts from the
+#: server's model, so a field the server learns to read is not silently dropped (as ``prompt_id``,
+#: which feeds the difficulty posterior, once was).
+REQUIRED_ITEM_FIELDS: tuple[str, ...] = ("response", "ground_truth", "task_type")
+OPTIONAL_ITEM_FIELDS: tuple[str, ...] = ("id", "group_id", "prompt_id")
+ITEM_FIELDS: tuple[str, ...] = REQUIRED_ITEM_FIELDS + OPTIONAL_ITEM_FIELDS
+
+
 def item_payload(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The wire form of one item: only the fields /score reads, so callers may pass richer dicts."""
-    for name in ("response", "ground_truth", "task_type"):
+    """The wire form of one item: the fields /score reads (:data:`ITEM_FIELDS`), optional ones only
+    when set, so adapters can fill ``prompt_id`` from a row that may not have one."""
+    for name in REQUIRED_ITEM_FIELDS:
         if name not in item:
             raise KeyError(f"every item needs {name!r}; got keys {sorted(item)}")
-    out = {name: item[name] for name in ("response", "ground_truth", "task_type")}
-    for name in ("id", "group_id"):
+    out = {name: item[name] for name in REQUIRED_ITEM_FIELDS}
+    for name in OPTIONAL_ITEM_FIELDS:
         if item.get(name) is not None:
             out[name] = item[name]
     return out

@@ -1,5 +1,5 @@
 """What the single-sample adapters (AReaL, NeMo Gym, verifiers) share: reading a sample's ground
-truth and task type from a dataset row, removing trailing end-of-sequence text, and turning a
+truth, task type and prompt id from a dataset row, removing trailing end-of-sequence text, and turning a
 /score result into the same keys for every sample."""
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from mixed_reward_client.errors import RewardClientError
 ENV_TASK_TYPE = "MIXED_REWARD_TASK_TYPE"
 ENV_EOS = "MIXED_REWARD_EOS"
 GROUND_TRUTH_KEYS = ("ground_truth", "answer", "solution")
+# The row field naming the prompt across epochs: sent as the item's prompt_id, which the service's
+# difficulty posterior (and so the VADE sampler) is keyed by. Rows without it are scored the same.
+PROMPT_ID_KEY = "prompt_id"
 # Trainers that decode with special tokens kept (AReaL) leave the end-of-sequence text on the
 # completion, which the format rule would count against it. The server's /get_reward and /slime
 # strip the same strings (reward_server.service.openrlhf.DEFAULT_EOS).

@@ -14,8 +14,10 @@ sample, where ``data`` is the dataset row, and trains on the float it returns. T
    call signature, awaited on AReaL's rollout event loop instead of in the process pool, so
    concurrent episodes are coalesced into batched requests as the verl plug-in does.
 
-Both read the ground truth from the row's ``ground_truth``, ``answer`` or ``solution`` and the task
-type from its ``task_type`` (else ``MIXED_REWARD_TASK_TYPE``), remove the end-of-sequence text
+Both read the ground truth from the row's ``ground_truth``, ``answer`` or ``solution``, the task
+type from its ``task_type`` (else ``MIXED_REWARD_TASK_TYPE``) and the stable prompt id that feeds
+the service's difficulty posterior from its ``prompt_id`` (not the ``prompt_ids`` argument, which
+is the prompt's token ids), remove the end-of-sequence text
 AReaL's ``tokenizer.decode`` leaves on the completion, and return the Mixed-R1 reward. AReaL keeps
 one float per sample; ``AsyncMixedReward`` also records each sample's ``mixed_reward/accuracy`` and
 ``mixed_reward/format`` in AReaL's stats tracker, next to the ``reward`` the workflow records (the
@@ -33,7 +35,7 @@ from typing import Any
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, coalescer_for
 from mixed_reward_client._config import ClientSettings, check_on_failure, resolve
-from mixed_reward_client._samples import eos_strings, result_keys, strip_eos, truth_and_task
+from mixed_reward_client._samples import PROMPT_ID_KEY, eos_strings, result_keys, strip_eos, truth_and_task
 from mixed_reward_client.client import RewardClient
 from mixed_reward_client.errors import ServerUnavailable
 
@@ -71,8 +73,10 @@ def _client(settings: ClientSettings) -> RewardClient:
 
 
 def _item(completions: Any, data: dict[str, Any], task_type: str | None, eos: Sequence[str]) -> dict[str, Any]:
+    """The /score item of one AReaL sample; ``data`` is the dataset row AReaL passes as ``**data``."""
     truth, task = truth_and_task(data, task_type, "the AReaL dataset row")
-    return {"response": strip_eos(str(completions), eos), "ground_truth": truth, "task_type": task}
+    return {"response": strip_eos(str(completions), eos), "ground_truth": truth, "task_type": task,
+            "prompt_id": data.get(PROMPT_ID_KEY)}
 
 
 def reward_fn(prompt: str, completions: str, prompt_ids: Sequence[int], completion_ids: Sequence[int],

@@ -195,10 +195,11 @@ class RewardClient(_ClientBase):
         format_weight: float | None = None,
         bmas_reduction: Literal["sum", "mean"] | None = None,
     ) -> ScoreBatch:
-        """Score items ``{"response", "ground_truth", "task_type", "id"?, "group_id"?}``; one result
-        per item, in order. Batches above ``max_batch_items`` items or ``max_batch_bytes`` bytes go
-        out as several requests; a request the server refuses as too large (413) is split in two
-        once. The whole call, retries included, ends within the retry policy's ``deadline``."""
+        """Score items ``{"response", "ground_truth", "task_type", "id"?, "group_id"?, "prompt_id"?}``
+        (``prompt_id`` feeds the service's difficulty posterior); one result per item, in order.
+        Batches above ``max_batch_items`` items or ``max_batch_bytes`` bytes go out as several
+        requests; a request the server refuses as too large (413) is split in two once. The whole
+        call, retries included, ends within the retry policy's ``deadline``."""
         prepared = self._prepare(items, format_weight, bmas_reduction)
         deadline_at = self.retry.deadline_at()
         pieces: list[Piece] = []

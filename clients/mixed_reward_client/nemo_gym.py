@@ -3,9 +3,12 @@ the mixed-reward service.
 
 NeMo Gym's agent posts each finished rollout to its resources server's ``/verify``: the dataset
 row (``responses_create_params`` and any other fields, here ``ground_truth``/``answer``/
-``solution`` and ``task_type``) plus the model's ``response``; it trains on the ``reward`` of the
+``solution``, ``task_type`` and, optionally, ``prompt_id``) plus the model's ``response``
+(``simple_agent``'s run request keeps a row's extra fields, and its verify payload is that request
+plus the response); it trains on the ``reward`` of the
 reply. This server scores the text of the response's last assistant message, coalescing the
-concurrent ``/verify`` calls into batched ``POST /score`` requests, and replies, for every rollout:
+concurrent ``/verify`` calls into batched ``POST /score`` requests (with the row's ``prompt_id``,
+which feeds the service's difficulty posterior), and replies, for every rollout:
 
 - ``reward``: the Mixed-R1 reward;
 - ``reward_components``: ``{"accuracy": accuracy, "format": format_weight * format}``, which sum to
@@ -72,6 +75,9 @@ class MixedRewardVerifyRequest(BaseVerifyRequest):
     answer: Any = None
     solution: Any = None
     task_type: str | None = None
+    # The row's stable prompt id, forwarded as is: the service validates it (string or integer) and
+    # a bad one comes back as a 422 naming prompt_id, as from /score.
+    prompt_id: Any = None
 
 
 class MixedRewardVerifyResponse(BaseMultiRewardVerifyResponse):
@@ -119,7 +125,7 @@ class MixedRewardResourcesServer(SimpleResourcesServer):
         except RewardClientError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
         item = {"response": strip_eos(response_text(body), eos_strings(self.config.eos)), "ground_truth": truth,
-                "task_type": task}
+                "task_type": task, "prompt_id": body.prompt_id}
         try:
             weight = await self._weight(settings)
             coalescer = await coalescer_for("nemo_gym", settings, self.config.flush_ms, self.config.max_batch)

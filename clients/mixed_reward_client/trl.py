@@ -11,7 +11,9 @@ log_extra=..., log_metric=...)`` with one entry per completion, and runs async r
 on its own event loop, concurrently with the other reward functions. The dataset needs a
 ``task_type`` column (or a fixed ``task_type=``) and a ``ground_truth`` column (``solution`` and
 ``answer`` are accepted too). Conversational completions (lists of chat messages) are scored on
-the text of their last assistant message.
+the text of their last assistant message. A ``prompt_id`` column (``prompt_id_key=``), when the
+dataset has one, is sent with each completion so the service's difficulty posterior (VADE sampler)
+learns from it; rows whose value is None are sent without one.
 
 A failure raises (TRL stops the step with the error); ``on_failure="none"`` returns None per
 completion instead, which TRL turns into NaN and, when every reward function is None for a row,
@@ -117,6 +119,7 @@ class MixedReward:
         task_type: str | None = None,
         task_type_key: str = "task_type",
         ground_truth_key: str = "ground_truth",
+        prompt_id_key: str = "prompt_id",
         format_weight: float | None = None,
         bmas_reduction: str | None = None,
         timeout: float | None = None,
@@ -135,6 +138,7 @@ class MixedReward:
         self.task_type = task_type
         self.task_type_key = task_type_key
         self.ground_truth_key = ground_truth_key
+        self.prompt_id_key = prompt_id_key
         self.on_failure = check_on_failure(on_failure)
         if url is not None:
             resolve(url, **self._config)  # fail at construction on a malformed URL, not mid-training
@@ -171,9 +175,13 @@ class MixedReward:
         truths, tasks = self._column(kwargs, len(completions))
         images = [kwargs[c] for c in IMAGE_COLUMNS if kwargs.get(c) is not None and len(kwargs[c]) == len(prompts)]
         groups = _group_ids(prompts, *images) if len(prompts) == len(completions) else [None] * len(completions)
+        prompt_ids = kwargs.get(self.prompt_id_key)
+        if prompt_ids is None:
+            prompt_ids = [None] * len(completions)
         items = [
-            {"response": completion_text(c), "ground_truth": gt, "task_type": task, "group_id": gid}
-            for c, gt, task, gid in zip(completions, truths, tasks, groups)
+            {"response": completion_text(c), "ground_truth": gt, "task_type": task, "group_id": gid,
+             "prompt_id": pid}
+            for c, gt, task, gid, pid in zip(completions, truths, tasks, groups, prompt_ids)
         ]
         try:
             batch = await (await self._client()).score(items)
@@ -214,8 +222,9 @@ class MixedReward:
 def mixed_reward_func(url: str | Sequence[str] | None = None, **options: Any) -> MixedReward:
     """Factory: ``url`` (one, a comma-separated list or a list: failover order; default
     ``$MIXED_REWARD_URL``), ``token``, ``task_type`` (fixed for every row), ``task_type_key``,
-    ``ground_truth_key``, ``format_weight``, ``bmas_reduction``, ``timeout``, ``max_attempts``,
-    ``deadline``, ``on_failure`` ("raise" | "none" | "zero"), ``name``."""
+    ``ground_truth_key``, ``prompt_id_key`` (column of stable prompt ids), ``format_weight``,
+    ``bmas_reduction``, ``timeout``, ``max_attempts``, ``deadline``, ``on_failure`` ("raise" |
+    "none" | "zero"), ``name``."""
     return MixedReward(url, **options)
 
 

@@ -7,8 +7,9 @@ mixed_reward_client.verifiers:mixed_reward``, configured by ``MIXED_REWARD_URL``
 options by :func:`mixed_reward_func` and returned from a task's ``@vf.reward`` method.
 
 The reward is the Mixed-R1 reward of ``trace.last_reply`` (the final assistant reply) for the
-row's ``ground_truth``/``answer``/``solution`` and ``task_type``; concurrent rollouts on verifiers'
-event loop are coalesced into batched requests. Every trace also gets the same metrics,
+row's ``ground_truth``/``answer``/``solution`` and ``task_type``, sent with the row's ``prompt_id``
+(a declared or extra task-data field; it feeds the service's difficulty posterior); concurrent
+rollouts on verifiers' event loop are coalesced into batched requests. Every trace also gets the same metrics,
 ``mixed_reward/accuracy`` and ``mixed_reward/format`` (verifiers' metrics are one float per name
 for every trace, so the open-ended BMAS terms, which other tasks lack, stay inside accuracy). A
 failure raises, which verifiers records as the trace's task error; ``on_failure="zero"`` scores 0
@@ -23,7 +24,7 @@ from typing import Any
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, coalescer_for
 from mixed_reward_client._config import check_on_failure, resolve
-from mixed_reward_client._samples import eos_strings, result_keys, strip_eos, truth_and_task
+from mixed_reward_client._samples import PROMPT_ID_KEY, eos_strings, result_keys, strip_eos, truth_and_task
 from mixed_reward_client.errors import ServerUnavailable
 
 log = logging.getLogger("mixed_reward_client.verifiers")
@@ -67,8 +68,10 @@ class MixedRewardRubric:
             resolve(url, **options)  # a malformed URL fails here, not mid-training
 
     async def __call__(self, task: Any, trace: Any) -> float:
-        truth, task_type = truth_and_task(task_fields(task), self.task_type, "the verifiers task")
-        item = {"response": strip_eos(trace.last_reply, self.eos), "ground_truth": truth, "task_type": task_type}
+        fields = task_fields(task)
+        truth, task_type = truth_and_task(fields, self.task_type, "the verifiers task")
+        item = {"response": strip_eos(trace.last_reply, self.eos), "ground_truth": truth,
+                "task_type": task_type, "prompt_id": fields.get(PROMPT_ID_KEY)}
         settings = resolve(self._url, **self._options)
         coalescer = await coalescer_for("verifiers", settings, self.flush_ms, self.max_batch)
         try:

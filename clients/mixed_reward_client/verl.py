@@ -14,6 +14,9 @@ Each sample is checked and JSON-encoded when it is queued: a sample that cannot 
 ground truth, an object JSON has no form for) fails its own call, naming its data source and
 index, and never the batch it would have joined.
 
+A sample whose ``extra_info["prompt_id"]`` is set sends it as the item's ``prompt_id``, which the
+service's difficulty posterior (the VADE sampler's statistics) is keyed by.
+
 Every sample returns the same keys, ``score``, ``accuracy`` and ``format`` (verl stacks each key
 across the batch, so a key missing for one sample would break the step); all are finite.
 If the service cannot be reached after the retries, the call raises and verl's step fails with

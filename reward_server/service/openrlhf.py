@@ -190,7 +190,7 @@ def remap_errors(exc: RewardServerError, response_field: str, label_field: str) 
         field = detail.get("field")
         if field == "response":
             details.append({**detail, "field": response_field})
-        elif field in ("ground_truth", "task_type"):
+        elif field in ("ground_truth", "task_type", "prompt_id"):  # all read from the label
             details.append({**detail, "field": label_field, "message": f"{field}: {detail.get('message')}"})
         else:
             details.append(detail)

@@ -19,9 +19,11 @@ the whole group as a JSON list of those objects, and gets a list of replies back
 The label is the dataset's label column: a JSON object (or its JSON text) ``{"ground_truth"|
 "answer"|"solution": ..., "task_type": ...}``, read as OpenRLHF's labels are; any other label is
 the ground truth itself, with the task type from ``task_type`` in the body or ``?task_type=`` in the
-URL. The prompt is not scored (slime's response is the generated text alone). Trailing
-end-of-sequence strings are removed as for OpenRLHF (``?eos=`` replaces the list). ``?token=``,
-``?format_weight=`` and ``?bmas_reduction=`` configure what a fixed body cannot carry.
+URL. A label object's ``prompt_id`` feeds the difficulty posterior, as on /get_reward (slime posts
+no other per-sample field: ``sample.metadata`` stays on the trainer). The prompt is not scored
+(slime's response is the generated text alone). Trailing end-of-sequence strings are removed as
+for OpenRLHF (``?eos=`` replaces the list). ``?token=``, ``?format_weight=`` and
+``?bmas_reduction=`` configure what a fixed body cannot carry.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from reward_server.service.openapi import SCORING_ERRORS, error_responses, route
 from reward_server.service.openrlhf import (
     eos_list,
     item_detail,
+    label_prompt_id,
     parse_label,
     reject,
     remap_errors,
@@ -121,7 +124,12 @@ async def slime_reward(request: Request) -> JSONResponse:
         if problem is not None:
             errors.append(item_detail(index if grouped else None, "label", problem))
             continue
-        item = score_item(index, strip_eos(sample.response, eos), truth, task, "label", errors)
+        prompt_id = label_prompt_id(sample.label)  # the difficulty posterior's key, as on /get_reward
+        if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
+            errors.append(item_detail(index if grouped else None, "label",
+                                      "prompt_id: must be a string or an integer"))
+            continue
+        item = score_item(index, strip_eos(sample.response, eos), truth, task, "label", errors, prompt_id)
         if item is not None:
             items.append(item)
     if errors:
