@@ -23,6 +23,7 @@ from pydantic_settings import CliSettingsSource
 
 from reward_server.errors import AddressInUse, InvalidTable, RewardServerError, UsageError
 from reward_server.items.settings import Settings, load_settings
+from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
 
 Command = Callable[[argparse.Namespace], int]
 SERVE_EPILOG = (
@@ -91,9 +92,12 @@ def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         table = load_table(settings.model_path, device=settings.device, dtype=settings.dtype)
-    except (ValueError, OSError) as exc:
-        raise InvalidTable(f"cannot load the embedding table: {exc}") from exc
-    idf = load_configured_idf(settings, table)  # IdfFileError: an InvalidTable naming the file
+    except (InvalidTable, ValueError, OSError) as exc:
+        raise InvalidTable(f"{TABLE_UNLOADABLE}: {exc}") from exc
+    try:
+        idf = load_configured_idf(settings, table)
+    except InvalidTable as exc:
+        raise InvalidTable(f"{IDF_UNUSABLE}: {exc}") from exc
     info = table.info()
     log.info(
         "table %s (%s, %dx%d, %s on %s, hash %s) loaded in %.1fs",

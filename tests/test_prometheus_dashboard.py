@@ -96,9 +96,9 @@ def test_reward_means_match_the_responses(stack: tuple[RunningServer, Prometheus
         means = prometheus.values(panel_expr(title), "task_type")
         for task in TASKS:
             assert close(means[(task,)], expected.mean(task, component)), (title, task)
-    bmas = prometheus.values(panel_expr("BMAS directions (open-ended)"), "component")
+    sub_scores = prometheus.values(panel_expr("Sub-scores by task type"), "task_type", "component")
     for component in ("bmas_forward", "bmas_backward"):
-        assert close(bmas[(component,)], expected.mean("open_ended", component)), component
+        assert close(sub_scores[("open_ended", component)], expected.mean("open_ended", component)), component
 
 
 def test_reward_heatmaps_match_the_responses(stack: tuple[RunningServer, Prometheus, Expected]) -> None:

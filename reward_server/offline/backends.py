@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from reward_server.engine.pool import ScorerPool
 from reward_server.engine.scorer import RewardEngine
+from reward_server.errors import DataError
 from reward_server.items.settings import Settings
 from reward_server.offline.rows import ParsedRow
 from reward_server.rewards.options import ResolvedOptions
@@ -23,7 +24,7 @@ _NOT_SUB_SCORES = frozenset({"id", "task_type", "reward", "accuracy", "format", 
                              "timed_out", "parsed"})
 
 
-class BackendError(Exception):
+class BackendError(DataError):
     """The scorer could not be reached or refused the batch for a reason no retry fixes."""
 
 

@@ -1,8 +1,9 @@
 """``reward-server score | filter | report | idf``: offline scoring, the data engine, idf weights.
 
-Exit codes: 0 done (also: the same run had already finished), 1 a bad row or a failing service,
-2 a usage problem (missing input, output in the way, a partial run made with other options, the
-output being written by another run: ``OUT.lock``), 130 interrupted (the checkpoint is on disk:
+Exit codes are the error kinds' (reward_server/errors.py, docs/offline.md): 0 done (also: the same
+run had already finished), 1 a bad row or a failing service, 2 a usage problem (missing input,
+output in the way, a partial run made with other options, the output being written by another run:
+``OUT.lock``, a table or idf file that cannot be used), 130 interrupted (the checkpoint is on disk:
 rerun the same command to resume).
 """
 
@@ -18,12 +19,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from reward_server.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RewardServerError
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_STD
 from reward_server.rewards.profiles import PROFILE_NAMES
 
 Command = Callable[[argparse.Namespace], int]
 
-EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _err(message: str) -> None:
@@ -41,6 +42,8 @@ def _add_field_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task-type-field", default="task_type", help="default: %(default)s")
     g.add_argument("--task-type", default=None, help="task type for rows without one (a single-task file)")
     g.add_argument("--group-field", default="group_id", help="GRPO group of one-response rows (default: %(default)s)")
+    g.add_argument("--rewards-module", action="append", default=None, metavar="FILE.py",
+                   help="a Python file of extra reward families, as for `serve` (repeatable)")
 
 
 def _add_scoring_flags(p: argparse.ArgumentParser, *, output_flags: bool = True) -> None:
@@ -110,6 +113,9 @@ def _interruptible(command: Command) -> Command:
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
+        from reward_server.offline.tasks import use_modules
+
+        use_modules(getattr(args, "rewards_module", None) or [])  # the task types this run knows
         with _sigint_interrupts():
             return command(args)
 
@@ -201,7 +207,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from reward_server.items.settings import load_settings
 
     names = ("model_path", "device", "dtype", "format_weight", "bmas_reduction", "profile", "idf_path",
-             "memory_budget_mb")
+             "memory_budget_mb", "rewards_module")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "tolerance", None) is not None:
         overrides["zero_variance_tolerance"] = args.tolerance
@@ -274,11 +280,8 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
     """Run one score job with every failure mapped to a message and an exit code."""
     from pydantic import ValidationError
 
-    from reward_server.embeddings.errors import TableLoadError
-    from reward_server.engine.idf import IdfFileError
-    from reward_server.offline.backends import BackendError
     from reward_server.offline.score import BadRowStop, run_score
-    from reward_server.offline.sink import OutputBusy, OutputExists, ResumeRefused, output_lock
+    from reward_server.offline.sink import output_lock
 
     try:
         job = _score_job(args, input_, output)
@@ -302,10 +305,10 @@ def _run_scoring(args: argparse.Namespace, input_: Path, output: Path) -> tuple[
             "fix the row (then --restart), or rerun with --skip-bad to skip and count bad rows"
         )
         return EXIT_DATA, None
-    except (ResumeRefused, OutputExists, OutputBusy, IdfFileError) as exc:
-        _err(str(exc))
-        return EXIT_USAGE, None
-    except (BackendError, TableLoadError, OSError) as exc:
+    except RewardServerError as exc:  # output in the way or busy, resume refused, table, idf, service
+        _err(exc.message)
+        return exc.exit_code, None
+    except OSError as exc:
         _err(str(exc))
         return EXIT_DATA, None
     finally:

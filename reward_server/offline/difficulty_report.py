@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from reward_server.difficulty.store import INFORMATIVE_RANGE, summarise_means
+from reward_server.errors import DataError
 from reward_server.offline.sink import atomic_write_bytes, atomic_write_json
 
 REQUIRED = ("prompt_id", "alpha", "beta", "n")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-class ExportError(ValueError):
-    pass
+class ExportError(DataError):
+    """A state export (GET /v1/prompts) that cannot be read."""
 
 
 def looks_like_export(path: Path) -> bool:

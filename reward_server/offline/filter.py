@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_server.errors import DataError
 from reward_server.offline.defaults import DEFAULT_MIN_STD
 from reward_server.offline.rows import FieldMap, RowError, dump_row, iter_rows
 from reward_server.offline.scored import ScoredRow, read_scored
@@ -160,7 +161,7 @@ class FilterSummary:
         return "\n".join(lines)
 
 
-class FilterError(Exception):
+class FilterError(DataError):
     """A bad row without ``--skip-bad``; carries the :class:`RowError`."""
 
     def __init__(self, error: RowError) -> None:

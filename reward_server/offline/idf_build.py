@@ -19,8 +19,8 @@ from typing import Any
 from reward_server.engine.idf import IdfTable, count_documents, tokenizer_hash
 from reward_server.errors import ItemFieldError
 from reward_server.offline.rows import MISSING, FieldMap, RowError, get_field, iter_rows, progress_total
+from reward_server.offline.tasks import families
 from reward_server.rewards.family import Runs
-from reward_server.rewards.registry import resolve_family
 from reward_server.rewards.spans import answer_span
 
 
@@ -78,7 +78,7 @@ def _documents(job: IdfJob, summary: IdfSummary, bar: Any) -> Iterator[str]:
                 task_value = job.fields.default_task_type
             if task_value is not None:
                 try:
-                    task = resolve_family(str(task_value))
+                    task = families().resolve(str(task_value))
                 except ItemFieldError as exc:
                     raise RowError(source.line, job.fields.task_type, exc.message) from exc
                 if task.runs is not Runs.TABLE:  # only the table-scored (open-ended) truths weigh tokens

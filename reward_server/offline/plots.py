@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reward_server.offline.tasks import accuracy_label
-from reward_server.rewards.registry import default_registry
+from reward_server.offline.tasks import accuracy_label, families
 
 #: Colours in the registry's order (seaborn "deep", then "muted"): the same family, the same colour.
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#937860", "#8172B3", "#C44E52", "#DA8BC3", "#8C8C8C", "#CCB974",
@@ -30,7 +29,7 @@ PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#937860", "#8172B3", "#C44E52", "#D
 
 
 def task_color(task: str) -> str:
-    names = default_registry().names()
+    names = families().names()
     return PALETTE[names.index(task) % len(PALETTE)] if task in names else "#555555"
 
 DEGENERATE = "#B00020"

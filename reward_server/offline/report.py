@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from reward_server.errors import DataError, MissingExtra
 from reward_server.offline.defaults import DEFAULT_MIN_STD
 from reward_server.offline.filter import GroupStats
 from reward_server.offline.rows import FieldMap, RowError, iter_rows
@@ -37,10 +38,6 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PLOT_COMPONENTS = ("reward", "accuracy", "format")
 
 
-class MissingExtra(Exception):
-    """The plots need matplotlib (the optional ``offline`` extra); raised before anything is written."""
-
-
 def check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
@@ -51,7 +48,7 @@ def check_plotting() -> None:
         ) from None
 
 
-class ReportError(Exception):
+class ReportError(DataError):
     def __init__(self, error: RowError) -> None:
         super().__init__(error.message)
         self.error = error

@@ -20,15 +20,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reward_server.errors import ItemFieldError, RewardServerError
+from reward_server.errors import DataError, ItemFieldError, RewardServerError
 from reward_server.items.errors import validation_details
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items
+from reward_server.offline.tasks import families
 from reward_server.rewards.family import RewardFamily
 from reward_server.rewards.options import ResolvedOptions
-from reward_server.rewards.registry import resolve_family
 from reward_server.rewards.scoring import PreparedItem
 
 MISSING: Any = object()
@@ -46,14 +46,13 @@ PLURAL = {
 TASK_OUTPUT_FIELD = "reward_task_type"
 
 
-class RowError(Exception):
+class RowError(DataError):
     """A bad row: where (line, field) and what is wrong, in words a user can act on."""
 
     def __init__(self, line: int, field: str, message: str, raw: str | None = None) -> None:
-        super().__init__(f"line {line}: field {field!r}: {message}")
+        super().__init__(message, [{"item": line, "field": field, "message": message}])
         self.line = line
         self.field = field
-        self.message = message
         self.raw = raw
 
     def describe(self, path: str | os.PathLike[str]) -> str:
@@ -251,7 +250,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
             raise fail(fields.task_type, "missing (or pass --task-type for a single-task file)")
         task_value = fields.default_task_type
     try:
-        task = resolve_family(task_value)
+        task = families().resolve(task_value)
     except ItemFieldError as exc:
         raise fail(fields.task_type, exc.message) from None
 
@@ -266,7 +265,7 @@ def parse_row(source: SourceRow, fields: FieldMap, options: ResolvedOptions, set
             field = name if detail["field"] == "response" else _api_field(fields, detail["field"], name)
             raise fail(field, detail["message"]) from None
     try:
-        built = build_items(items, options, settings)
+        built = build_items(items, options, settings, families())
     except RewardServerError as exc:
         detail = exc.details[0]
         index = detail.get("item") or 0

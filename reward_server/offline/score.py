@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_server.errors import DataError
 from reward_server.items.settings import Settings
 from reward_server.offline.backends import ItemsRejected, Scorer
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE
@@ -38,7 +39,7 @@ from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.scoring import ItemReward
 
 
-class BadRowStop(Exception):
+class BadRowStop(DataError):
     """The first bad row of a run without ``--skip-bad``; rows before it are scored and kept."""
 
     def __init__(self, error: RowError, done_rows: int) -> None:

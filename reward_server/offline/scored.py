@@ -27,7 +27,7 @@ from reward_server.offline.rows import (
     iter_rows,
     raw_text,
 )
-from reward_server.rewards.registry import resolve_family
+from reward_server.offline.tasks import families
 
 COMPONENTS = ("reward", "accuracy", "format", "bmas_forward", "bmas_backward")
 
@@ -80,7 +80,7 @@ def read_scored(source: SourceRow, fields: FieldMap) -> ScoredRow:
     if task_value is None:
         raise fail(fields.task_type, "missing (or pass --task-type for a single-task file)")
     try:
-        task = resolve_family(task_value).name
+        task = families().resolve(task_value).name
     except ItemFieldError as exc:
         raise fail(task_field, exc.message) from None
 

@@ -31,21 +31,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from reward_server.errors import UsageError
+
 PROGRESS_VERSION = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # mkstemp creates 0600; outputs get the mode a plain open() would give
 
 
-class ResumeRefused(Exception):
+class ResumeRefused(UsageError):
     """The partial run on disk was made from a different input or with different options."""
 
 
-class OutputExists(Exception):
+class OutputExists(UsageError):
     """``OUT`` is already a finished run of something else; ``--overwrite`` replaces it."""
 
 
-class OutputBusy(Exception):
+class OutputBusy(UsageError):
     """Another live process is writing the same ``OUT`` (it holds ``OUT.lock``)."""
 
 

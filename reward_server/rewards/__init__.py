@@ -1,5 +1,15 @@
-"""Pure reward rules (SPEC §1-§5, §7, §8): no torch, no HTTP, only text in and numbers out.
+"""Pure reward rules (SPEC §1-§8, §13, §14): no torch, no HTTP, only text in and numbers out.
 
-Import from the submodules (``reward_server.rewards.rules`` and friends); this package file stays
-empty of imports so that importing one rule never drags in shapely or numpy for the others.
+What a reward family plug-in needs is importable from here (examples/rewards/exact_match.py)::
+
+    from reward_server.rewards import InvalidGroundTruth, ResolvedOptions, RewardFamily, Runs, Score
+
+Everything else lives in the submodules; importing this package never imports a family's own
+dependencies (shapely, scipy, math-verify).
 """
+
+from reward_server.rewards.errors import InvalidGroundTruth
+from reward_server.rewards.family import RewardFamily, Runs, Score
+from reward_server.rewards.options import ResolvedOptions
+
+__all__ = ["InvalidGroundTruth", "ResolvedOptions", "RewardFamily", "Runs", "Score"]

@@ -43,7 +43,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from reward_server.errors import InvalidItem, RewardServerError, summarise
+from reward_server.errors import InvalidItem, InvalidRequest, ItemFieldError, RewardServerError, summarise
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.rewards.scoring import PreparedItem
@@ -174,6 +174,17 @@ def unit_score(item: PreparedItem, accuracy: float) -> float:
     return item.truth.family.unit_accuracy(accuracy, item.options)
 
 
+def checked_task_type(request: Request, name: str | None) -> str | None:
+    """A request-wide task type (``?task_type=`` or the body's), checked against the server's
+    registry even when no label needs it: a typo is a 422 naming the field, never silently unused."""
+    if name is not None:
+        try:
+            request.app.state.scoring.registry.resolve(name)
+        except ItemFieldError as exc:
+            raise InvalidRequest.for_field("task_type", exc.message) from None
+    return name
+
+
 def eos_list(request: Request, body_eos: str | list[str] | None = None) -> Sequence[str]:
     from_url = request.query_params.getlist("eos")
     if from_url:
@@ -259,7 +270,7 @@ async def get_reward(request: Request) -> JSONResponse:
     if errors:
         raise reject(errors)
 
-    default_task = request.query_params.get("task_type") or body.task_type
+    default_task = checked_task_type(request, request.query_params.get("task_type") or body.task_type)
     eos = eos_list(request, body.eos)
     limit = request.app.state.service.settings.max_chars_per_text
     items: list[RequestItem] = []

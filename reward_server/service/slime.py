@@ -39,6 +39,7 @@ from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import parse_json
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
 from reward_server.service.openrlhf import (
+    checked_task_type,
     eos_list,
     item_detail,
     label_prompt_id,
@@ -112,7 +113,7 @@ async def slime_reward(request: Request) -> JSONResponse:
     """Score slime samples: one reply object per posted object, a list of them for a posted list."""
     check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
     samples, grouped = _samples(await request.body())
-    url_task = request.query_params.get("task_type")
+    url_task = checked_task_type(request, request.query_params.get("task_type"))
     eos = eos_list(request)
     items: list[RequestItem] = []
     errors: list[dict[str, Any]] = []
