@@ -24,6 +24,7 @@ from pydantic_settings import CliSettingsSource
 from reward_server.errors import AddressInUse, InvalidTable, RewardServerError, UsageError
 from reward_server.items.settings import Settings, load_settings
 from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
+from reward_server.rewards.registry import build_registry
 
 Command = Callable[[argparse.Namespace], int]
 SERVE_EPILOG = (
@@ -88,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_on_ray(settings)
     log = logging.getLogger("reward_server")
+    families = build_registry(settings.rewards_module)  # a plug-in that clashes or fails to load: exit 2 now
     sock = bind_socket(settings.host, settings.port)  # before minutes of loading: fail fast
     started = time.perf_counter()
     try:
@@ -108,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("idf %s: %d documents, %d tokens", settings.idf_path, idf.documents, len(idf.df))
     elif settings.profile == "robust":
         log.warning("profile robust without --idf-path: every token weighs 1 (see docs/rewards.md)")
-    app = create_app(table, settings, idf)
+    app = create_app(table, settings, idf, registry=families)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,

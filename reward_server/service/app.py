@@ -45,7 +45,7 @@ from reward_server.items.models import ScoreRequest
 from reward_server.items.settings import Settings
 from reward_server.rewards.groups import summarise_groups
 from reward_server.rewards.profiles import PROFILES
-from reward_server.rewards.registry import build_registry
+from reward_server.rewards.registry import FamilyRegistry, build_registry
 from reward_server.service import difficulty
 from reward_server.service.auth import check_bearer
 from reward_server.service.body_limit import BodySizeLimit
@@ -184,7 +184,7 @@ def _placement(field: str, resolve: Any, *args: Any) -> Any:
 
 def create_app(
     table: EmbeddingTable, settings: Settings | None = None, idf: IdfTable | None = None,
-    hooks: ServiceHooks | None = None,
+    hooks: ServiceHooks | None = None, registry: FamilyRegistry | None = None,
 ) -> FastAPI:
     """The app for ``table``. ``idf`` defaults to ``settings.idf_path``'s file (which may raise
     :class:`IdfFileError`: ``reward-server serve`` loads it first, to exit 2 naming the file)."""
@@ -192,7 +192,8 @@ def create_app(
     hooks = hooks or ServiceHooks()
     if idf is None:
         idf = load_configured_idf(settings, table)
-    registry = build_registry(settings.rewards_module)  # a plug-in that clashes stops the start (exit 2)
+    if registry is None:  # a plug-in that clashes or fails to load stops the start (exit 2)
+        registry = build_registry(settings.rewards_module)
     metrics = ServiceMetrics(registry.families())
     pool = ScorerPool(
         settings.math_workers, settings.math_timeout_seconds, settings.rewards_module,
