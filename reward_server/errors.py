@@ -221,6 +221,11 @@ class KTooLarge(RewardServerError):
     summary = "More prompt ids asked for than there are candidates."
 
 
+class UnknownModel(RewardServerError):
+    status, type, exit_code = 422, "unknown_model", EXIT_USAGE
+    summary = "The request names a table (`model`) this server does not have; the message lists the loaded and loadable names."
+
+
 class MissingExtra(RewardServerError):
     status, type, exit_code = 422, "missing_extra", EXIT_USAGE
     summary = "The task type needs an optional extra this server lacks (the message names the pip install)."

@@ -70,7 +70,7 @@ def test_every_series_exists_at_zero_before_any_traffic(traffic: Any) -> None:
     _, before, _, _ = traffic
     for task in TASKS:
         for outcome in ("scored", "rejected", "failed"):
-            assert value(before, "reward_items_total", task_type=task, outcome=outcome, profile="mixed-r1") == 0
+            assert value(before, "reward_items_total", task_type=task, outcome=outcome, profile="mixed-r1", job="default") == 0
         assert value(before, "reward_value_count", task_type=task, component="reward", profile="mixed-r1") == 0
         assert value(before, "reward_groups_total", task_type=task) == 0
     assert value(before, "reward_errors_total", reason="overloaded") == 0
@@ -109,7 +109,7 @@ def test_names_follow_prometheus_conventions(traffic: Any) -> None:
 def test_items_and_rewards_equal_the_responses(traffic: Any) -> None:
     _, _, expected, after = traffic
     for task in TASKS:
-        scored = value(after, "reward_items_total", task_type=task, outcome="scored", profile="mixed-r1")
+        scored = value(after, "reward_items_total", task_type=task, outcome="scored", profile="mixed-r1", job="default")
         assert scored == expected.items[task]
     for (task, component), values in expected.values.items():
         labels = {"task_type": task, "component": component, "profile": "mixed-r1"}
@@ -162,7 +162,7 @@ def test_groups_queue_batches_and_errors(traffic: Any) -> None:
         math.fsum(expected.group_stds),
     )
     scored_requests = expected.requests
-    assert value(after, "reward_queue_wait_seconds_count") == scored_requests
+    assert value(after, "reward_queue_wait_seconds_count", job="default") == scored_requests
     total_items = sum(expected.items.values())
     assert value(after, "reward_batch_items_sum") == total_items
     assert 1 <= value(after, "reward_batch_items_count") <= scored_requests
@@ -236,7 +236,7 @@ class _Batcher:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    async def submit(self, items: Any) -> Any:
+    async def submit(self, items: Any, **_: Any) -> Any:
         raise self.error
 
 
@@ -256,10 +256,10 @@ def test_items_never_scored_are_counted_by_why(default_table: Any) -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(metrics.submit(_Batcher(RuntimeError("bug")), items[:1]))  # type: ignore[arg-type]
     samples = parse(metrics.render().decode())
-    assert value(samples, "reward_items_total", task_type="mcq", outcome="rejected", profile="mixed-r1") == 2
-    assert value(samples, "reward_items_total", task_type="yes_no", outcome="rejected", profile="mixed-r1") == 1
-    assert value(samples, "reward_items_total", task_type="yes_no", outcome="failed", profile="mixed-r1") == 1
-    assert value(samples, "reward_items_total", task_type="mcq", outcome="scored", profile="mixed-r1") == 0
+    assert value(samples, "reward_items_total", task_type="mcq", outcome="rejected", profile="mixed-r1", job="default") == 2
+    assert value(samples, "reward_items_total", task_type="yes_no", outcome="rejected", profile="mixed-r1", job="default") == 1
+    assert value(samples, "reward_items_total", task_type="yes_no", outcome="failed", profile="mixed-r1", job="default") == 1
+    assert value(samples, "reward_items_total", task_type="mcq", outcome="scored", profile="mixed-r1", job="default") == 0
 
 
 def test_group_task_types_come_from_their_members() -> None:
@@ -287,13 +287,13 @@ def test_group_task_types_come_from_their_members() -> None:
 
 
 def test_several_apps_in_one_process_keep_separate_metrics(default_table: Any, server: Any) -> None:
-    shared_before = value(scrape(server.url), "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1")
+    shared_before = value(scrape(server.url), "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1", job="default")
     with running_server(default_table) as other:
         item = {"response": "yes", "ground_truth": "yes", "task_type": "yes_no"}
         httpx.post(f"{other.url}/score", json={"items": [item]}).raise_for_status()
         mine = scrape(other.url)
-    assert value(mine, "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1") == 1
-    shared_after = value(scrape(server.url), "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1")
+    assert value(mine, "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1", job="default") == 1
+    shared_after = value(scrape(server.url), "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1", job="default")
     assert shared_after == shared_before
 
 
@@ -311,7 +311,7 @@ def test_openrlhf_requests_are_counted_like_score(default_table: Any) -> None:
         rewards = response.json()["rewards"]
         after = scrape(server.url)
     assert value(after, "reward_requests_total", endpoint="/get_reward", outcome="success") == 1
-    assert value(after, "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1") == 2
+    assert value(after, "reward_items_total", task_type="yes_no", outcome="scored", profile="mixed-r1", job="default") == 2
     total = value(after, "reward_value_sum", task_type="yes_no", component="reward", profile="mixed-r1")
     assert close(total, math.fsum(rewards))
-    assert value(after, "reward_queue_wait_seconds_count") == 1
+    assert value(after, "reward_queue_wait_seconds_count", job="default") == 1

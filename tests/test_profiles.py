@@ -258,8 +258,8 @@ def test_http_profiles(default_table, tmp_path) -> None:
         assert openrlhf.status_code == 200 and openrlhf.json()["extra_logs"]["accuracy"] == [2.0]
 
         metrics = httpx.get(srv.url + "/metrics").text
-        assert 'reward_items_total{outcome="scored",profile="robust",task_type="open_ended"} 4.0' in metrics
-        assert 'reward_items_total{outcome="scored",profile="mixed-r1",task_type="open_ended"} 3.0' in metrics
+        assert 'reward_items_total{job="default",outcome="scored",profile="robust",task_type="open_ended"} 4.0' in metrics
+        assert 'reward_items_total{job="default",outcome="scored",profile="mixed-r1",task_type="open_ended"} 3.0' in metrics
 
 
 def test_server_default_profile(default_table) -> None:

@@ -77,7 +77,7 @@ def test_the_example_is_served_by_reward_server_serve() -> None:
         enum = httpx.get(url + "/openapi.json").json()["components"]["schemas"]["RequestItem"]["properties"]
         assert {"exact_match", "em"} <= set(enum["task_type"]["enum"])
         metrics = httpx.get(url + "/metrics").text
-        assert 'reward_items_total{outcome="scored",profile="mixed-r1",task_type="exact_match"} 2.0' in metrics
+        assert 'reward_items_total{job="default",outcome="scored",profile="mixed-r1",task_type="exact_match"} 2.0' in metrics
         bad = httpx.post(url + "/score", json={"items": [
             {"response": "x", "ground_truth": "   ", "task_type": "exact_match"}]}).json()["error"]
         assert bad["type"] == "invalid_item" and bad["details"][0]["field"] == "ground_truth"

@@ -201,6 +201,6 @@ def test_openapi_documents_the_score_body(server) -> None:
     body = document["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/ScoreRequest"}
     schemas = document["components"]["schemas"]
-    assert set(schemas["ScoreRequest"]["properties"]) == {"items", "options"}
+    assert set(schemas["ScoreRequest"]["properties"]) == {"items", "options", "model", "job", "priority", "deadline_seconds"}
     assert {"response", "ground_truth", "task_type", "id", "group_id"} <= set(schemas["RequestItem"]["properties"])
     assert "ScoreResponse" in schemas and "ErrorResponse" in schemas

@@ -1,17 +1,34 @@
-"""Coalesce concurrent scoring requests into device batches, owned by a single worker.
+"""Coalesce concurrent scoring requests into device batches, shared fairly between training jobs.
 
 Trainers send either one big batch or hundreds of one-item requests at once. Scoring each of the
 latter alone would pay the kernel's fixed costs hundreds of times, so every request is queued and a
-single worker takes whatever is queued — waiting at most ``max_wait_s`` after the oldest request
-arrived, and cutting at ``max_batch_items`` — and scores it as one batch on a dedicated thread while
-the event loop keeps accepting requests. The queue is bounded: past ``max_queue_items`` a request
-is refused at once (the HTTP layer answers 429) instead of piling up latency.
+single worker takes what is queued (waiting at most ``max_wait_s`` after the oldest request
+arrived, cutting at ``max_batch_items``) and scores it as one batch on a dedicated thread while the
+event loop keeps accepting requests.
+
+Several training jobs share one service (SPEC §15), so the queue is one queue *per job* and each
+batch is built by deficit round robin over the jobs with queued work (Shreedhar & Varghese): every
+round gives each job a quantum of ``max_batch_items / jobs`` items, jobs with a higher ``priority``
+and then a nearer ``deadline`` go first in each round, and the job served first goes last in the
+next batch. So a job's request never waits behind more than one batch's worth of another job's
+items, whatever that job has queued, and an idle job costs nothing (a lone job gets whole batches).
+
+A batch may hold requests for several tables (policies): it runs as one sub-batch per table, one
+after another on the same worker, each on its own engine (Ray issue #50695: Serve does not group a
+batch by model id, so this must). A request whose table is not in memory stays queued while the
+table loads in the background and does not hold up anything else; items that need no table
+(rule-scored ones) are queued with no table and never wait for a load.
+
+Bounds: past ``max_queue_items`` queued items in all, or ``job_queue_items`` for one job, a request
+is refused at once (the HTTP layer answers 429 with Retry-After) instead of piling up latency; a
+job over its own bound never slows the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,14 +36,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reward_server.engine.scorer import BatchReport, RewardEngine
+from reward_server.engine.tables import DEFAULT_TABLE, TableRegistry
 from reward_server.errors import NotReady, Overloaded
-from reward_server.rewards.scoring import ItemReward, PreparedItem
+from reward_server.rewards.scoring import ItemReward, PreparedItem, score_inline
 
 log = logging.getLogger("reward_server")
 
 
 class QueueFull(Overloaded):
-    """The scoring queue holds too many items; the caller should retry later (429)."""
+    """The scoring queue (or one job's share of it) holds too many items; retry later (429)."""
 
 
 class BatcherStopped(NotReady):
@@ -38,46 +56,89 @@ class RequestOutcome:
     """One request's results plus what it cost, stage by stage."""
 
     results: list[ItemReward]
-    table: dict[str, object]
+    table: dict[str, object] | None  # the table that scored it; None for items that need none
     queue_seconds: float
     batch_items: int
     report: BatchReport
+    table_load_seconds: float = 0.0  # how long it waited for its table to be loaded
 
 
 @dataclass
-class _Job:
+class _Request:
     items: Sequence[PreparedItem]
+    table: str | None  # None: rule-scored items, no table needed
+    job: str
+    priority: int
+    deadline: float  # perf_counter time of the job's deadline; inf without one
     future: asyncio.Future[RequestOutcome]
     enqueued: float = field(default_factory=time.perf_counter)
+    load_started: float | None = None  # when it first found its table not resident
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class _JobQueue:
+    name: str
+    requests: deque[_Request] = field(default_factory=deque)
+    items: int = 0
+    deficit: float = 0.0
+    turn: int = 0  # round-robin position: lower goes first among equals
 
 
 BatchListener = Callable[[BatchReport, int, float], None]
+MAX_SCAN = 64  # requests looked at per job for one that is ready (its table resident)
+
+
+def single_table(engine: RewardEngine) -> TableRegistry:
+    """A registry of just ``engine`` (tests, benchmarks, the offline scorer's shape)."""
+    return TableRegistry(engine, {}, default_path=None, max_resident=1, build=lambda *_: engine)
 
 
 class Batcher:
     def __init__(
         self,
-        engine: RewardEngine,
+        tables: TableRegistry | RewardEngine,
         *,
         max_wait_s: float = 0.004,
         max_batch_items: int = 2048,
         max_queue_items: int = 65536,
+        job_queue_items: int | None = None,
         on_batch: BatchListener | None = None,
     ) -> None:
-        self.engine = engine  # swapped atomically by a table reload; read once per batch
+        self.tables = tables if isinstance(tables, TableRegistry) else single_table(tables)
         self.max_wait_s = max_wait_s
         self.max_batch_items = max_batch_items
         self.max_queue_items = max_queue_items
+        self.job_queue_items = job_queue_items
         self._on_batch = on_batch
-        self._pending: deque[_Job] = deque()
+        self._jobs: dict[str, _JobQueue] = {}
         self._pending_items = 0
+        self._turns = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-engine")
+        self.tables.on_loaded = self._wake
+
+    @property
+    def engine(self) -> RewardEngine:
+        """The default table's engine (what a single-table server scores with)."""
+        engine = self.tables.default_engine()
+        assert engine is not None, "the default table is not resident"
+        return engine
 
     @property
     def queued_items(self) -> int:
         return self._pending_items
+
+    def queued_by_job(self) -> dict[str, int]:
+        return {name: queue.items for name, queue in self._jobs.items()}
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -91,50 +152,142 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(BatcherStopped("the reward server is shutting down"))
+        for queue in self._jobs.values():
+            while queue.requests:
+                request = queue.requests.popleft()
+                if not request.future.done():
+                    request.future.set_exception(BatcherStopped("the reward server is shutting down"))
+        self._jobs.clear()
         self._pending_items = 0
         self._executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[PreparedItem]) -> RequestOutcome:
+    async def submit(
+        self,
+        items: Sequence[PreparedItem],
+        *,
+        table: str | None = DEFAULT_TABLE,
+        job: str = "default",
+        priority: int = 0,
+        deadline_s: float | None = None,
+    ) -> RequestOutcome:
+        """Queue ``items`` (all for ``table``; None: items that need no table) for ``job`` and await
+        their results. ``deadline_s``: seconds until the job's training batch is due."""
         if self._wakeup is None or self._worker is None or self._worker.done():
             raise BatcherStopped("the batcher is not running")
+        queue = self._jobs.get(job)
+        queued = queue.items if queue is not None else 0
         if self._pending_items and self._pending_items + len(items) > self.max_queue_items:
             raise QueueFull(
                 f"{self._pending_items} items are already queued (limit {self.max_queue_items}); retry shortly"
             )
-        job = _Job(items, asyncio.get_running_loop().create_future())
-        first = not self._pending
-        self._pending.append(job)
+        if self.job_queue_items is not None and queued and queued + len(items) > self.job_queue_items:
+            raise QueueFull(
+                f"job {job!r} has {queued} items queued (its limit is {self.job_queue_items}, "
+                "--job-queue-items); retry shortly"
+            )
+        if queue is None:
+            queue = self._jobs[job] = _JobQueue(job, turn=self._next_turn())
+        deadline = time.perf_counter() + deadline_s if deadline_s is not None else math.inf
+        request = _Request(items, table, job, priority, deadline, asyncio.get_running_loop().create_future())
+        first = not self._pending_items
+        queue.requests.append(request)
+        queue.items += len(items)
         self._pending_items += len(items)
+        if table is not None and self.tables.engine(table) is None:
+            request.load_started = time.perf_counter()
+            self.tables.ensure_loading(table)
         # Wake the worker only when it has something new to decide: the first request of a batch
         # (start its wait) or a full batch (stop waiting). Waking it for every arrival of a burst
         # of one-item requests cost a wake-up, a timer and a task each.
         if first or self._pending_items >= self.max_batch_items:
             self._wakeup.set()
-        return await job.future
+        return await request.future
 
-    def _take_batch(self) -> list[_Job]:
-        batch = [self._pending.popleft()]
-        size = len(batch[0].items)
-        while self._pending and size + len(self._pending[0].items) <= self.max_batch_items:
-            job = self._pending.popleft()
-            batch.append(job)
-            size += len(job.items)
-        self._pending_items -= sum(len(job.items) for job in batch)
+    def _next_turn(self) -> int:
+        self._turns += 1
+        return self._turns
+
+    # --- building a fair batch ----------------------------------------------------------------
+
+    def _ready(self, request: _Request) -> bool:
+        return request.table is None or self.tables.engine(request.table) is not None
+
+    def _first_ready(self, queue: _JobQueue) -> _Request | None:
+        """The job's first request that can run now (its table is resident); requests whose client
+        went away are dropped on the way."""
+        while queue.requests and queue.requests[0].future.done():
+            self._take(queue, queue.requests[0])
+        for index, request in enumerate(queue.requests):
+            if index >= MAX_SCAN:
+                return None
+            if not request.future.done() and self._ready(request):
+                return request
+        return None
+
+    def _take(self, queue: _JobQueue, request: _Request) -> None:
+        if queue.requests and queue.requests[0] is request:
+            queue.requests.popleft()
+        else:
+            queue.requests.remove(request)
+        queue.items -= request.size
+        self._pending_items -= request.size
+
+    def _take_fair(self) -> list[_Request]:
+        """Deficit round robin over the jobs that have a ready request (module docstring)."""
+        heads = {name: self._first_ready(q) for name, q in self._jobs.items()}
+        active = [self._jobs[name] for name, head in heads.items() if head is not None]
+        if not active:
+            return []
+        active.sort(key=lambda q: (-heads[q.name].priority, heads[q.name].deadline, q.turn))  # type: ignore[union-attr]
+        quantum = max(1.0, self.max_batch_items / len(active))
+        batch: list[_Request] = []
+        size = 0
+        while size < self.max_batch_items:
+            for queue in active:
+                queue.deficit += quantum
+                while (head := self._first_ready(queue)) is not None:
+                    if not batch and head.size > self.max_batch_items:  # larger than a batch: runs alone
+                        self._take(queue, head)
+                        batch.append(head)
+                        size = self.max_batch_items
+                        break
+                    if head.size > queue.deficit or size + head.size > self.max_batch_items:
+                        break
+                    self._take(queue, head)
+                    queue.deficit -= head.size
+                    batch.append(head)
+                    size += head.size
+                if size >= self.max_batch_items:
+                    break
+            room = self.max_batch_items - size
+            if not any((h := self._first_ready(q)) is not None and h.size <= room for q in active):
+                break  # nothing else fits this batch; otherwise another round (the deficits grow)
+        for queue in active:
+            if self._first_ready(queue) is None:
+                queue.deficit = 0.0  # DRR: a job with nothing ready keeps no credit
+        active[0].turn = self._next_turn()  # first this time, last among equals next time
+        for name in [name for name, queue in self._jobs.items() if not queue.requests]:
+            del self._jobs[name]
         return batch
+
+    def _oldest_ready(self) -> float | None:
+        oldest = None
+        for queue in self._jobs.values():
+            head = self._first_ready(queue)
+            if head is not None and (oldest is None or head.enqueued < oldest):
+                oldest = head.enqueued
+        return oldest
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            oldest = self._oldest_ready()
+            if oldest is None:  # nothing queued, or only requests waiting for their table
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            wait_left = self._pending[0].enqueued + self.max_wait_s - time.perf_counter()
+            wait_left = oldest + self.max_wait_s - time.perf_counter()
             if wait_left > 0 and self._pending_items < self.max_batch_items:
                 self._wakeup.clear()
                 timer = loop.call_later(wait_left, self._wakeup.set)  # cheaper than wait_for's task
@@ -143,43 +296,92 @@ class Batcher:
                 finally:
                     timer.cancel()
                 continue
-            batch = [job for job in self._take_batch() if not job.future.done()]  # skip clients gone
-            if not batch:
-                continue
-            await self._score(loop, batch)
+            batch = self._take_fair()
+            if batch:
+                await self._score(loop, batch)
 
-    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
-        engine = self.engine
-        items = [item for job in batch for item in job.items]
+    # --- scoring ------------------------------------------------------------------------------
+
+    def _execute(self, batch: list[_Request]) -> tuple[dict[int, tuple[list[ItemReward], dict | None]], BatchReport]:
+        """On the worker thread: rule-scored items, then one sub-batch per table."""
+        report = BatchReport()
+        out: dict[int, tuple[list[ItemReward], dict | None]] = {}
+        started = time.perf_counter()
+        for index, request in enumerate(batch):
+            if request.table is None:
+                out[index] = (score_inline(request.items), None)
+                for item in request.items:
+                    task = item.truth.family.name
+                    report.task_counts[task] = report.task_counts.get(task, 0) + 1
+        report.rules_seconds += time.perf_counter() - started
+        by_table: dict[str, list[int]] = {}
+        for index, request in enumerate(batch):
+            if request.table is not None:
+                by_table.setdefault(request.table, []).append(index)
+        for name, indices in by_table.items():
+            engine = self.tables.engine(name)
+            if engine is None:  # evicted between choosing and running: score on a fresh load
+                raise _Evicted(name)
+            items = [item for i in indices for item in batch[i].items]
+            results, part = engine.score(items)
+            report.merge(part)
+            info = engine.table.info()
+            offset = 0
+            for i in indices:
+                count = batch[i].size
+                out[i] = (results[offset : offset + count], info)
+                offset += count
+        report.items = sum(r.size for r in batch)
+        return out, report
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            results, report = await loop.run_in_executor(self._executor, engine.score, items)
+            scored, report = await loop.run_in_executor(self._executor, self._execute, batch)
+        except _Evicted as evicted:  # rare: put them back, their table loads again
+            for request in batch:
+                if not request.future.done():
+                    self._requeue(request, evicted.name)
+            return
         except Exception as exc:  # noqa: BLE001 — a bug, not a client mistake
             if len(batch) > 1:  # rescore request by request: one bad request must not fail its neighbours
-                for job in batch:
-                    await self._score(loop, [job])
+                for request in batch:
+                    await self._score(loop, [request])
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
-        table = engine.table.info()
-        offset = 0
-        for job in batch:
-            count = len(job.items)
-            if not job.future.done():
-                job.future.set_result(
-                    RequestOutcome(
-                        results=results[offset : offset + count],
-                        table=table,
-                        queue_seconds=started - job.enqueued,
-                        batch_items=len(items),
-                        report=report,
-                    )
-                )
-            offset += count
+        total = report.items
+        for index, request in enumerate(batch):
+            results, table = scored[index]
+            if not request.future.done():
+                load = started - request.load_started if request.load_started is not None else 0.0
+                request.future.set_result(RequestOutcome(
+                    results=results, table=table, queue_seconds=started - request.enqueued, batch_items=total,
+                    report=report, table_load_seconds=load,
+                ))
         if self._on_batch is not None:
             try:
-                self._on_batch(report, len(items), elapsed)
+                self._on_batch(report, total, elapsed)
             except Exception:  # a metrics bug must not stop the scoring worker
                 log.exception("batch listener failed")
+
+    def _requeue(self, request: _Request, table: str) -> None:
+        queue = self._jobs.get(request.job)
+        if queue is None:
+            queue = self._jobs[request.job] = _JobQueue(request.job, turn=0)
+        queue.requests.appendleft(request)
+        queue.items += request.size
+        self._pending_items += request.size
+        request.load_started = request.load_started or time.perf_counter()
+        self.tables.ensure_loading(table)
+
+
+class _Evicted(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+__all__ = ["BatchListener", "Batcher", "BatcherStopped", "QueueFull", "RequestOutcome", "single_table"]

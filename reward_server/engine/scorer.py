@@ -47,6 +47,15 @@ class BatchReport:
     rules_seconds: float = 0.0
     task_counts: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: BatchReport) -> None:
+        """Add another part of the same device batch (one table's sub-batch) to this report."""
+        for name in ("bmas_items", "groups", "response_tokens", "truth_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("tokenize_seconds", "kernel_seconds", "rules_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for task, count in other.task_counts.items():
+            self.task_counts[task] = self.task_counts.get(task, 0) + count
+
 
 class RewardEngine:
     """Scores batches against one embedding table. Thread-safe: one batch at a time.

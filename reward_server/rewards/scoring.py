@@ -6,7 +6,7 @@ reward, every component, and the finiteness promise, in one place for every path
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from reward_server.rewards.combine import final_reward
 from reward_server.rewards.family import Score
 from reward_server.rewards.format import format_reward
 from reward_server.rewards.options import ResolvedOptions
-from reward_server.rewards.rules import PreparedTruth
+from reward_server.rewards.rules import PreparedTruth, score_answer
 
 
 @dataclass(frozen=True)
@@ -69,4 +69,9 @@ def combine(item: PreparedItem, score: Score, format_score: float | None = None)
     )
 
 
-__all__ = ["ItemReward", "PreparedItem", "combine", "finite"]
+def score_inline(items: Sequence[PreparedItem]) -> list[ItemReward]:
+    """Items of inline families (every family but the table's and the pool's), scored here."""
+    return [combine(item, score_answer(item.response, item.truth, item.options)) for item in items]
+
+
+__all__ = ["ItemReward", "PreparedItem", "combine", "finite", "score_inline"]

@@ -24,13 +24,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import reward_server
-from reward_server.embeddings.loader import TableLoadError, load_table
+from reward_server.embeddings.loader import TableLoadError
 from reward_server.embeddings.placement import resolve_device, resolve_dtype
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.batcher import Batcher
-from reward_server.engine.idf import IdfFileError, IdfTable, check_fits, load_idf
+from reward_server.engine.idf import IdfTable, load_idf
 from reward_server.engine.pool import ScorerPool
 from reward_server.engine.scorer import RewardEngine
+from reward_server.engine.tables import DEFAULT_TABLE, TableRegistry, parse_table_flags
 from reward_server.errors import (
     AdminDisabled,
     BodyTooLarge,
@@ -47,18 +48,18 @@ from reward_server.rewards.groups import summarise_groups
 from reward_server.rewards.profiles import PROFILES
 from reward_server.rewards.registry import FamilyRegistry, build_registry
 from reward_server.service import difficulty
-from reward_server.service.auth import check_bearer
+from reward_server.service.auth import TokenBook
 from reward_server.service.body_limit import BodySizeLimit
 from reward_server.service.direct_routes import install_direct_routes
 from reward_server.service.docs_ui import install_docs_ui
 from reward_server.service.errors import install_error_handlers
 from reward_server.service.json_body import read_json_body
-from reward_server.service.metrics import ServiceMetrics
+from reward_server.service.metrics import JobLabels, ServiceMetrics
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, install_openapi, route_doc
 from reward_server.service.openrlhf import GetRewardRequest
 from reward_server.service.openrlhf import router as openrlhf_router
 from reward_server.service.schemas import ScoreResponse, TableInfo
-from reward_server.service.scoring import ScoringService, result_row
+from reward_server.service.scoring import ScoringService, result_row, tenancy_of
 from reward_server.service.slime import SlimeSample
 from reward_server.service.slime import router as slime_router
 
@@ -116,7 +117,12 @@ class ServiceState:
         self.draining = True
 
     @property
+    def tables(self) -> TableRegistry:
+        return self.batcher.tables
+
+    @property
     def table(self) -> EmbeddingTable:
+        """The default table (what a single-table server serves)."""
         return self.batcher.engine.table
 
 
@@ -133,31 +139,26 @@ class ServiceHooks:
 
 
 async def swap_table(
-    state: ServiceState, model_path: str | None, device: str | None, dtype: str | None
+    state: ServiceState, model_path: str | None, device: str | None, dtype: str | None, name: str = DEFAULT_TABLE,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load a table and swap it in under the reload lock: the batch in flight finishes on the old
-    table, every later batch uses the new one. Returns (previous info, current info); raises
-    :class:`InvalidTable` naming ``model_path`` when the table cannot be used."""
-    settings = state.settings
+    """Load a table and swap it in as ``name`` under the reload lock: the batch in flight finishes
+    on the old table, every later batch uses the new one, the old one is freed. Returns (previous
+    info, current info); raises :class:`InvalidTable` naming ``model_path`` when it cannot be used."""
     async with state.reload_lock:
-        old = state.table.info()
         try:
-            table = await asyncio.to_thread(load_table, model_path, device=device, dtype=dtype)
-            idf = state.batcher.engine.idf
-            if idf is not None:  # the robust profile's ids must mean the same tokens
-                check_fits(idf, settings.idf_path or "", table.tokenizer, table.vocab_size)
-        except (TableLoadError, IdfFileError, ValueError, OSError, RuntimeError) as exc:
+            old, current = await state.tables.reload(name, model_path, device, dtype)
+        except (InvalidTable, ValueError, OSError, RuntimeError) as exc:
             raise InvalidTable.for_field("model_path", str(exc), prefix=False) from exc
-        state.batcher.engine = build_engine(table, settings, idf)
         gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
         _freeze_heap()
-        log.info("table reloaded: %s -> %s", old["content_hash"], table.info()["content_hash"])
-        return old, table.info()
+        log.info("table %s reloaded: %s -> %s", name, old.get("content_hash"), current["content_hash"])
+        return old, current
 
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(None, description="Which table to replace (GET /v1/info's tables); null: the default.")
     model_path: str | None = Field(None, description="Checkpoint directory; null: the embedded default.")
     device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1); null: the server's.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16 (or fp32, bf16, fp16); null: the server's.")
@@ -194,7 +195,14 @@ def create_app(
         idf = load_configured_idf(settings, table)
     if registry is None:  # a plug-in that clashes or fails to load stops the start (exit 2)
         registry = build_registry(settings.rewards_module)
-    metrics = ServiceMetrics(registry.families())
+    tokens = TokenBook(settings)  # a bad tokens file stops the start (exit 2)
+    metrics = ServiceMetrics(registry.families(), JobLabels(tokens.jobs, settings.max_job_labels))
+    tables = TableRegistry(
+        build_engine(table, settings, idf), parse_table_flags(settings.table), default_path=settings.model_path,
+        max_resident=settings.max_resident_tables, pinned=settings.pin,
+        build=lambda loaded, weights: build_engine(loaded, settings, weights),
+        device=settings.device, dtype=settings.dtype, idf=idf, idf_path=settings.idf_path,
+    )
     pool = ScorerPool(
         settings.math_workers, settings.math_timeout_seconds, settings.rewards_module,
         on_timeout=lambda family: metrics.timeouts.labels(family).inc(),
@@ -202,10 +210,11 @@ def create_app(
     state = ServiceState(
         settings=settings,
         batcher=Batcher(
-            build_engine(table, settings, idf),
+            tables,
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             max_batch_items=settings.batch_max_items,
             max_queue_items=settings.queue_max_items,
+            job_queue_items=settings.job_queue_items,
             on_batch=metrics.observe_batch,
         ),
     )
@@ -236,6 +245,7 @@ def create_app(
     )
     app.state.service = state
     app.state.metrics = metrics
+    app.state.tokens = tokens
     # The per-sample routes skip the framework's routing (inside the metrics middleware, added next).
     install_direct_routes(app, ("/score", "/get_reward", "/slime"), settings.max_body_bytes)
     metrics.install(app, state)
@@ -274,6 +284,9 @@ def create_app(
                 "max_chars_per_text": settings.max_chars_per_text,
                 "max_body_bytes": settings.max_body_bytes,
             },
+            "tables": state.tables.info(),
+            "jobs": {"known": metrics.jobs.known, "queued_items": state.batcher.queued_by_job(),
+                     "job_queue_items": settings.job_queue_items},
             "task_types": registry.names(),
             "families": {family.name: {**family.info(), "origin": registry.origin(family.name)}
                          for family in registry.families()},
@@ -282,7 +295,7 @@ def create_app(
 
     scoring = ScoringService(
         settings, registry, state.batcher, pool, metrics,
-        record=lambda items, built, results: difficulty.record_scored(app, items, built, results),
+        record=lambda items, built, results, job: difficulty.record_scored(app, items, built, results, job),
         is_ready=lambda: state.ready,
     )
     app.state.scoring = scoring
@@ -297,9 +310,11 @@ def create_app(
     async def score(http_request: Request) -> JSONResponse:
         """Score a batch; one result per item, in order, plus group statistics when items carry group_id."""
         started = time.perf_counter()
-        check_bearer(http_request, settings.api_token, "scoring")
+        principal = tokens.authenticate(http_request, "score")
         request = await read_json_body(http_request, ScoreRequest)
-        scored = await scoring.score(request.items, request.options)
+        tenancy = tenancy_of(http_request, principal, request.model, request.job, request.priority,
+                             request.deadline_seconds)
+        scored = await scoring.score(request.items, request.options, tenancy)
         results = [result_row(*row) for row in zip(request.items, scored.items, scored.results)]
         group_ids = [item.group_id for item in request.items]
         groups = summarise_groups(group_ids, [r.reward for r in scored.results], settings.zero_variance_tolerance)
@@ -309,9 +324,11 @@ def create_app(
             "profile": scored.items[0].options.profile if scored.items else scoring.options(request.options).profile,
             "results": results,
             "groups": [g.__dict__ for g in groups],
-            "table": scored.table or state.table.info(),
+            "table": scored.table_info(state.tables.resolve(tenancy.model)),
+            "job": tenancy.job,
             "timing": {
                 "queue_seconds": scored.queue_seconds,
+                "table_load_seconds": scored.table_load_seconds,
                 "tokenize_seconds": report.tokenize_seconds if report else 0.0,
                 "kernel_seconds": report.kernel_seconds if report else 0.0,
                 "total_seconds": time.perf_counter() - started,
@@ -327,10 +344,12 @@ def create_app(
     async def reload_table(http_request: Request) -> dict[str, Any]:
         """Swap in a newer checkpoint's table without dropping a request: the batch in flight
         finishes on the old table, every later batch uses the new one."""
-        if settings.admin_token is None:
-            raise AdminDisabled("the admin API is disabled; set REWARD_ADMIN_TOKEN to enable it")
-        check_bearer(http_request, settings.admin_token, "the admin API")
+        if not tokens.admin_enabled():
+            raise AdminDisabled("the admin API is disabled; set REWARD_ADMIN_TOKEN (or an admin-scoped token in "
+                                "--tokens-file) to enable it")
+        tokens.authenticate(http_request, "admin")
         request = await read_json_body(http_request, ReloadRequest)
+        name = state.tables.resolve(request.model).name  # an unknown table is a 422 listing the names
         if state.reload_lock.locked():
             raise ReloadInProgress("another reload is in progress")
         device = request.device or settings.device
@@ -338,7 +357,7 @@ def create_app(
         # Checked before loading, so that the error names the field (not model_path).
         target = _placement("device", resolve_device, device)
         _placement("dtype", resolve_dtype, dtype, target)
-        old, current = await swap_table(state, request.model_path, device, dtype)
+        old, current = await swap_table(state, request.model_path, device, dtype, name)
         extra = {} if hooks.reloaded is None else await hooks.reloaded(request.model_dump(), current)
         return {"previous": old, "current": current, **extra}
 

@@ -41,7 +41,6 @@ from reward_server.errors import (
 )
 from reward_server.items.settings import Settings
 from reward_server.rewards.scoring import ItemReward, PreparedItem
-from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
 from reward_server.service.schemas import Identifier, RequestItem
@@ -98,7 +97,8 @@ def observations(
 
 
 async def record_scored(
-    request_app: Any, items: Sequence[RequestItem], built: Sequence[PreparedItem], scores: Sequence[ItemReward]
+    request_app: Any, items: Sequence[RequestItem], built: Sequence[PreparedItem], scores: Sequence[ItemReward],
+    job: str = "default",
 ) -> None:
     """Durably update the posteriors of the scored items; the caller answers only after this."""
     backend: DifficultyBackend | None = getattr(request_app.state, "difficulty", None)
@@ -185,8 +185,7 @@ async def refresh_metrics(app: FastAPI, every_s: float = 5.0) -> None:
 
 
 def _backend(request: Request) -> DifficultyBackend:
-    settings: Settings = request.app.state.service.settings
-    check_bearer(request, settings.api_token, "the difficulty API")
+    request.app.state.tokens.authenticate(request, "state")
     backend = getattr(request.app.state, "difficulty", None)
     if backend is None:
         raise DifficultyDisabled(

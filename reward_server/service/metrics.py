@@ -200,6 +200,26 @@ class TableInfoCollector(Collector):
         yield family
 
 
+class JobQueueCollector(Collector):
+    """``reward_job_queue_items{job}``: items queued per job, read at scrape time (every known job
+    is listed, at zero when idle, so a dashboard sees a flood start)."""
+
+    def __init__(self, state: Any, jobs: JobLabels) -> None:
+        self._state = state
+        self._jobs = jobs
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("reward_job_queue_items", "Items waiting in the batcher's queue, per job.",
+                                   labels=("job",))
+        counts = dict.fromkeys(self._jobs.known, 0)
+        for job, items in self._state.batcher.queued_by_job().items():
+            label = self._jobs(job)
+            counts[label] = counts.get(label, 0) + items
+        for job, items in counts.items():
+            family.add_metric([job], float(items))
+        yield family
+
+
 def _build_info() -> dict[str, str]:
     return {
         "version": reward_server.__version__,
@@ -207,6 +227,26 @@ def _build_info() -> dict[str, str]:
         "torch_version": str(torch.__version__),
         "cuda_version": torch.version.cuda or "none",
     }
+
+
+class JobLabels:
+    """The ``job`` label's values, bounded: the configured jobs (the tokens file's) and ``default``,
+    then the first jobs seen, up to ``limit``; any other job is counted as ``other``."""
+
+    def __init__(self, configured: Sequence[str] = (), limit: int = 16) -> None:
+        self.limit = limit
+        self.known: list[str] = list(dict.fromkeys(["default", *configured]))[:limit]
+        self._known = set(self.known)
+        self._lock = threading.Lock()
+
+    def __call__(self, job: str) -> str:
+        if job in self._known:
+            return job
+        with self._lock:
+            if job not in self._known and len(self.known) < self.limit:
+                self.known.append(job)
+                self._known.add(job)
+        return job if job in self._known else OTHER
 
 
 class ServiceMetrics:
@@ -219,7 +259,8 @@ class ServiceMetrics:
       task type and outcome, reward values; ``observe_groups(...)`` after the group statistics.
     """
 
-    def __init__(self, families: Sequence[RewardFamily]) -> None:
+    def __init__(self, families: Sequence[RewardFamily], jobs: JobLabels | None = None) -> None:
+        self.jobs = jobs or JobLabels()
         # `_created` series double the series count and mean nothing on a dashboard.
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -243,12 +284,13 @@ class ServiceMetrics:
         )
         self.queue_wait = Histogram(
             "reward_queue_wait_seconds",
-            "Time a scoring request waited in the batcher's queue before its device batch started.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "Time a scoring request waited in the batcher's queue before its device batch started, per job.",
+            ("job",), buckets=LATENCY_BUCKETS, registry=r,
         )
         self.items = Counter(
             "reward_items", "Items per task type, outcome (scored, rejected: queue full or "
-            "shutting down, failed: a server bug) and profile.", ("task_type", "outcome", "profile"), registry=r,
+            "shutting down, failed: a server bug), profile and job.", ("task_type", "outcome", "profile", "job"),
+            registry=r,
         )
         self.batch_items = Histogram(
             "reward_batch_items", "Items per device batch (concurrent requests coalesced).",
@@ -296,7 +338,8 @@ class ServiceMetrics:
             self.timeouts.labels(task)
             for outcome in ITEM_OUTCOMES:
                 for profile in PROFILE_NAMES:
-                    self.items.labels(task, outcome, profile)
+                    for job in self.jobs.known:
+                        self.items.labels(task, outcome, profile, job)
         for task in (*task_types, MIXED):
             self.groups.labels(task)
             self.zero_variance_groups.labels(task)
@@ -328,6 +371,7 @@ class ServiceMetrics:
             lambda: 1.0 if state.ready else 0.0
         )
         r.register(TableInfoCollector(state))
+        r.register(JobQueueCollector(state, self.jobs))
 
         @app.get("/metrics", include_in_schema=False)
         async def metrics_endpoint(_: Request) -> Response:
@@ -373,27 +417,33 @@ class ServiceMetrics:
         self.stage_seconds.labels("tokenize").inc(report.tokenize_seconds)
         self.stage_seconds.labels("kernel").inc(report.kernel_seconds)
 
-    async def submit(self, batcher: Batcher, items: Sequence[PreparedItem]) -> RequestOutcome:
-        """``batcher.submit(items)``, observed: items that never got a score are counted by why."""
+    async def submit(
+        self, batcher: Batcher, items: Sequence[PreparedItem], *, job: str = "default", **queueing: Any
+    ) -> RequestOutcome:
+        """``batcher.submit(items, job=job, **queueing)``, observed: items that never got a score are
+        counted by why."""
         try:
-            outcome = await batcher.submit(items)
+            outcome = await batcher.submit(items, job=job, **queueing)
         except (QueueFull, BatcherStopped):
-            self._count_items(items, "rejected")
+            self._count_items(items, "rejected", job)
             raise
         except Exception:
-            self._count_items(items, "failed")
+            self._count_items(items, "failed", job)
             raise
-        self.queue_wait.observe(outcome.queue_seconds)
         return outcome
 
-    def observe_results(self, items: Sequence[PreparedItem], results: Sequence[ItemReward]) -> None:
+    def observe_queue_wait(self, seconds: float, job: str = "default") -> None:
+        """One scoring request's wait in the batcher's queue (its longest part's)."""
+        self._child(self.queue_wait, self.jobs(job)).observe(seconds)
+
+    def observe_results(self, items: Sequence[PreparedItem], results: Sequence[ItemReward], job: str = "default") -> None:
         """One request's items per task type, and every reward component (sub-scores included)."""
         by_task: dict[tuple[RewardFamily, str], list[ItemReward]] = {}
         for item, scored in zip(items, results):
             by_task.setdefault((item.truth.family, item.options.profile), []).append(scored)
         for (family, profile), scores in by_task.items():
             task = family.name
-            self._child(self.items, task, "scored", profile).inc(len(scores))
+            self._child(self.items, task, "scored", profile, self.jobs(job)).inc(len(scores))
             values = self.reward_values
             values.observe(task, "reward", [s.reward for s in scores], profile)
             values.observe(task, "accuracy", [s.accuracy for s in scores], profile)
@@ -428,13 +478,13 @@ class ServiceMetrics:
             if group.zero_variance:
                 self.zero_variance_groups.labels(task).inc()
 
-    def _count_items(self, items: Iterable[PreparedItem], outcome: str) -> None:
+    def _count_items(self, items: Iterable[PreparedItem], outcome: str, job: str = "default") -> None:
         counts: dict[tuple[str, str], int] = {}
         for item in items:
             key = (item.truth.family.name, item.options.profile)
             counts[key] = counts.get(key, 0) + 1
         for (task, profile), count in counts.items():
-            self.items.labels(task, outcome, profile).inc(count)
+            self.items.labels(task, outcome, profile, self.jobs(job)).inc(count)
 
     # --- HTTP -----------------------------------------------------------------------------------
 

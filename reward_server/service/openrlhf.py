@@ -47,9 +47,9 @@ from reward_server.errors import InvalidItem, InvalidRequest, ItemFieldError, Re
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.rewards.scoring import PreparedItem
-from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
+from reward_server.service.scoring import tenancy_of
 
 router = APIRouter()
 
@@ -258,7 +258,7 @@ def request_options(
 )
 async def get_reward(request: Request) -> JSONResponse:
     """Score OpenRLHF samples: one reward per query, in order."""
-    check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
+    principal = request.app.state.tokens.authenticate(request, "score", query_param="token")
     body = await read_json_body(request, GetRewardRequest)
     count = len(body.query)
     errors: list[dict[str, Any]] = []
@@ -311,7 +311,7 @@ async def get_reward(request: Request) -> JSONResponse:
 
     options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)
     try:
-        scored = await request.app.state.scoring.score(items, options)
+        scored = await request.app.state.scoring.score(items, options, tenancy_of(request, principal))
     except RewardServerError as exc:
         raise remap_errors(exc, "query", "labels") from exc
     results = scored.results

@@ -14,14 +14,18 @@ holds up a verification.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
+
 from reward_server.engine.batcher import Batcher
 from reward_server.engine.pool import ScorerPool
 from reward_server.engine.scorer import BatchReport
-from reward_server.errors import InvalidItem, ItemFieldError, NotReady, summarise
+from reward_server.engine.tables import TableEntry
+from reward_server.errors import InvalidItem, InvalidRequest, ItemFieldError, NotReady, summarise
 from reward_server.items.models import RequestItem, RequestOptions
 from reward_server.items.settings import Settings
 from reward_server.items.validation import build_items, resolve_options
@@ -29,6 +33,18 @@ from reward_server.rewards.family import Runs, Score
 from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.registry import FamilyRegistry
 from reward_server.rewards.scoring import ItemReward, PreparedItem, combine
+from reward_server.service.auth import Principal, request_job
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """Who a request is for (SPEC §15): the table (policy) that scores its open-ended items, the
+    training job it belongs to, and how urgent it is."""
+
+    model: str | None = None  # None: the default table
+    job: str = "default"
+    priority: int = 0
+    deadline_s: float | None = None
 
 
 @dataclass
@@ -38,9 +54,43 @@ class Scored:
     items: list[PreparedItem]
     results: list[ItemReward]
     table: dict[str, Any] | None = None  # the table that scored its open-ended items (None: none did)
+    table_name: str | None = None
     queue_seconds: float = 0.0
     batch_items: int = 0
     report: BatchReport | None = None
+    table_load_seconds: float = 0.0
+
+    def table_info(self, entry: TableEntry) -> dict[str, Any]:
+        """The answer's ``table``: its name and, when it is in memory, which checkpoint (the one that
+        scored this request's open-ended items, if any)."""
+        info = self.table if self.table is not None else (entry.engine.table.info() if entry.engine else {})
+        return {"name": entry.name, **info}
+
+
+def tenancy_of(
+    request: Request, principal: Principal, model: str | None = None, job: str | None = None,
+    priority: int | None = None, deadline_s: float | None = None,
+) -> Tenancy:
+    """A request's tenancy from its body fields, else its query (``?model=``, ``?job=``,
+    ``?priority=``, ``?deadline_seconds=``: for trainers configured by URL) and ``X-Reward-Job``."""
+    query = request.query_params
+    if model is None:
+        model = query.get("model") or None
+    if priority is None and "priority" in query:
+        priority = _query_number(query["priority"], "priority", int, -1000, 1000)
+    if deadline_s is None and "deadline_seconds" in query:
+        deadline_s = _query_number(query["deadline_seconds"], "deadline_seconds", float, 1e-9, 86400.0)
+    return Tenancy(model=model, job=request_job(request, principal, job), priority=priority or 0, deadline_s=deadline_s)
+
+
+def _query_number(text: str, field: str, kind: type, low: float, high: float) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise InvalidRequest.for_field(field, f"must be a number, got {text[:32]!r}") from None
+    if not low <= value <= high:  # NaN too
+        raise InvalidRequest.for_field(field, f"must be between {low:g} and {high:g}, got {text[:32]!r}")
+    return value
 
 
 def result_row(request_item: RequestItem, item: PreparedItem, scored: ItemReward) -> dict[str, Any]:
@@ -84,36 +134,51 @@ class ScoringService:
         return options if isinstance(options, ResolvedOptions) else resolve_options(options, self.settings)
 
     async def score(
-        self, items: Sequence[RequestItem], options: RequestOptions | ResolvedOptions | None = None
+        self, items: Sequence[RequestItem], options: RequestOptions | ResolvedOptions | None = None,
+        tenancy: Tenancy = Tenancy(),
     ) -> Scored:
         """Validate every item (one 422 naming each bad one), score them, record their outcomes
         durably (difficulty state) and return them in order."""
         if not self._is_ready():
             raise NotReady("the reward server is not ready (starting or shutting down)")
+        table = self.batcher.tables.resolve(tenancy.model)  # an unknown model is a 422 even without open-ended items
         built = build_items(items, self.options(options), self.settings, self.registry)
         if not built:
             return Scored(items=[], results=[])
-        pooled = [i for i, item in enumerate(built) if item.truth.family.runs is Runs.POOL]
-        batched = [i for i, item in enumerate(built) if item.truth.family.runs is not Runs.POOL]
-        jobs = []
-        if batched:
-            jobs.append(self.metrics.submit(self.batcher, [built[i] for i in batched]))
-        if pooled:
-            jobs.append(self.pool.score([built[i] for i in pooled]))
-        answers = await asyncio.gather(*jobs)
+        parts: dict[Runs, list[int]] = {Runs.INLINE: [], Runs.TABLE: [], Runs.POOL: []}
+        for index, item in enumerate(built):
+            parts[item.truth.family.runs].append(index)
+        submit = functools.partial(self.metrics.submit, self.batcher, job=tenancy.job, priority=tenancy.priority,
+                                   deadline_s=tenancy.deadline_s)
+        jobs: dict[Runs, Any] = {}
+        if parts[Runs.INLINE]:  # rule-scored items never wait for a table
+            jobs[Runs.INLINE] = submit([built[i] for i in parts[Runs.INLINE]], table=None)
+        if parts[Runs.TABLE]:
+            jobs[Runs.TABLE] = submit([built[i] for i in parts[Runs.TABLE]], table=table.name)
+        if parts[Runs.POOL]:
+            jobs[Runs.POOL] = self.pool.score([built[i] for i in parts[Runs.POOL]])
+        answers = dict(zip(jobs, await asyncio.gather(*jobs.values())))
         results: list[ItemReward | None] = [None] * len(built)
         scored = Scored(items=built, results=[])
-        if batched:
-            outcome = answers[0]
-            for index, result in zip(batched, outcome.results):
+        for runs in (Runs.INLINE, Runs.TABLE):
+            outcome = answers.get(runs)
+            if outcome is None:
+                continue
+            for index, result in zip(parts[runs], outcome.results):
                 results[index] = result
-            scored.table, scored.queue_seconds = outcome.table, outcome.queue_seconds
-            scored.batch_items, scored.report = outcome.batch_items, outcome.report
-        if pooled:
-            self._merge_pooled(items, built, pooled, answers[-1], results)
+            scored.queue_seconds = max(scored.queue_seconds, outcome.queue_seconds)
+            scored.batch_items = max(scored.batch_items, outcome.batch_items)
+            scored.report = outcome.report
+            if outcome.table is not None:
+                scored.table, scored.table_name = outcome.table, table.name
+                scored.table_load_seconds = outcome.table_load_seconds
+        if Runs.INLINE in answers or Runs.TABLE in answers:
+            self.metrics.observe_queue_wait(scored.queue_seconds, tenancy.job)
+        if Runs.POOL in answers:
+            self._merge_pooled(items, built, parts[Runs.POOL], answers[Runs.POOL], results)
         scored.results = [r for r in results if r is not None]
-        self.metrics.observe_results(built, scored.results)
-        await self._record(items, built, scored.results)  # durable before anyone answers
+        self.metrics.observe_results(built, scored.results, tenancy.job)
+        await self._record(items, built, scored.results, tenancy.job)  # durable before anyone answers
         return scored
 
     def _merge_pooled(
@@ -138,4 +203,4 @@ class ScoringService:
             raise InvalidItem(summarise(errors), errors)
 
 
-__all__ = ["Scored", "ScoringService", "result_row"]
+__all__ = ["Scored", "ScoringService", "Tenancy", "result_row", "tenancy_of"]

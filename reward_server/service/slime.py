@@ -35,7 +35,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from reward_server.errors import RewardServerError
-from reward_server.service.auth import check_bearer
 from reward_server.service.json_body import parse_json
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
 from reward_server.service.openrlhf import (
@@ -51,6 +50,7 @@ from reward_server.service.openrlhf import (
     strip_eos,
 )
 from reward_server.service.schemas import RequestItem
+from reward_server.service.scoring import tenancy_of
 
 router = APIRouter()
 
@@ -111,7 +111,7 @@ _BODY = {"anyOf": [{"$ref": "#/components/schemas/SlimeSample"},
 )
 async def slime_reward(request: Request) -> JSONResponse:
     """Score slime samples: one reply object per posted object, a list of them for a posted list."""
-    check_bearer(request, request.app.state.service.settings.api_token, "scoring", query_param="token")
+    principal = request.app.state.tokens.authenticate(request, "score", query_param="token")
     samples, grouped = _samples(await request.body())
     url_task = checked_task_type(request, request.query_params.get("task_type"))
     eos = eos_list(request)
@@ -140,7 +140,7 @@ async def slime_reward(request: Request) -> JSONResponse:
 
     options = request_options(request)
     try:
-        scored = await request.app.state.scoring.score(items, options)
+        scored = await request.app.state.scoring.score(items, options, tenancy_of(request, principal))
     except RewardServerError as exc:
         mapped = remap_errors(exc, "response", "label")
         if not grouped and mapped.details:

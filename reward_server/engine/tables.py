@@ -1,0 +1,273 @@
+"""The embedding tables one service holds, by name (SPEC §15): several policies behind one service.
+
+vLLM's ``OpenAIServingModels`` is the model: one registry owns everything tied to a table (its
+tokenizer and rows, the robust profile's idf weights, the truth-token cache, all inside the
+table's :class:`RewardEngine`), checks the ``model`` a request names, lists the tables, loads and
+unloads them, and reloads one by name.
+
+* The unnamed table (``--model-path``, else the embedded default) is ``default``; ``--table
+  NAME=PATH`` adds others. A request without ``model`` uses ``default``.
+* At most ``--max-resident-tables`` are in memory. A table loads on first use, off the event loop
+  (a thread); the least recently used unpinned resident table is evicted to make room (``--pin``
+  keeps one). A request for an evicted table waits for its load, and its timing says how long.
+* Tables are loaded one at a time: two loads of multi-GB checkpoints side by side would double the
+  peak memory and gain nothing on one disk.
+* One memory budget for the kernels, not one per table: the scoring worker runs one table's kernel
+  at a time, each within ``memory_budget_mb``.
+
+No HTTP here: the service renders :class:`UnknownModel` as a 422 listing the names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reward_server.embeddings.loader import load_table
+from reward_server.embeddings.table import EmbeddingTable
+from reward_server.engine.idf import IdfFileError, IdfTable, check_fits
+from reward_server.engine.scorer import RewardEngine
+from reward_server.errors import InvalidTable, UnknownModel, UsageError
+
+log = logging.getLogger("reward_server.tables")
+
+DEFAULT_TABLE = "default"
+
+
+@dataclass
+class TableEntry:
+    """One named table: where it comes from, whether it is in memory, and what it cost."""
+
+    name: str
+    path: str | None  # a checkpoint directory; None: the embedded default
+    pinned: bool = False
+    engine: RewardEngine | None = None
+    last_used: float = 0.0
+    loads: int = 0
+    load_seconds: float | None = None
+    idf_applies: bool = False
+    error: str | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None  # the load in progress
+
+    @property
+    def resident(self) -> bool:
+        return self.engine is not None
+
+    def info(self) -> dict[str, Any]:
+        """``/v1/info``'s entry: resident or not, source, hash, bytes, pinned, last load."""
+        out: dict[str, Any] = {
+            "name": self.name, "resident": self.resident, "pinned": self.pinned,
+            "path": self.path, "loads": self.loads, "load_seconds": self.load_seconds,
+        }
+        if self.engine is not None:
+            table = self.engine.table
+            out.update(table.info())
+            out["bytes"] = int(table.weight.numel() * table.weight.element_size())
+            out["token_weights"] = "idf" if self.idf_applies else "uniform"
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def parse_table_flags(values: list[str]) -> dict[str, str]:
+    """``--table NAME=PATH`` values as {name: path}; a malformed or repeated one is a UsageError."""
+    from reward_server.service.auth import JOB_NAME  # the same naming rule as jobs
+
+    tables: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not path or not JOB_NAME.match(name):
+            raise UsageError(f"invalid setting table (--table / REWARD_TABLE) = {value!r}: expected NAME=PATH, "
+                             "NAME of letters, digits, '_', '.', '-'")
+        if name == DEFAULT_TABLE or name in tables:
+            raise UsageError(f"--table {value}: the name {name!r} is already taken"
+                             + (" (the unnamed table is 'default')" if name == DEFAULT_TABLE else ""))
+        tables[name] = path
+    return tables
+
+
+class TableRegistry:
+    """Named tables, their residency and their loads. Thread-safe where the scoring worker reads."""
+
+    def __init__(
+        self,
+        default: RewardEngine,
+        named: dict[str, str],
+        *,
+        default_path: str | None,
+        max_resident: int,
+        pinned: list[str] | tuple[str, ...] = (),
+        build: Callable[[EmbeddingTable, IdfTable | None], RewardEngine],
+        device: str | None = None,
+        dtype: str | None = None,
+        idf: IdfTable | None = None,
+        idf_path: str | None = None,
+    ) -> None:
+        unknown = [name for name in pinned if name != DEFAULT_TABLE and name not in named]
+        if unknown:
+            raise UsageError(f"--pin {unknown[0]}: no such table (tables: {', '.join([DEFAULT_TABLE, *named])})")
+        self._build = build
+        self.device, self.dtype = device, dtype
+        self.idf, self.idf_path = idf, idf_path
+        self.max_resident = max_resident
+        self.entries: dict[str, TableEntry] = {
+            DEFAULT_TABLE: TableEntry(DEFAULT_TABLE, default_path, DEFAULT_TABLE in pinned),
+            **{name: TableEntry(name, path, name in pinned) for name, path in named.items()},
+        }
+        first = self.entries[DEFAULT_TABLE]
+        first.engine, first.loads, first.last_used = default, 1, time.monotonic()
+        first.idf_applies = default.idf is not None
+        first.loaded.set()
+        self._load_lock = asyncio.Lock()
+        self._lock = threading.Lock()  # residency, read by the scoring worker's thread
+        self.on_loaded: Callable[[], None] | None = None  # the batcher's wake-up
+
+    # --- names --------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def resolve(self, name: str | None) -> TableEntry:
+        """The table a request names (None: the default); an unknown name raises UnknownModel."""
+        if name is None:
+            return self.entries[DEFAULT_TABLE]
+        entry = self.entries.get(name) if isinstance(name, str) else None
+        if entry is None:
+            resident = [n for n, e in self.entries.items() if e.resident]
+            loadable = [n for n, e in self.entries.items() if not e.resident]
+            shown = name if isinstance(name, str) and len(name) <= 64 else str(name)[:61] + "..."
+            raise UnknownModel.for_field("model", (
+                f"unknown model {shown!r}; loaded: {', '.join(resident) or 'none'}"
+                + (f"; loadable: {', '.join(loadable)}" if loadable else "")
+            ))
+        return entry
+
+    # --- residency ----------------------------------------------------------------------------
+
+    def engine(self, name: str) -> RewardEngine | None:
+        """The resident engine of ``name`` (marked used now), or None: for the scoring worker."""
+        with self._lock:
+            entry = self.entries[name]
+            if entry.engine is not None:
+                entry.last_used = time.monotonic()
+            return entry.engine
+
+    def ensure_loading(self, name: str) -> None:
+        """Start loading ``name`` in the background if it is not resident (idempotent)."""
+        entry = self.entries[name]
+        if entry.resident or entry.task is not None:
+            return
+        entry.loaded.clear()
+        entry.task = asyncio.get_running_loop().create_task(self._load(entry))
+
+    async def acquire(self, name: str) -> tuple[RewardEngine, float]:
+        """The engine of ``name``, loading it first if needed; and the seconds waited for the load."""
+        entry = self.entries[name]
+        started = time.perf_counter()
+        while entry.engine is None:
+            self.ensure_loading(name)
+            await entry.loaded.wait()
+            if entry.engine is None and entry.error is not None:
+                raise InvalidTable.for_field("model", f"table {name!r} cannot be loaded: {entry.error}")
+        with self._lock:
+            entry.last_used = time.monotonic()
+        return entry.engine, time.perf_counter() - started
+
+    async def _load(self, entry: TableEntry) -> None:
+        try:
+            async with self._load_lock:
+                if entry.engine is not None:
+                    return
+                started = time.perf_counter()
+                try:
+                    engine, idf_applies = await asyncio.to_thread(self._build_entry, entry.path, self.device, self.dtype)
+                except (InvalidTable, ValueError, OSError, RuntimeError) as exc:
+                    entry.error = str(exc)
+                    log.error("table %s: cannot load %s: %s", entry.name, entry.path, exc)
+                    return
+                with self._lock:
+                    entry.engine, entry.idf_applies, entry.error = engine, idf_applies, None
+                    entry.loads += 1
+                    entry.load_seconds = time.perf_counter() - started
+                    entry.last_used = time.monotonic()
+                    evicted = self._evict_beyond_limit(keep=entry.name)
+                if evicted:
+                    await asyncio.to_thread(_release_memory)
+                log.info("table %s loaded in %.1fs%s", entry.name, entry.load_seconds,
+                         f"; evicted {', '.join(evicted)}" if evicted else "")
+        finally:
+            entry.task = None
+            entry.loaded.set()
+            if self.on_loaded is not None:
+                self.on_loaded()
+
+    def _build_entry(self, path: str | None, device: str | None, dtype: str | None) -> tuple[RewardEngine, bool]:
+        """Load a checkpoint's table and build its engine (a thread): the idf file applies when it was
+        built with this table's tokenizer; another policy's table weighs every token 1."""
+        table = load_table(path, device=device, dtype=dtype)
+        idf = self.idf
+        if idf is not None:
+            try:
+                check_fits(idf, self.idf_path or "", table.tokenizer, table.vocab_size)
+            except IdfFileError:
+                idf = None
+        return self._build(table, idf), idf is not None
+
+    def _evict_beyond_limit(self, keep: str) -> list[str]:
+        """Drop the least recently used unpinned tables until at most ``max_resident`` stay (under
+        the lock). A batch in flight keeps its own reference to its engine, so eviction is safe."""
+        resident = [e for e in self.entries.values() if e.resident]
+        evicted = []
+        for entry in sorted(resident, key=lambda e: e.last_used):
+            if len(resident) - len(evicted) <= self.max_resident:
+                break
+            if entry.pinned or entry.name == keep:
+                continue
+            entry.engine = None
+            evicted.append(entry.name)
+        return evicted
+
+    # --- reloads and listing ------------------------------------------------------------------
+
+    async def reload(self, name: str, path: str | None, device: str | None, dtype: str | None) -> tuple[dict, dict]:
+        """Load ``path`` as table ``name`` (off the event loop) and swap it in: the batch in flight
+        finishes on the old table, every later batch uses the new one, the old one is freed."""
+        entry = self.resolve(name)
+        async with self._load_lock:
+            old = entry.engine.table.info() if entry.engine is not None else {"name": name, "resident": False}
+            engine, idf_applies = await asyncio.to_thread(self._build_entry, path, device, dtype)
+            with self._lock:
+                entry.path, entry.engine, entry.idf_applies, entry.error = path, engine, idf_applies, None
+                entry.loads += 1
+                entry.last_used = time.monotonic()
+                evicted = self._evict_beyond_limit(keep=entry.name)
+            entry.loaded.set()
+        await asyncio.to_thread(_release_memory)
+        if evicted:
+            log.info("reload of %s evicted %s", name, ", ".join(evicted))
+        return old, engine.table.info()
+
+    def default_engine(self) -> RewardEngine | None:
+        return self.entries[DEFAULT_TABLE].engine
+
+    def info(self) -> list[dict[str, Any]]:
+        return [entry.info() for entry in self.entries.values()]
+
+
+def _release_memory() -> None:
+    """Give an evicted or replaced table's memory back (CPU: the allocator; CUDA: the cache)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["DEFAULT_TABLE", "TableEntry", "TableRegistry", "parse_table_flags"]
