@@ -52,7 +52,7 @@ def serve_app(app: FastAPI) -> Iterator[str]:
 
 
 @contextmanager
-def running_server(table: EmbeddingTable, **settings: object) -> Iterator[RunningServer]:
+def running_server(table: EmbeddingTable, /, **settings: object) -> Iterator[RunningServer]:
     config_settings = Settings(host="127.0.0.1", port=0, **settings)
     app = create_app(table, config_settings)
     with serve_app(app) as url:

@@ -270,6 +270,24 @@ class Batcher:
             del self._jobs[name]
         return batch
 
+    def _load_waiting(self) -> None:
+        """Start loading the table of the oldest request that waits for one (its table was evicted
+        after it arrived, or it arrived while another load ran). One load at a time: the registry
+        serialises them, and each finished load wakes this worker to score what it made ready."""
+        waiting: _Request | None = None
+        for queue in self._jobs.values():
+            for index, request in enumerate(queue.requests):
+                if index >= MAX_SCAN:
+                    break
+                if request.table is not None and not request.future.done() and not self._ready(request):
+                    if waiting is None or request.enqueued < waiting.enqueued:
+                        waiting = request
+                    break
+        if waiting is not None and waiting.table is not None:
+            if waiting.load_started is None:
+                waiting.load_started = time.perf_counter()
+            self.tables.ensure_loading(waiting.table)
+
     def _oldest_ready(self) -> float | None:
         oldest = None
         for queue in self._jobs.values():
@@ -282,6 +300,7 @@ class Batcher:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
+            self._load_waiting()
             oldest = self._oldest_ready()
             if oldest is None:  # nothing queued, or only requests waiting for their table
                 self._wakeup.clear()

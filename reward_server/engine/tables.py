@@ -162,23 +162,10 @@ class TableRegistry:
     def ensure_loading(self, name: str) -> None:
         """Start loading ``name`` in the background if it is not resident (idempotent)."""
         entry = self.entries[name]
-        if entry.resident or entry.task is not None:
-            return
+        if entry.resident or entry.task is not None or any(e.task is not None for e in self.entries.values()):
+            return  # resident, or a load runs: one at a time, its end wakes the batcher to ask again
         entry.loaded.clear()
         entry.task = asyncio.get_running_loop().create_task(self._load(entry))
-
-    async def acquire(self, name: str) -> tuple[RewardEngine, float]:
-        """The engine of ``name``, loading it first if needed; and the seconds waited for the load."""
-        entry = self.entries[name]
-        started = time.perf_counter()
-        while entry.engine is None:
-            self.ensure_loading(name)
-            await entry.loaded.wait()
-            if entry.engine is None and entry.error is not None:
-                raise InvalidTable.for_field("model", f"table {name!r} cannot be loaded: {entry.error}")
-        with self._lock:
-            entry.last_used = time.monotonic()
-        return entry.engine, time.perf_counter() - started
 
     async def _load(self, entry: TableEntry) -> None:
         try:
