@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -539,14 +540,14 @@ class BmasKernel:
 
     # ------------------------------------------------------------------------- planning
 
-    def _peak(self, units: int, rows: int, width: int, pairs: int, items: int) -> tuple[int, int]:
+    def _peak(self, units: Any, rows: Any, width: int, pairs: Any, items: Any) -> tuple[Any, Any]:
         """Float bytes of a chunk: (similarities plus what the pairs need after the matmul: gathered
         rows, per-response column maxima in float32 then float64; the whole peak, the similarities
         plus the larger of that and the matmul's inputs, response and truth rows, freed after it)."""
         sims = FLOAT_BYTES * units * rows * width
         pairs_bytes = FLOAT_BYTES * pairs * width + 28 * items * width
         matmul = (units * rows + units * width) * self._row_bytes
-        return sims + pairs_bytes, sims + max(matmul, pairs_bytes)
+        return sims + pairs_bytes, sims + np.maximum(matmul, pairs_bytes)
 
     def _plan(self, sl: _Slice, row_end: np.ndarray, pair_end: np.ndarray) -> tuple[list[_Tile], torch.Tensor, int]:
         """Chunks of consecutive units within ``chunk_bytes``, and the plan buffer: per unit the
@@ -565,15 +566,13 @@ class BmasKernel:
         u = 0
         while u < units:
             width = int(m[u]) + 1  # units are sorted by m, largest first
-            d = int(rows[u])
-            u1 = u + 1
-            while u1 < units:
-                nd = max(d, int(rows[u1]))
-                _, peak = self._peak(u1 - u + 1, nd, width, int(pair_end[u1] - pair_start[u]),
-                                     int(sl.unit_items[u1 + 1] - sl.unit_items[u]))
-                if peak > self.chunk_bytes:
-                    break
-                d, u1 = nd, u1 + 1
+            # The longest run [u, u1) whose peak fits, every candidate u1 at once (one numpy pass).
+            d_run = np.maximum.accumulate(rows[u:])
+            count = np.arange(1, units - u + 1)
+            _, peaks = self._peak(count, d_run, width, pair_end[u:] - pair_start[u],
+                                  sl.unit_items[u + 1 :] - sl.unit_items[u])
+            u1 = u + max(1, int(np.argmax(peaks > self.chunk_bytes)) if peaks[-1] > self.chunk_bytes else count[-1])
+            d = int(d_run[u1 - u - 1])
             # A unit alone over the chunk only for its embedding rows is still one chunk (the rows
             # are streamed by the matmul; tiling would gather them again for every column tile).
             work, peak = self._peak(1, d, width, int(pair_end[u] - pair_start[u]), int(items[u]))
