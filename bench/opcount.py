@@ -134,7 +134,8 @@ def print_ops(results: dict[str, OpCounts], label: str) -> None:
     """One line per workload, then the growth from grouped to ungrouped."""
     for name, counts in results.items():
         kinds = ", ".join(f"{k} {v}" for k, v in counts.syncs.most_common()) or "none"
-        print(f"{label:<44}{name:<18}{counts.total:>7} ops {counts.total_syncs:>5} syncs ({kinds})")
+        print(f"{label:<44}{name:<18}{counts.total:>7} ops {counts.total_syncs:>5} syncs ({kinds}), "
+              f"{counts.ops['bmm']} matmuls")
     first, second = list(results.values())
     print(f"{label:<44}{'growth':<18}{second.total / first.total:>7.2f}x")
 

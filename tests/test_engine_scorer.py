@@ -52,12 +52,50 @@ def _reference(table, item: PreparedItem) -> float:
 def test_engine_equals_per_item(default_table, threads: int, budget: int) -> None:
     engine = RewardEngine(default_table, memory_budget_bytes=budget, kernel_threads=threads)
     items = _items(threads)
-    first, _ = engine.score(items)  # truth-cache misses (blocks built)
+    first, _ = engine.score(items)  # truth-cache misses
     second, report = engine.score(items)  # hits
     assert report.bmas_items == len(items) and report.groups == len({i.truth.text for i in items})
     for item, a, b in zip(items, first, second):
         assert a.accuracy == pytest.approx(_reference(default_table, item), abs=1e-5)
         assert abs(a.accuracy - b.accuracy) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def cuda_table():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    from reward_server.embeddings.loader import load_table
+
+    return load_table(None, device="cuda")  # bf16, the CUDA default
+
+
+def _half_reference(table, item: PreparedItem) -> float:
+    """The definition in float32 over the table's own (bf16) rows, a token against itself exactly 1
+    (the kernel's rule: a rounded row's norm is only ~1 ± 1e-3)."""
+    span = answer_span(item.response)
+    r_ids = torch.tensor(table.encode([span])[0] if span else [], dtype=torch.int64, device=table.device)
+    g_ids = torch.tensor(table.encode([item.truth.text])[0], dtype=torch.int64, device=table.device)
+    if not len(r_ids) or not len(g_ids):
+        return 0.0
+    rows = table.weight.float()
+    sim = rows[r_ids] @ rows[g_ids].T
+    sim[(r_ids[:, None] == g_ids[None, :]) & (rows[r_ids].norm(dim=1) > 0)[:, None]] = 1.0
+    return float(sim.amax(dim=1).mean() + sim.amax(dim=0).mean())
+
+
+def test_cuda_engine_equals_per_item(cuda_table) -> None:
+    """On the GPU (bf16 table, float32 matmul output): the definition over the same rows within a
+    bf16-aware 1e-4 (tensor cores sum in another order), identical texts exactly 2, same bytes twice."""
+    engine = RewardEngine(cuda_table)
+    items = _items(21)
+    first, _ = engine.score(items)
+    second, _ = engine.score(items)
+    for item, a, b in zip(items, first, second):
+        assert a.accuracy == pytest.approx(_half_reference(cuda_table, item), abs=1e-4)
+        assert a.accuracy == b.accuracy
+    truth = prepare_ground_truth(TaskType.OPEN_ENDED, "A small red dog sits on the green grass.")
+    (same,), _ = engine.score([PreparedItem("A small red dog sits on the green grass.", truth)])
+    assert same.accuracy == 2.0
 
 
 def test_identical_texts(default_table) -> None:
@@ -82,10 +120,13 @@ def test_score_does_not_depend_on_batch(default_table) -> None:
         assert abs(alone[0].accuracy - expected.accuracy) <= 1e-6
 
 
-def test_two_stages_overlap_and_equal_score(default_table) -> None:
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_two_stages_overlap_and_equal_score(default_table, request, device: str) -> None:
     """The batcher's pipeline: batch N+1's host stage on another thread while batch N's device stage
-    runs gives the scores of ``score``; terms come back in the order of the items given."""
-    engine = RewardEngine(default_table)
+    runs gives the scores of ``score``; terms come back in the order of the items given. On CUDA
+    the host stage pins its buffer on another thread, which binds the table's device first."""
+    table = default_table if device == "cpu" else request.getfixturevalue("cuda_table")
+    engine = RewardEngine(table)
     first, second = _items(11), _items(12)
     expected = [r.bmas_forward + r.bmas_backward for r in engine.score(second)[0]]
     with ThreadPoolExecutor(1) as host:

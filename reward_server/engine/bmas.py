@@ -29,7 +29,7 @@ is kernel launches and host synchronisations, not FLOPs):
    tiled by truth columns, rows and pairs, so memory stays bounded whatever the text lengths.
 5. *Segment sums*: forward sums are float64 cumulative sums over the batch's tokens in response
    order, read at response boundaries; backward sums are dense row sums. No atomics anywhere:
-   the same batch gives the same bytes on any device. **One** copy brings every result home.
+   on any device, the same batch gives the same bytes run after run. **One** copy brings every result home.
 
 Padding never reaches a max: a padded truth column repeats a real column of the same group (so a
 row max is unchanged; its weight is 0), the extra last column of every tile is left out of row
@@ -639,7 +639,7 @@ class BmasKernel:
 
 def _segment_sums(values: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     """Sum of ``values[starts[k]:ends[k]]`` for every k, from one float64 cumulative sum: no
-    atomics, so the same bytes on every run and device."""
+    atomics, so the same bytes on every run, on any device."""
     cumulative = torch.zeros(values.numel() + 1, dtype=torch.float64, device=values.device)
     torch.cumsum(values, 0, out=cumulative[1:])
     return cumulative.index_select(0, ends) - cumulative.index_select(0, starts)
