@@ -1,8 +1,9 @@
 """Tokenization stage: answer spans to token ids, with ground truths cached across batches.
 
 Ground truths repeat (every response of a GRPO group shares one, and the same prompts come back
-every epoch), so their ids and the kernel's per-truth state (distinct ids and counts) are cached; responses never repeat, so they are tokenized every time in one
-``encode_batch`` call, which the Rust tokenizer runs on all cores without holding the GIL.
+every epoch), so their ids and the kernel's per-truth state (distinct ids and counts, host memory)
+are cached; responses never repeat, so they are tokenized every time in one ``encode_batch`` call,
+which the Rust tokenizer runs on all cores without holding the GIL.
 """
 
 from __future__ import annotations
