@@ -86,4 +86,4 @@ def print_table(rows: list[Row], http: HttpFigures | None) -> None:
     print("         e2e 512-item request <= 1.5x tok only; 512 one-item requests (aiohttp) >= 0.6 of one")
     print("         512-item request's items/s, default table and Qwen2.5-VL-shaped checkpoint.")
     print("'eng score' = token ids in, scores out, warm truth cache (truths repeat across epochs);")
-    print("'(cold)' = same with every truth's state and block built inside the timed call.")
+    print("'(cold)' = same with every truth's state (distinct ids, counts) built inside the timed call.")

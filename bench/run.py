@@ -3,12 +3,17 @@
     python bench/run.py            # full run (~5-10 min on 2 CPU cores)
     python bench/run.py --quick    # smaller Qwen-sized check and fewer repetitions (< 2 min)
     python bench/run.py --table default   # skip the Qwen-sized (152,064 x 3,584) random table
+    python bench/run.py --table qwen --kernel-only   # the Qwen-sized scoring stage only (bench/gpu_check.sh)
 
 The Qwen part also serves a Qwen2.5-VL-shaped checkpoint (bench/qwen_checkpoint.py; built once
 into --qwen-checkpoint if absent, full size 152,064 x 3,584 bf16, 512 wide with --quick) through
 `reward-server serve --model-path`, once with a float32 and once with a bfloat16 table, and
 prints load time, first-request latency, e2e/tokenization, 512 one-item requests (aiohttp) vs one
 512-item request, and the server's peak RSS. One server at a time: tables are never both alive.
+
+It also prints the torch ops and the ops that would synchronise a GPU per 512-item batch, as 64
+groups of 8 and as 512 groups of 1 (bench/opcount.py): the engine as configured on this device,
+and one chunk per batch (the plan CUDA runs).
 
 Every figure is the median of ``--reps`` repetitions on the same inputs in the same process; the
 response texts change on every repetition of the end-to-end runs (a new salt), the ground truths
@@ -38,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import numpy as np
+import opcount
 import torch
 import workloads
 from baselines import PerItemLoop, tokenize_only
@@ -139,11 +145,10 @@ def bench_texts(
     truth_ids = [np.asarray(table.encode([t])[0], dtype=np.int64) for t in keys]
 
     def kernel(states) -> list[float]:
-        f, b = engine.run_kernel(engine.groups_from_ids(flat, lengths, sizes, states))
-        return [x + y for x, y in zip(f, b)]
+        return [f + b for f, b in engine.run_batch(engine.prepare_ids(flat, lengths, sizes, states))]
 
-    cold, _ = timed(lambda: kernel([prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]), reps)
-    warm_states = [prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]
+    cold, _ = timed(lambda: kernel([prepare_truth(ids) for ids in truth_ids]), reps)
+    warm_states = [prepare_truth(ids) for ids in truth_ids]
     kernel(warm_states)
     warm, scores = timed(lambda: kernel(warm_states), reps)
     check([scores[open_idx.index(i)] for i in pick], ref, name)
@@ -177,7 +182,7 @@ def bench_qwen(table_default, items: list[workloads.Item], reps: int, sample: in
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(152_064, 3_584, generator=gen)
     weight /= weight.norm(dim=1, keepdim=True)
-    if torch.cuda.is_available():  # the GPU path: table resident in bf16, reductions in float32
+    if torch.cuda.is_available():  # the GPU path: table resident in bf16, matmuls out in float32
         weight = weight.to("cuda", torch.bfloat16)
     mapping = torch.randperm(152_064, generator=gen)[: table_default.vocab_size].numpy()
     table = _IdTable(weight)
@@ -194,15 +199,15 @@ def bench_qwen(table_default, items: list[workloads.Item], reps: int, sample: in
     loop_score, ref = loop.score_ids_best(pairs)
 
     def kernel(states) -> list[float]:
-        f, b = engine.run_kernel(engine.groups_from_ids(flat, lengths, sizes, states))
-        return [x + y for x, y in zip(f, b)]
+        return [f + b for f, b in engine.run_batch(engine.prepare_ids(flat, lengths, sizes, states))]
 
-    cold, _ = timed(lambda: kernel([prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]), reps)
-    warm_states = [prepare_truth(torch.from_numpy(ids)) for ids in truth_ids]
+    # Truth states are host arrays on every device: the device gets a batch's truth columns with it.
+    cold, _ = timed(lambda: kernel([prepare_truth(ids) for ids in truth_ids]), reps)
+    warm_states = [prepare_truth(ids) for ids in truth_ids]
     with PeakRss() as mem:
         kernel(warm_states)
     warm, scores = timed(lambda: kernel(warm_states), reps)
-    if weight.dtype == torch.bfloat16:  # bf16 cosines: compare loosely, 1e-5 is a float32 promise
+    if weight.dtype == torch.bfloat16:  # bf16 rows against the float32 loop: 1e-5 is a float32 promise
         worst = max(abs(a - b) for a, b in zip(scores[:sample], ref))
         assert worst < 2e-2, worst
     else:
@@ -384,11 +389,28 @@ def print_qwen_http(results: list[dict[str, float]]) -> None:
               f"{results[1]['big_items_per_s'] / results[0]['big_items_per_s']:.2f}")
 
 
+def bench_ops(table) -> None:
+    """Torch ops and synchronising ops per 512-item batch (bench/opcount.py), counted on this thread
+    with one kernel slice: the engine as configured here (cache-sized chunks on CPU: ops follow the
+    bytes), then one chunk per batch, the CUDA plan (chunk = budget). The budget of that line is
+    512 MiB because rows here are float32: it holds what 256 MiB holds with CUDA's bf16 rows."""
+    print("\ntorch ops per warm 512-item batch (engine.score, kernel_threads=1; syncs = ops that would "
+          "synchronise a GPU)")
+    device = table.device.type
+    opcount.print_ops(opcount.ops_per_batch(table), f"engine as configured on {device}")
+    budget = 512 << 20 if table.dtype == torch.float32 else 256 << 20
+    opcount.print_ops(opcount.ops_per_batch(table, memory_budget_bytes=budget, chunk_bytes=budget),
+                      f"one chunk per batch ({budget >> 20} MiB, CUDA plan)")
+    print("target: < 300 ops and < 5 syncs per batch, 512 groups of 1 <= 1.2x the ops of 64 groups of 8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller per-item samples")
     parser.add_argument("--table", choices=["all", "default", "qwen"], default="all")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--kernel-only", action="store_true",
+                        help="skip the HTTP servers and the op counts: scoring stages only")
     parser.add_argument("--qwen-checkpoint", type=Path, default=None,
                         help="built by bench/qwen_checkpoint.py if absent (default "
                              "/tmp/mixed-reward-qwen25vl-DIM; full size: 2.2 GB on disk)")
@@ -416,9 +438,11 @@ def main() -> None:
     if args.table in ("all", "qwen"):
         rows.append(bench_qwen(table, grpo, max(2, reps - 2), sample=8 if args.quick else 24))
         print(rows[-1].workload, "done", flush=True)
-    http = bench_http(table, reps, 64) if args.table in ("all", "default") else None
+    http = bench_http(table, reps, 64) if args.table in ("all", "default") and not args.kernel_only else None
     print_table(rows, http)
-    if args.table in ("all", "qwen"):
+    if not args.kernel_only:
+        bench_ops(table)
+    if args.table in ("all", "qwen") and not args.kernel_only:
         import qwen_checkpoint
 
         dim = args.qwen_dim or (512 if args.quick else qwen_checkpoint.QWEN_DIM)

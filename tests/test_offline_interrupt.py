@@ -35,6 +35,9 @@ from reward_server.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 BATCH = "48"
+# Parent and child score on CPU in float32: the outputs are compared byte for byte (unset, a GPU
+# host would score the child on CUDA in bf16).
+DEVICE = ["--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +52,7 @@ def rollouts(tmp_path_factory) -> tuple[Path, bytes]:
     src = root / "rollouts.jsonl"
     write_jsonl(src, synthetic_rows(375, 8, seed=11))
     full = root / "full.jsonl"
-    assert main(["score", str(src), str(full), "--batch-size", BATCH]) == 0
+    assert main(["score", str(src), str(full), "--batch-size", BATCH, *DEVICE]) == 0
     return src, full.read_bytes()
 
 
@@ -59,7 +62,7 @@ def _start(src: Path, out: Path) -> subprocess.Popen:
     # across exec, exactly what a background job inherits.
     return subprocess.Popen(
         ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh",
-         sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH],
+         sys.executable, "-c", CHILD, "score", str(src), str(out), "--batch-size", BATCH, *DEVICE],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -106,7 +109,7 @@ def test_killed_run_resumes_to_the_same_output(rollouts, tmp_path, sig, capsys):
     with partial.open("ab") as f:
         f.write(b'{"id": "half a batch that was never checkpointed"')
 
-    assert main(["score", str(src), str(out), "--batch-size", BATCH]) == 0
+    assert main(["score", str(src), str(out), "--batch-size", BATCH, *DEVICE]) == 0
     assert "resumed" in capsys.readouterr().out
     got = out.read_bytes()
     # Row for row the uninterrupted run's output. A resumed run may cut its batches elsewhere, which

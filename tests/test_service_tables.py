@@ -41,7 +41,10 @@ def test_serve_qwen2_5_vl_checkpoint_via_cli(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REWARD_FORMAT_WEIGHT": "0.5"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reward_server", "serve", "--model-path", str(ckpt.path), "--port", str(port)],
+        # CPU float32 pinned: the expected scores below are float32 at 1e-5 (unset, a GPU host would
+        # serve the table in bf16 on CUDA).
+        [sys.executable, "-m", "reward_server", "serve", "--model-path", str(ckpt.path), "--port", str(port),
+         "--device", "cpu"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -79,7 +82,7 @@ def test_serve_qwen2_5_vl_checkpoint_via_cli(tmp_path: Path) -> None:
 
 def test_serve_with_a_bad_model_path_fails_fast(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "reward_server", "serve", "--model-path", str(tmp_path / "missing")],
+        [sys.executable, "-m", "reward_server", "serve", "--model-path", str(tmp_path / "missing"), "--device", "cpu"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False,
     )
     assert result.returncode == 2
@@ -108,11 +111,11 @@ def test_reload_swaps_the_table_without_dropping_requests(tmp_path: Path, defaul
             async with httpx.AsyncClient(timeout=60) as client:
                 workers = [asyncio.create_task(hammer(client, stop)) for _ in range(4)]
                 await asyncio.sleep(0.3)
-                denied = await client.post(srv.url + "/admin/reload", json={"model_path": str(second.path)})
+                # The new table pinned to CPU float32 like the first: scores are compared at 1e-5.
+                body = {"model_path": str(second.path), "device": "cpu"}
+                denied = await client.post(srv.url + "/admin/reload", json=body)
                 assert denied.status_code == 401
-                reload = await client.post(
-                    srv.url + "/admin/reload", json={"model_path": str(second.path)}, headers=admin
-                )
+                reload = await client.post(srv.url + "/admin/reload", json=body, headers=admin)
                 await asyncio.sleep(0.3)
                 stop.set()
                 return [b for w in workers for b in await w], reload

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from reward_server.embeddings.table import EmbeddingTable
-from reward_server.engine.bmas import FLOAT_BYTES, GroupInput, TruthState, score_group
+from reward_server.engine.bmas import BmasKernel, FlatBatch, TruthState
 from reward_server.engine.idf import IdfTable
 from reward_server.engine.pool import ScorerPool
 from reward_server.engine.tokenization import TruthTokenCache, encode_flat
@@ -57,14 +57,56 @@ class BatchReport:
             self.task_counts[task] = self.task_counts.get(task, 0) + count
 
 
-class RewardEngine:
-    """Scores batches against one embedding table. Thread-safe: one batch at a time.
+class DeviceError(RuntimeError):
+    """The device failed while scoring (a CUDA error other than running out of memory).
 
-    On CPU the kernel runs on ``kernel_threads`` worker threads (default: torch's intra-op thread
-    count), each with torch single-threaded, over disjoint sets of groups. The per-group tensors are
-    small (a few hundred KB), too small for torch's intra-op parallelism to pay — on a busy machine
-    its thread synchronisation costs more than the op — whereas whole groups split cleanly. On CUDA
-    the kernel runs inline: the device is the parallelism.
+    CUDA errors such as an illegal address or an ECC error are sticky: every later call on the
+    same context fails too. The engine records the first one in :attr:`RewardEngine.device_error`
+    and raises this, so that the service can mark itself not ready instead of failing each batch.
+    """
+
+
+@dataclass
+class PreparedBatch:
+    """The host stage's output (:meth:`RewardEngine.prepare_batch`): everything the device needs.
+
+    ``kernel`` holds the responses' token ids, the truths' columns and the flat per-batch arrays,
+    packed in one buffer per slice (pinned on CUDA); ``order`` maps each response the kernel sees
+    to the index of its item in the list given to ``prepare_batch``.
+    """
+
+    items: int
+    order: list[int]
+    kernel: FlatBatch
+    groups: int = 0
+    response_tokens: int = 0
+    truth_tokens: int = 0
+    tokenize_seconds: float = 0.0
+
+
+class RewardEngine:
+    """Scores batches against one embedding table. Thread-safe.
+
+    Two stages, so that a caller can overlap them (tokenize batch N+1 while the device scores N):
+
+    * ``prepare_batch(items) -> PreparedBatch`` (host stage): answer spans tokenized in one call,
+      ground truths' states from the cache, every array the device needs packed into one buffer
+      (pinned on CUDA). Touches no device state: safe on another thread while ``run_batch`` runs.
+      Every item is scored by BMAS (the caller routes: open-ended items only); items of the robust
+      profile (``options.profile``) get its weighted directions.
+    * ``run_batch(prepared) -> list[(forward, backward)]`` (device stage): the flat kernel
+      (``engine/bmas.py``), one batch at a time (a lock), results in the order of the items.
+      A CUDA error other than out-of-memory is recorded in ``device_error`` and raised as
+      :class:`DeviceError`: the device is unusable from then on, the caller should stop sending.
+
+    ``score(items)`` routes each item by where its family runs (inline rules here, pooled ones to
+    ``pool``, open-ended ones through both stages) and combines them with the format reward.
+
+    On CPU a batch is split into ``kernel_threads`` flat computations (default: torch's intra-op
+    thread count) run side by side on worker threads with torch single-threaded: the kernel's ops
+    are too small for intra-op threading to pay on a busy machine, whole slices of the batch split
+    cleanly. On CUDA there is one flat computation per batch and no worker thread; every thread
+    that calls into the engine binds the table's device first (``torch.cuda.set_device``).
     """
 
     def __init__(
@@ -73,14 +115,15 @@ class RewardEngine:
         *,
         memory_budget_bytes: int = 256 << 20,
         truth_cache_entries: int = 65536,
-        truth_block_cache_bytes: int = 256 << 20,
         kernel_threads: int | None = None,
+        chunk_bytes: int | None = None,
         idf: IdfTable | None = None,
         pool: ScorerPool | None = None,
     ) -> None:
         self.table = table
         self.pool = pool  # for pooled families (math) when this engine scores them itself (offline)
         self.idf = idf
+        self.device = table.device
         # The robust profile's token weights: idf from the user's file, else uniform.
         self.token_weights = (
             idf.weights(table.vocab_size, table.device)
@@ -88,16 +131,21 @@ class RewardEngine:
             else torch.ones(table.vocab_size, dtype=torch.float32, device=table.device)
         )
         self.memory_budget_bytes = memory_budget_bytes
-        self.truth_cache = TruthTokenCache(table, truth_cache_entries, truth_block_cache_bytes)
-        self._nonzero_rows = ~table.zero_rows.to(table.device)
-        self._lock = threading.Lock()
+        self.truth_cache = TruthTokenCache(table, truth_cache_entries)
         threads = kernel_threads if kernel_threads is not None else torch.get_num_threads()
         self.kernel_threads = max(1, threads) if table.device.type == "cpu" else 1
+        self.kernel = BmasKernel(
+            table.weight, ~table.zero_rows.to(table.device), self.token_weights,
+            budget_bytes=memory_budget_bytes, chunk_bytes=chunk_bytes, slices=self.kernel_threads,
+        )
+        self.device_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._device_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         if self.kernel_threads > 1:
             self._pool = ThreadPoolExecutor(
-                self.kernel_threads, thread_name_prefix="bmas-kernel", initializer=torch.set_num_threads,
-                initargs=(1,),
+                self.kernel_threads, thread_name_prefix="bmas-kernel", initializer=_worker_init,
+                initargs=(table.device,),
             )
             weakref.finalize(self, self._pool.shutdown, wait=False)
 
@@ -152,141 +200,137 @@ class RewardEngine:
                 out.append([])
                 continue
             distinct = torch.from_numpy(np.unique(ids)).to(weight.device)
-            rows = weight[distinct].float()
-            best = (rows @ weight[torch.from_numpy(truth_ids).to(weight.device)].float().T).clamp_(-1, 1).amax(dim=1)
-            best = torch.where(torch.isin(distinct, torch.from_numpy(truth_ids).to(weight.device)), 1.0, best)
+            truth = torch.from_numpy(truth_ids).to(weight.device)
+            best = (weight[distinct].float() @ weight[truth].float().T).clamp_(-1, 1).amax(dim=1)
+            best = torch.where(torch.isin(distinct, truth), 1.0, best)  # a token against itself
             order = torch.argsort(best, stable=True)[:count].cpu().tolist()
             ids_list = distinct.cpu().tolist()
             token = self.table.tokenizer.id_to_token
             out.append([{"token": token(ids_list[i]), "similarity": float(best[i])} for i in order])
         return out
 
-    def prepare(
-        self, items: Sequence[PreparedItem], indices: list[int]
-    ) -> tuple[list[int], list[GroupInput], np.ndarray]:
-        """Tokenize the answer spans of ``indices`` and group them by ground truth.
+    def prepare_batch(self, items: Sequence[PreparedItem]) -> PreparedBatch:
+        """Host stage: tokenize the answer spans, group by ground truth, pack the kernel's inputs.
 
-        Returns the item order the groups follow, the groups, and each item's token count. A group
-        is one truth under one kind of open-ended reward (plain or weighted), so items of both
-        profiles may share a batch; the truth's cached state is shared by both.
+        A group is one truth under one kind of open-ended reward (plain or weighted), so items of
+        both profiles may share a batch; the truth's cached state is shared by both.
         """
+        started = time.perf_counter()
+        self._bind_device()
         by_truth: dict[tuple[str, bool], list[int]] = {}
-        for index in indices:
-            item = items[index]
+        for index, item in enumerate(items):
             key = (item.truth.text, PROFILES[item.options.profile].weighted)
             by_truth.setdefault(key, []).append(index)
         keys = list(by_truth)
-        ordered = [index for key in keys for index in by_truth[key]]
-        spans = [answer_span(items[index].response) for index in ordered]
-        flat, lengths = encode_flat(self.table, spans)
-        states = self.truth_cache.states([text for text, _ in keys], self.table.device)
-        groups = self.groups_from_ids(
-            flat, lengths, [len(by_truth[k]) for k in keys], states, [weighted for _, weighted in keys]
-        )
-        return ordered, groups, lengths
+        order = [index for key in keys for index in by_truth[key]]
+        flat, lengths = encode_flat(self.table, [answer_span(items[index].response) for index in order])
+        states = self.truth_cache.states([text for text, _ in keys])
+        prepared = self.prepare_ids(flat, lengths, [len(by_truth[k]) for k in keys], states,
+                                    [weighted for _, weighted in keys])
+        prepared.order = order
+        prepared.items = len(items)
+        prepared.tokenize_seconds = time.perf_counter() - started
+        return prepared
 
-    def groups_from_ids(
+    def prepare_ids(
         self,
         flat: np.ndarray,
         lengths: np.ndarray,
         sizes: Sequence[int],
         states: Sequence[TruthState],
         weighted: Sequence[bool] | None = None,
-    ) -> list[GroupInput]:
-        """Kernel inputs from token ids: ``flat``/``lengths`` hold the responses, group after group,
-        ``sizes[g]`` responses scored against ``states[g]``, with the robust profile's weights when
-        ``weighted[g]``. One host-to-device copy for all ids."""
-        device = self.table.device
-        flat_t = torch.from_numpy(flat).to(device, non_blocking=True)
-        lengths_t = torch.from_numpy(lengths)
-        ends = np.cumsum(lengths)
-        groups = []
-        id_offset = item_offset = 0
-        flags = weighted if weighted is not None else [False] * len(sizes)
-        for count, state, flag in zip(sizes, states, flags):
-            stop = int(ends[item_offset + count - 1]) if count else id_offset
-            groups.append(
-                GroupInput(
-                    truth_ids=state.uniq,  # the kernel reads ``truth``; kept for the dataclass
-                    response_ids=flat_t[id_offset:stop],
-                    response_lengths=lengths_t[item_offset : item_offset + count],
-                    truth=state,
-                    weighted=flag,
-                )
-            )
-            id_offset = stop
-            item_offset += count
-        return groups
+    ) -> PreparedBatch:
+        """Host stage from token ids: ``flat``/``lengths`` hold the responses group after group,
+        ``sizes[g]`` of them scored against ``states[g]``, with the robust profile's weights when
+        ``weighted[g]``. Results come back in the order of ``lengths``."""
+        self._bind_device()
+        kernel = self.kernel.prepare(flat, lengths, sizes, states, weighted)
+        return PreparedBatch(
+            items=len(lengths), order=list(range(len(lengths))), kernel=kernel, groups=len(sizes),
+            response_tokens=int(np.asarray(lengths).sum()), truth_tokens=sum(s.total for s in states),
+        )
 
-    def run_kernel(self, groups: list[GroupInput]) -> tuple[list[float], list[float]]:
-        """Forward and backward terms of every response, in group order (one host copy in all)."""
-        if not groups:
-            return [], []
-        budget = self.memory_budget_bytes // self.kernel_threads  # workers run side by side
-        limits = self._block_limits(groups, budget)
-        tasks = _split_for_workers(groups, limits, self.kernel_threads)
+    def run_batch(self, prepared: PreparedBatch) -> list[tuple[float, float]]:
+        """Device stage: (forward, backward) of every item given to ``prepare_batch``, in order."""
+        if self.device_error is not None:
+            raise DeviceError(f"the device failed earlier: {self.device_error}") from self.device_error
+        with self._device_lock:
+            self._bind_device()
+            try:
+                if self._pool is not None and len(prepared.kernel.slices) > 1:
+                    forward, backward = self.kernel.run(prepared.kernel, self._pool.map)
+                else:
+                    with _single_threaded_torch(self.device):
+                        forward, backward = self.kernel.run(prepared.kernel)
+            except torch.OutOfMemoryError:
+                raise  # not sticky: the next batch may fit
+            except RuntimeError as exc:
+                if self.device.type == "cuda" and _is_device_error(exc):
+                    self.device_error = exc
+                    raise DeviceError(f"CUDA error while scoring: {exc}") from exc
+                raise
+        terms: list[tuple[float, float]] = [(0.0, 0.0)] * prepared.items
+        for position, index in enumerate(prepared.order):
+            terms[index] = (float(forward[position]), float(backward[position]))
+        return terms
 
-        def run(task: list[tuple[GroupInput, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            return [
-                score_group(
-                    self.table.weight, self._nonzero_rows, g, budget_bytes=budget, block_limit_bytes=lim,
-                    token_weights=self.token_weights if g.weighted else None,
-                )
-                for g, lim in task
-            ]
+    def close(self) -> None:
+        """Let the table go (a reload swaps engines): stop the worker threads and drop every
+        reference this engine holds to device memory. The engine cannot score afterwards."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        with self._device_lock:
+            self.kernel = None  # type: ignore[assignment]
+            self.token_weights = None  # type: ignore[assignment]
 
-        if self._pool is None or len(tasks) == 1:
-            with _single_threaded_torch():
-                parts = [run(task) for task in tasks]
-        else:
-            parts = list(self._pool.map(run, tasks))
-        scored = [pair for part in parts for pair in part]
-        forward = torch.cat([f for f, _ in scored]).cpu().tolist()
-        backward = torch.cat([b for _, b in scored]).cpu().tolist()
-        return forward, backward
-
-    def _block_limits(self, groups: list[GroupInput], budget: int) -> list[int]:
-        """Which truths may build their truth×truth block: it must fit a quarter of the kernel
-        budget, and all new blocks together the cache's remaining byte allowance."""
-        states = [g.truth for g in groups if g.truth is not None]
-        allowance = self.truth_cache.block_allowance(states)
-        limits = []
-        for g in groups:
-            need = int(g.truth.uniq.numel()) ** 2 * FLOAT_BYTES if g.truth is not None else 0
-            if g.truth is not None and g.truth.block is None and need <= min(allowance, budget // 4):
-                allowance -= need
-                limits.append(need)
-            else:
-                limits.append(0)
-        return limits
+    def _bind_device(self) -> None:
+        """Make the table's device current on this thread (a no-op off CUDA)."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
     def _bmas_terms(
         self, items: Sequence[PreparedItem], indices: list[int], report: BatchReport
     ) -> dict[int, tuple[float, float]]:
-        """Tokenize, group by ground truth, run the kernel; returns item index -> (forward, backward)."""
-        t0 = time.perf_counter()
-        ordered, groups, lengths = self.prepare(items, indices)
-        report.tokenize_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        forward, backward = self.run_kernel(groups)
-        report.kernel_seconds = time.perf_counter() - t1
-        report.bmas_items = len(ordered)
-        report.groups = len(groups)
-        report.response_tokens = int(lengths.sum())
-        report.truth_tokens = sum(g.truth.total for g in groups if g.truth is not None)
-        return {index: (forward[i], backward[i]) for i, index in enumerate(ordered)}
+        """Both stages over the open-ended items; returns item index -> (forward, backward)."""
+        prepared = self.prepare_batch([items[index] for index in indices])
+        report.tokenize_seconds = prepared.tokenize_seconds
+        started = time.perf_counter()
+        terms = self.run_batch(prepared)
+        report.kernel_seconds = time.perf_counter() - started
+        report.bmas_items = len(indices)
+        report.groups = prepared.groups
+        report.response_tokens = prepared.response_tokens
+        report.truth_tokens = prepared.truth_tokens
+        return {index: terms[i] for i, index in enumerate(indices)}
+
+
+def _worker_init(device: torch.device) -> None:
+    """Kernel worker threads: torch single-threaded (the slices are the parallelism), and the
+    table's device current when it is a GPU."""
+    torch.set_num_threads(1)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """A CUDA runtime/driver error (the context is then unusable), as opposed to a bug."""
+    if isinstance(exc, torch.AcceleratorError):
+        return True
+    text = str(exc)
+    return "CUDA error" in text or "CUBLAS_STATUS" in text or "cuDNN error" in text
 
 
 @contextmanager
-def _single_threaded_torch() -> Iterator[None]:
+def _single_threaded_torch(device: torch.device) -> Iterator[None]:
     """Torch intra-op threads = 1 on this thread for the block (thread-local with OpenMP, ~0.1 µs).
 
-    The kernel's tensors are a few hundred KB per group: splitting each op over threads costs more
-    in synchronisation than it saves, and on a machine whose cores are busy (tokenization, the event
-    loop, other processes) it is several times slower. Whole groups go to worker threads instead.
+    The kernel's chunks are cache-sized: splitting each op over threads costs more in
+    synchronisation than it saves, and on a machine whose cores are busy (tokenization, the event
+    loop, other processes) it is several times slower. Slices go to worker threads instead.
     """
     previous = torch.get_num_threads()
-    if previous == 1:
+    if previous == 1 or device.type != "cpu":
         yield
         return
     torch.set_num_threads(1)
@@ -296,57 +340,4 @@ def _single_threaded_torch() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _split_for_workers(
-    groups: list[GroupInput], limits: list[int], workers: int
-) -> list[list[tuple[GroupInput, int]]]:
-    """Deal groups to ``workers`` task lists with about equal token counts, keeping group order
-    within the concatenation of the lists (results are read back in that order).
-
-    Contiguous runs, not round-robin, so the concatenated results stay in group order; a group
-    bigger than its share is split on response boundaries (the kernel's result for a response does
-    not depend on which other responses share its group).
-    """
-    pairs = list(zip(groups, limits))
-    if workers <= 1:
-        return [pairs]
-    sizes = [int(g.response_ids.numel()) for g in groups]
-    share = max(1, sum(sizes) // workers)
-    pieces: list[tuple[GroupInput, int]] = []
-    for (group, limit), size in zip(pairs, sizes):
-        k = group.response_lengths.numel()
-        if size <= share or k == 1:
-            pieces.append((group, limit))
-            continue
-        lengths = group.response_lengths.tolist()
-        start_item = start_token = 0
-        while start_item < k:
-            stop_item, tokens = start_item, 0
-            while stop_item < k and (stop_item == start_item or tokens + lengths[stop_item] <= share):
-                tokens += lengths[stop_item]
-                stop_item += 1
-            pieces.append(
-                (
-                    GroupInput(
-                        truth_ids=group.truth_ids,
-                        response_ids=group.response_ids[start_token : start_token + tokens],
-                        response_lengths=group.response_lengths[start_item:stop_item],
-                        truth=group.truth,
-                        weighted=group.weighted,
-                    ),
-                    limit if start_item == 0 else 0,
-                )
-            )
-            start_item, start_token = stop_item, start_token + tokens
-    tasks: list[list[tuple[GroupInput, int]]] = [[]]
-    filled = 0
-    for piece in pieces:
-        size = int(piece[0].response_ids.numel())
-        if filled >= share and len(tasks) < workers:
-            tasks.append([])
-            filled = 0
-        tasks[-1].append(piece)
-        filled += size
-    return [t for t in tasks if t]
-
-
-__all__ = ["BatchReport", "RewardEngine"]
+__all__ = ["BatchReport", "DeviceError", "PreparedBatch", "RewardEngine"]

@@ -1,9 +1,9 @@
 """Tokenization stage: answer spans to token ids, with ground truths cached across batches.
 
 Ground truths repeat (every response of a GRPO group shares one, and the same prompts come back
-every epoch), so their ids — and the kernel's per-truth state, including the truth×truth
-similarity block — are cached; responses never repeat, so they are tokenized every time in one
-``encode_batch`` call, which the Rust tokenizer runs on all cores without holding the GIL.
+every epoch), so their ids and the kernel's per-truth state (distinct ids and counts, host memory)
+are cached; responses never repeat, so they are tokenized every time in one ``encode_batch`` call,
+which the Rust tokenizer runs on all cores without holding the GIL.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
-import torch
 
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.engine.bmas import TruthState, prepare_truth
@@ -38,29 +37,23 @@ class _Entry:
     def __init__(self, text: str, ids: np.ndarray) -> None:
         self.ids = ids
         self.state: TruthState | None = None
-        # The key text (up to 4 bytes a character), the ids, and the state's distinct ids and counts.
+        # The key text (up to 4 bytes a character), the ids, and the state's distinct ids and
+        # counts (at most as many as the ids each): an upper bound, fixed at insertion.
         self.cost = 4 * len(text) + 3 * ids.nbytes
 
 
 class TruthTokenCache:
-    """LRU cache of ground-truth text -> token ids and kernel state, for one table.
+    """LRU cache of ground-truth text -> token ids and kernel state (host memory), for one table.
 
-    Three bounds: ``max_entries`` texts, ``max_bytes`` for the texts, their ids and distinct-id
-    tensors (a truth may be 200,000 characters long, so a count alone bounds nothing), and
-    ``max_block_bytes`` for the truth×truth similarity blocks. The least recently used go first;
-    a truth's block may be dropped while the truth itself stays.
+    Two bounds: ``max_entries`` texts, and ``max_bytes`` for the texts, their ids and states (a
+    truth may be 200,000 characters long, so a count alone bounds nothing). The least recently
+    used go first. ``bytes`` is a running total, so a lookup costs the same with a full cache.
+    Nothing here lives on the device: the kernel ships a batch's truth columns with the batch.
     """
 
-    def __init__(
-        self,
-        table: EmbeddingTable,
-        max_entries: int = 65536,
-        max_block_bytes: int = 256 << 20,
-        max_bytes: int = 256 << 20,
-    ) -> None:
+    def __init__(self, table: EmbeddingTable, max_entries: int = 65536, max_bytes: int = 256 << 20) -> None:
         self._table = table
         self._max_entries = max_entries
-        self.max_block_bytes = max_block_bytes
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -96,38 +89,12 @@ class TruthTokenCache:
         with self._lock:
             return [entry.ids for entry in self._lookup(texts)]
 
-    def states(self, texts: Sequence[str], device: torch.device) -> list[TruthState]:
-        """Kernel state (distinct ids, counts, maybe a block) for each text; built once per truth."""
+    def states(self, texts: Sequence[str]) -> list[TruthState]:
+        """Kernel state (distinct ids and counts) for each text; built once per truth."""
         with self._lock:
             states = []
             for entry in self._lookup(texts):
                 if entry.state is None:
-                    entry.state = prepare_truth(torch.from_numpy(entry.ids).to(device))
+                    entry.state = prepare_truth(entry.ids)
                 states.append(entry.state)
             return states
-
-    def block_allowance(self, batch_states: Sequence[TruthState], dim_bytes: int = 4) -> int:
-        """Bytes that new blocks may take in this batch, never more than ``max_block_bytes`` in all.
-
-        Frees room first by dropping the blocks of the least recently used truths that are not in
-        this batch, as much as this batch's truths without a block would need. The caller spends the
-        allowance as it builds blocks, so memory stays bounded however many truths a batch has.
-        """
-        with self._lock:
-            in_batch = {id(s) for s in batch_states}
-            need = sum(int(s.uniq.numel()) ** 2 * dim_bytes for s in batch_states if s.block is None)
-            total = sum(e.state.block_bytes for e in self._entries.values() if e.state is not None)
-            for entry in self._entries.values():  # least recently used first
-                if self.max_block_bytes - total >= need:
-                    break
-                state = entry.state
-                if state is not None and state.block is not None and id(state) not in in_batch:
-                    total -= state.block_bytes
-                    state.block = None
-            return max(0, self.max_block_bytes - total)
-
-    @property
-    def block_bytes(self) -> int:
-        """Bytes held by cached truth×truth blocks."""
-        with self._lock:
-            return sum(e.state.block_bytes for e in self._entries.values() if e.state is not None)

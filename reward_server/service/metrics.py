@@ -334,6 +334,8 @@ class ServiceMetrics:
         Info("reward_build", "Service build: package, Python, torch and CUDA versions.", registry=r).info(
             _build_info()
         )
+        for job in self.jobs.known:
+            self.queue_wait.labels(job)
         for task in task_types:
             self.timeouts.labels(task)
             for outcome in ITEM_OUTCOMES:
