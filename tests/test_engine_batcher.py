@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from reward_server.engine.batcher import Batcher, BatcherStopped
-from reward_server.engine.scorer import RewardEngine
+from reward_server.engine.scorer import DeviceError, RewardEngine
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.scoring import PreparedItem
 
@@ -15,10 +15,10 @@ from reward_server.rewards.scoring import PreparedItem
 class EngineWithABug(RewardEngine):
     """A real engine that raises on one marked response, standing in for an unforeseen bug."""
 
-    def score(self, items):  # type: ignore[no-untyped-def]
+    def begin(self, items):  # type: ignore[no-untyped-def]
         if any(item.response == "trigger the bug" for item in items):
             raise ArithmeticError("a bug in the engine")
-        return super().score(items)
+        return super().begin(items)
 
 
 def test_a_failing_request_does_not_fail_its_batch(default_table) -> None:
@@ -48,3 +48,30 @@ def test_a_stopped_batcher_refuses_at_once(default_table) -> None:
             await batcher.submit([PreparedItem("yes", prepare_ground_truth("yes_no", "yes"))])
 
     asyncio.run(main())
+
+
+class EngineOnABrokenDevice(RewardEngine):
+    """A real engine whose device stage fails the way a sticky CUDA error does (fault injection:
+    there is no GPU here to break)."""
+
+    def finish(self, scoring):  # type: ignore[no-untyped-def]
+        raise DeviceError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_device_error_stops_scoring_and_says_so(default_table) -> None:
+    truth = prepare_ground_truth("open_ended", "a small dog")
+
+    async def main() -> tuple[object, object, object]:
+        batcher = Batcher(EngineOnABrokenDevice(default_table), max_wait_s=0.01)
+        await batcher.start()
+        try:
+            first = await asyncio.gather(batcher.submit([PreparedItem("a dog", truth)]), return_exceptions=True)
+            later = await asyncio.gather(batcher.submit([PreparedItem("a cat", truth)]), return_exceptions=True)
+            return first[0], later[0], batcher.device_error
+        finally:
+            await batcher.stop()
+
+    first, later, error = asyncio.run(main())
+    assert isinstance(first, BatcherStopped) and "the scoring device failed: CUDA error" in str(first)
+    assert isinstance(later, BatcherStopped) and (first.status, first.type) == (503, "not_ready")
+    assert isinstance(error, DeviceError)

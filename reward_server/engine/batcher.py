@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reward_server.engine.scorer import BatchReport, RewardEngine
+from reward_server.engine.scorer import BatchReport, DeviceError, RewardEngine, ScoringPass
 from reward_server.engine.tables import DEFAULT_TABLE, TableRegistry
 from reward_server.errors import NotReady, Overloaded
 from reward_server.rewards.scoring import ItemReward, PreparedItem, score_inline
@@ -119,8 +119,13 @@ class Batcher:
         self._turns = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-engine")
+        # Two threads: the host stage (rules, tokenization) of batch N+1 overlaps the device stage
+        # (the kernel) of batch N. One of each keeps batches in order and one kernel at a time.
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-host")
+        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-device")
+        self.device_error: BaseException | None = None  # a CUDA error: the service is not ready
         self.tables.on_loaded = self._wake
+        self.tables.on_retired = lambda engine: self._device.submit(engine.close)  # after the batch using it
 
     @property
     def engine(self) -> RewardEngine:
@@ -159,7 +164,8 @@ class Batcher:
                     request.future.set_exception(BatcherStopped("the reward server is shutting down"))
         self._jobs.clear()
         self._pending_items = 0
-        self._executor.shutdown(wait=True)
+        self._host.shutdown(wait=True)
+        self._device.shutdown(wait=True)
 
     async def submit(
         self,
@@ -299,6 +305,7 @@ class Batcher:
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        previous: asyncio.Task[None] | None = None  # the batch whose device stage may still run
         while True:
             self._load_waiting()
             oldest = self._oldest_ready()
@@ -316,77 +323,135 @@ class Batcher:
                     timer.cancel()
                 continue
             batch = self._take_fair()
-            if batch:
-                await self._score(loop, batch)
+            if not batch:
+                continue
+            if self.device_error is not None:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(BatcherStopped(f"the scoring device failed: {self.device_error}"))
+                continue
+            # At most two batches in flight: this one's host stage overlaps the previous one's device
+            # stage; the next batch is taken once this one is tokenized and the previous one is done.
+            host_done = asyncio.Event()
+            current = asyncio.create_task(self._pipeline(loop, batch, previous, host_done))
+            await host_done.wait()
+            if previous is not None:
+                await previous
+            previous = current
 
-    # --- scoring ------------------------------------------------------------------------------
+    # --- scoring: a host stage and a device stage, overlapped ----------------------------------
 
-    def _execute(self, batch: list[_Request]) -> tuple[dict[int, tuple[list[ItemReward], dict | None]], BatchReport]:
-        """On the worker thread: rule-scored items, then one sub-batch per table."""
-        report = BatchReport()
-        out: dict[int, tuple[list[ItemReward], dict | None]] = {}
+    def _host_stage(self, batch: list[_Request]) -> _Pass:
+        """On the host thread: rule-scored requests, and each table's sub-batch up to its kernel
+        input (answer spans tokenized, truths' states, the packed buffer)."""
+        scoring = _Pass(batch, report=BatchReport(items=sum(r.size for r in batch)))
         started = time.perf_counter()
         for index, request in enumerate(batch):
             if request.table is None:
-                out[index] = (score_inline(request.items), None)
+                scoring.results[index] = (score_inline(request.items), None)
                 for item in request.items:
                     task = item.truth.family.name
-                    report.task_counts[task] = report.task_counts.get(task, 0) + 1
-        report.rules_seconds += time.perf_counter() - started
+                    scoring.report.task_counts[task] = scoring.report.task_counts.get(task, 0) + 1
+        scoring.report.rules_seconds += time.perf_counter() - started
         by_table: dict[str, list[int]] = {}
         for index, request in enumerate(batch):
             if request.table is not None:
                 by_table.setdefault(request.table, []).append(index)
         for name, indices in by_table.items():
             engine = self.tables.engine(name)
-            if engine is None:  # evicted between choosing and running: score on a fresh load
+            if engine is None or engine.closed:  # evicted between choosing and running: load it again
                 raise _Evicted(name)
             items = [item for i in indices for item in batch[i].items]
-            results, part = engine.score(items)
-            report.merge(part)
+            scoring.tables.append((engine, indices, engine.begin(items)))
+        return scoring
+
+    def _device_stage(self, scoring: _Pass) -> _Pass:
+        """On the device thread, one batch at a time: each table's kernel and the combination."""
+        for engine, indices, part in scoring.tables:
+            if engine.closed:
+                raise _Evicted(engine.table.source)
+            results, report = engine.finish(part)
+            scoring.report.merge(report)
             info = engine.table.info()
             offset = 0
             for i in indices:
-                count = batch[i].size
-                out[i] = (results[offset : offset + count], info)
+                count = scoring.batch[i].size
+                scoring.results[i] = (results[offset : offset + count], info)
                 offset += count
-        report.items = sum(r.size for r in batch)
-        return out, report
+        return scoring
 
     async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        """Both stages of one batch, in order (the fallback path: one request at a time)."""
         started = time.perf_counter()
         try:
-            scored, report = await loop.run_in_executor(self._executor, self._execute, batch)
-        except _Evicted as evicted:  # rare: put them back, their table loads again
+            scoring = await loop.run_in_executor(self._host, self._host_stage, batch)
+            scoring = await loop.run_in_executor(self._device, self._device_stage, scoring)
+        except Exception as exc:  # noqa: BLE001 - handled per kind below
+            await self._failed(loop, batch, exc)
+            return
+        self._answer(scoring, started)
+
+    async def _pipeline(self, loop: asyncio.AbstractEventLoop, batch: list[_Request],
+                        previous: asyncio.Task[None] | None, host_done: asyncio.Event) -> None:
+        """This batch's host stage runs while the previous batch's device stage does; its own device
+        stage starts when that one has finished (one kernel at a time: order and memory bounded)."""
+        started = time.perf_counter()
+        try:
+            scoring = await loop.run_in_executor(self._host, self._host_stage, batch)
+        except Exception as exc:  # noqa: BLE001
+            host_done.set()
+            if previous is not None:
+                await previous
+            await self._failed(loop, batch, exc)
+            return
+        host_done.set()
+        if previous is not None:
+            await previous
+        try:
+            scoring = await loop.run_in_executor(self._device, self._device_stage, scoring)
+        except Exception as exc:  # noqa: BLE001
+            await self._failed(loop, batch, exc)
+            return
+        self._answer(scoring, started)
+
+    async def _failed(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], exc: BaseException) -> None:
+        if isinstance(exc, _Evicted):  # rare: put them back, their table loads again
             for request in batch:
                 if not request.future.done():
-                    self._requeue(request, evicted.name)
+                    self._requeue(request)
+            self._wake()
             return
-        except Exception as exc:  # noqa: BLE001 — a bug, not a client mistake
-            if len(batch) > 1:  # rescore request by request: one bad request must not fail its neighbours
-                for request in batch:
-                    await self._score(loop, [request])
-                return
-            if not batch[0].future.done():
-                batch[0].future.set_exception(exc)
+        if isinstance(exc, DeviceError):  # the device is gone: say so to every waiter, stay down
+            self.device_error = exc
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(BatcherStopped(f"the scoring device failed: {exc}"))
             return
+        if len(batch) > 1:  # rescore request by request: one bad request must not fail its neighbours
+            for request in batch:
+                await self._score(loop, [request])
+            return
+        if not batch[0].future.done():
+            batch[0].future.set_exception(exc)
+
+    def _answer(self, scoring: _Pass, started: float) -> None:
         elapsed = time.perf_counter() - started
-        total = report.items
-        for index, request in enumerate(batch):
-            results, table = scored[index]
+        total = scoring.report.items
+        for index, request in enumerate(scoring.batch):
+            results, table = scoring.results[index]
             if not request.future.done():
                 load = started - request.load_started if request.load_started is not None else 0.0
                 request.future.set_result(RequestOutcome(
                     results=results, table=table, queue_seconds=started - request.enqueued, batch_items=total,
-                    report=report, table_load_seconds=load,
+                    report=scoring.report, table_load_seconds=load,
                 ))
         if self._on_batch is not None:
             try:
-                self._on_batch(report, total, elapsed)
+                self._on_batch(scoring.report, total, elapsed)
             except Exception:  # a metrics bug must not stop the scoring worker
                 log.exception("batch listener failed")
 
-    def _requeue(self, request: _Request, table: str) -> None:
+    def _requeue(self, request: _Request) -> None:
         queue = self._jobs.get(request.job)
         if queue is None:
             queue = self._jobs[request.job] = _JobQueue(request.job, turn=0)
@@ -394,7 +459,16 @@ class Batcher:
         queue.items += request.size
         self._pending_items += request.size
         request.load_started = request.load_started or time.perf_counter()
-        self.tables.ensure_loading(table)
+
+
+@dataclass
+class _Pass:
+    """One batch between its host stage and its device stage."""
+
+    batch: list[_Request]
+    report: BatchReport
+    results: dict[int, tuple[list[ItemReward], dict | None]] = field(default_factory=dict)
+    tables: list[tuple[RewardEngine, list[int], ScoringPass]] = field(default_factory=list)
 
 
 class _Evicted(Exception):

@@ -67,6 +67,17 @@ class DeviceError(RuntimeError):
 
 
 @dataclass
+class ScoringPass:
+    """A batch between :meth:`RewardEngine.begin` (host) and :meth:`RewardEngine.finish` (device)."""
+
+    items: Sequence[PreparedItem]
+    scores: list[Score | None]
+    on_table: list[int]
+    prepared: PreparedBatch | None
+    report: BatchReport
+
+
+@dataclass
 class PreparedBatch:
     """The host stage's output (:meth:`RewardEngine.prepare_batch`): everything the device needs.
 
@@ -154,9 +165,12 @@ class RewardEngine:
             return self._score(items)
 
     def _score(self, items: Sequence[PreparedItem]) -> tuple[list[ItemReward], BatchReport]:
-        """Route each item by where its family runs: inline rules here, pooled families (math) to
-        the pool (blocking: the service sends those to the pool itself, never through a batch),
-        open-ended items to the kernel; then combine with the format reward (SPEC §8)."""
+        return self.finish(self.begin(items))
+
+    def begin(self, items: Sequence[PreparedItem]) -> ScoringPass:
+        """Host stage of :meth:`score`: route each item by where its family runs (inline rules
+        scored here, pooled families (math) sent to the pool and awaited, open-ended items tokenized
+        for the kernel). Safe on another thread while :meth:`finish` runs a previous pass."""
         report = BatchReport(items=len(items))
         started = time.perf_counter()
         scores: list[Score | None] = [None] * len(items)
@@ -172,15 +186,32 @@ class RewardEngine:
             else:  # rule-scored: no tokenization at all
                 scores[index] = score_answer(item.response, item.truth, item.options)
         report.rules_seconds = time.perf_counter() - started
-        if pooled:
+        if pooled:  # the service sends pooled items to the pool itself, never through a batch
             if self.pool is None:
                 raise RuntimeError("items of a pooled family reached an engine without a worker pool")
             for index, score in zip(pooled, self.pool.score_blocking([items[i] for i in pooled])):
                 scores[index] = score
+        prepared = None
         if on_table:
-            for index, (forward, backward) in self._bmas_terms(items, on_table, report).items():
+            prepared = self.prepare_batch([items[index] for index in on_table])
+            report.tokenize_seconds = prepared.tokenize_seconds
+        return ScoringPass(items, scores, on_table, prepared, report)
+
+    def finish(self, scoring: ScoringPass) -> tuple[list[ItemReward], BatchReport]:
+        """Device stage of :meth:`score`: the kernel for the open-ended items, the explanations
+        asked for, and the final combination with the format reward (SPEC §8)."""
+        items, scores, report = scoring.items, scoring.scores, scoring.report
+        if scoring.prepared is not None:
+            started = time.perf_counter()
+            terms = self.run_batch(scoring.prepared)
+            report.kernel_seconds = time.perf_counter() - started
+            report.bmas_items = len(scoring.on_table)
+            report.groups = scoring.prepared.groups
+            report.response_tokens = scoring.prepared.response_tokens
+            report.truth_tokens = scoring.prepared.truth_tokens
+            for index, (forward, backward) in zip(scoring.on_table, terms):
                 scores[index] = bmas_score(forward, backward, items[index].options)
-            explained = [i for i in on_table if items[i].options.explain]
+            explained = [i for i in scoring.on_table if items[i].options.explain]
             if explained:
                 for index, tokens in zip(explained, self.weakest_tokens([items[i] for i in explained])):
                     scores[index] = replace(scores[index], parsed=tokens)  # type: ignore[arg-type]
@@ -284,25 +315,15 @@ class RewardEngine:
             self.kernel = None  # type: ignore[assignment]
             self.token_weights = None  # type: ignore[assignment]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` let the table go (an evicted or replaced table)."""
+        return self.kernel is None
+
     def _bind_device(self) -> None:
         """Make the table's device current on this thread (a no-op off CUDA)."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-
-    def _bmas_terms(
-        self, items: Sequence[PreparedItem], indices: list[int], report: BatchReport
-    ) -> dict[int, tuple[float, float]]:
-        """Both stages over the open-ended items; returns item index -> (forward, backward)."""
-        prepared = self.prepare_batch([items[index] for index in indices])
-        report.tokenize_seconds = prepared.tokenize_seconds
-        started = time.perf_counter()
-        terms = self.run_batch(prepared)
-        report.kernel_seconds = time.perf_counter() - started
-        report.bmas_items = len(indices)
-        report.groups = prepared.groups
-        report.response_tokens = prepared.response_tokens
-        report.truth_tokens = prepared.truth_tokens
-        return {index: terms[i] for i, index in enumerate(indices)}
 
 
 def _worker_init(device: torch.device) -> None:
@@ -340,4 +361,4 @@ def _single_threaded_torch(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-__all__ = ["BatchReport", "DeviceError", "PreparedBatch", "RewardEngine"]
+__all__ = ["BatchReport", "DeviceError", "PreparedBatch", "RewardEngine", "ScoringPass"]

@@ -128,6 +128,9 @@ class TableRegistry:
         self._load_lock = asyncio.Lock()
         self._lock = threading.Lock()  # residency, read by the scoring worker's thread
         self.on_loaded: Callable[[], None] | None = None  # the batcher's wake-up
+        #: called with each engine that left memory (evicted or replaced): the batcher closes it on
+        #: its device thread, after the batch that may still use it
+        self.on_retired: Callable[[RewardEngine], None] | None = None
 
     # --- names --------------------------------------------------------------------------------
 
@@ -217,9 +220,14 @@ class TableRegistry:
                 break
             if entry.pinned or entry.name == keep:
                 continue
+            self._retire(entry.engine)
             entry.engine = None
             evicted.append(entry.name)
         return evicted
+
+    def _retire(self, engine: RewardEngine | None) -> None:
+        if engine is not None and self.on_retired is not None:
+            self.on_retired(engine)
 
     # --- reloads and listing ------------------------------------------------------------------
 
@@ -231,6 +239,7 @@ class TableRegistry:
             old = entry.engine.table.info() if entry.engine is not None else {"name": name, "resident": False}
             engine, idf_applies = await asyncio.to_thread(self._build_entry, path, device, dtype)
             with self._lock:
+                self._retire(entry.engine)
                 entry.path, entry.engine, entry.idf_applies, entry.error = path, engine, idf_applies, None
                 entry.loads += 1
                 entry.last_used = time.monotonic()

@@ -123,10 +123,13 @@ class RewardReplica:
         return await asgi_request(self.service_app, method, path, headers, body)
 
     async def check_health(self) -> None:
-        """Serve replaces a replica whose scoring worker died."""
-        worker = self.service_app.state.service.batcher._worker
-        if worker is not None and worker.done():
+        """Serve replaces a replica whose scoring worker died or whose device failed (a CUDA error
+        is sticky: the process cannot score any more)."""
+        batcher = self.service_app.state.service.batcher
+        if batcher._worker is not None and batcher._worker.done():
             raise RuntimeError("the scoring worker is not running")
+        if batcher.device_error is not None:
+            raise RuntimeError(f"the scoring device failed: {batcher.device_error}")
 
     # --- the registry ------------------------------------------------------------------------
 

@@ -264,6 +264,8 @@ def create_app(
             raise Draining("the reward server is shutting down; send new requests elsewhere")
         if not state.ready:
             raise NotReady("the reward server is not ready (starting or shutting down)")
+        if state.batcher.device_error is not None:  # a CUDA error: this process cannot score any more
+            raise NotReady(f"the scoring device failed: {state.batcher.device_error}")
         return {"status": "ready", "table": state.table.info()}
 
     @app.get("/v1/info")
