@@ -61,6 +61,7 @@ async def window(url: str, seconds: float, args: argparse.Namespace, small_job: 
     flood_latencies: list[float] = []
     small_latencies: list[float] = []
     items_done = {"flood": 0, "small": 0}
+    server_side: list[tuple[float, float]] = []
     stop = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=args.flood_in_flight + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -70,9 +71,11 @@ async def window(url: str, seconds: float, args: argparse.Namespace, small_job: 
             async with session.post(url + "/score", data=json.dumps(body),
                                     headers={"content-type": "application/json"}) as response:
                 assert response.status == 200, await response.text()
-                await response.read()
+                answer = json.loads(await response.read())
             into.append(time.perf_counter() - started)
             items_done[who] += len(body["items"])
+            if who == "small":
+                server_side.append((answer["timing"]["queue_seconds"], answer["timing"]["total_seconds"]))
 
         async def flood_loop(lane: int) -> None:
             salt = lane * 1000
@@ -97,6 +100,8 @@ async def window(url: str, seconds: float, args: argparse.Namespace, small_job: 
         "small_p90": statistics.quantiles(small_latencies, n=10)[-1] if len(small_latencies) >= 10 else float("nan"),
         "items_per_s": (items_done["flood"] + items_done["small"]) / elapsed,
         "small_requests": len(small_latencies),
+        "small_queue_median": statistics.median(q for q, _ in server_side) if server_side else float("nan"),
+        "small_server_median": statistics.median(t for _, t in server_side) if server_side else float("nan"),
     }
 
 
@@ -149,6 +154,8 @@ def main() -> None:
     print(f"{'':36} {'fair (two jobs)':>16} {'FIFO (one job)':>16}")
     print(f"{'flood median request latency (s)':36} {med('fair', 'flood_median'):16.3f} {med('fifo', 'flood_median'):16.3f}")
     print(f"{'small p90 latency (s)':36} {med('fair', 'small_p90'):16.3f} {med('fifo', 'small_p90'):16.3f}")
+    print(f"{'small: server queue / total (median, s)':36} {med('fair', 'small_queue_median'):7.3f} /{med('fair', 'small_server_median'):7.3f} "
+          f"{med('fifo', 'small_queue_median'):7.3f} /{med('fifo', 'small_server_median'):7.3f}")
     ratio_fair = med("fair", "small_p90") / med("fair", "flood_median")
     ratio_fifo = med("fifo", "small_p90") / med("fifo", "flood_median")
     print(f"{'small p90 / flood median':36} {ratio_fair:16.2f} {ratio_fifo:16.2f}   (goal <= 0.3 fair)")

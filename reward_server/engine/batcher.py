@@ -104,6 +104,7 @@ class Batcher:
         *,
         max_wait_s: float = 0.004,
         max_batch_items: int = 2048,
+        shared_batch_items: int | None = None,
         max_queue_items: int = 65536,
         job_queue_items: int | None = None,
         on_batch: BatchListener | None = None,
@@ -111,6 +112,7 @@ class Batcher:
         self.tables = tables if isinstance(tables, TableRegistry) else single_table(tables)
         self.max_wait_s = max_wait_s
         self.max_batch_items = max_batch_items
+        self.shared_batch_items = min(shared_batch_items or max_batch_items, max_batch_items)
         self.max_queue_items = max_queue_items
         self.job_queue_items = job_queue_items
         self._on_batch = on_batch
@@ -239,35 +241,39 @@ class Batcher:
         self._pending_items -= request.size
 
     def _take_fair(self) -> list[_Request]:
-        """Deficit round robin over the jobs that have a ready request (module docstring)."""
+        """Deficit round robin over the jobs that have a ready request (module docstring).
+
+        The batch's size is a target, not a cap: rounds go on until it is reached, the request
+        that reaches it may overshoot it (up to ``max_batch_items``), so a job whose requests are
+        larger than its quantum is never starved into near-empty batches."""
         heads = {name: self._first_ready(q) for name, q in self._jobs.items()}
         active = [self._jobs[name] for name, head in heads.items() if head is not None]
         if not active:
             return []
         active.sort(key=lambda q: (-heads[q.name].priority, heads[q.name].deadline, q.turn))  # type: ignore[union-attr]
-        quantum = max(1.0, self.max_batch_items / len(active))
+        # A lone job gets whole batches (throughput); jobs that share get smaller ones, so that a
+        # small job's request waits for one short batch, not a long one of a flooding job's items.
+        target = self.max_batch_items if len(active) == 1 else self.shared_batch_items
+        quantum = max(1.0, target / len(active))
         batch: list[_Request] = []
         size = 0
-        while size < self.max_batch_items:
+        first = heads[active[0].name]
+        if first is not None and first.size >= self.max_batch_items:  # a request of a whole batch runs alone
+            self._take(active[0], first)
+            batch, size = [first], first.size
+        while size < target:
             for queue in active:
                 queue.deficit += quantum
-                while (head := self._first_ready(queue)) is not None:
-                    if not batch and head.size > self.max_batch_items:  # larger than a batch: runs alone
-                        self._take(queue, head)
-                        batch.append(head)
-                        size = self.max_batch_items
-                        break
+                while size < target and (head := self._first_ready(queue)) is not None:
                     if head.size > queue.deficit or size + head.size > self.max_batch_items:
                         break
                     self._take(queue, head)
                     queue.deficit -= head.size
                     batch.append(head)
                     size += head.size
-                if size >= self.max_batch_items:
-                    break
-            room = self.max_batch_items - size
-            if not any((h := self._first_ready(q)) is not None and h.size <= room for q in active):
-                break  # nothing else fits this batch; otherwise another round (the deficits grow)
+            if not any((h := self._first_ready(q)) is not None and size + h.size <= self.max_batch_items
+                       for q in active):
+                break  # nothing else fits; otherwise another round (the deficits grow)
         for queue in active:
             if self._first_ready(queue) is None:
                 queue.deficit = 0.0  # DRR: a job with nothing ready keeps no credit

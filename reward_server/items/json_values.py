@@ -50,4 +50,79 @@ def loads_lenient(data: str | bytes) -> Any:
     return parsed
 
 
-__all__ = ["MAX_DEPTH", "NON_FINITE", "TOO_DEEP", "loads_lenient", "value_problem"]
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+
+
+def count_elements(body: bytes, key: str | None, stop_after: int) -> int | None:
+    """How many elements the array at ``key`` of a JSON object body holds (``key`` None: the body
+    is the array), counting no further than ``stop_after`` + 1; None when the body is not that shape
+    (the full validation then says what is wrong).
+
+    Why not parse: a 3 MB body of a million ``{}`` items is a million objects before a limit of
+    8,192 can be checked (seconds of CPU, a gigabyte of memory). This walks the body with the C
+    decoder one element at a time and stops past the limit: at most ``stop_after`` + 1 elements are
+    ever built, and each is dropped at once. ``bytes.count(b",")`` first bounds the count from
+    above (n elements need n - 1 commas), so an ordinary body costs one C scan and nothing else.
+    """
+    if body.count(b",") < stop_after:
+        return None  # cannot exceed the limit: let the validation count
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        at = _skip(text, 0)
+        if key is not None:
+            at = _find_key(text, at, key)
+            if at is None:
+                return None
+        if text[at] != "[":
+            return None
+        at = _skip(text, at + 1)
+        if text[at] == "]":
+            return 0
+        count = 0
+        while True:
+            _, at = _DECODER.raw_decode(text, at)
+            count += 1
+            if count > stop_after:
+                return count
+            at = _skip(text, at)
+            if text[at] == "]":
+                return count
+            if text[at] != ",":
+                return None
+            at = _skip(text, at + 1)
+    except (ValueError, IndexError, RecursionError):
+        return None
+
+
+def _skip(text: str, at: int) -> int:
+    while text[at] in _SPACE:
+        at += 1
+    return at
+
+
+def _find_key(text: str, at: int, key: str) -> int | None:
+    """The position of ``key``'s value in the object that starts at ``at`` (its other values are
+    decoded and dropped one by one), or None."""
+    if text[at] != "{":
+        return None
+    at = _skip(text, at + 1)
+    while text[at] != "}":
+        name, at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text[at] != ":":
+            return None
+        at = _skip(text, at + 1)
+        if name == key:
+            return at
+        _, at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text[at] == ",":
+            at = _skip(text, at + 1)
+    return None
+
+
+__all__ = ["MAX_DEPTH", "NON_FINITE", "TOO_DEEP", "count_elements", "loads_lenient", "value_problem"]

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # Batching and memory
     batch_max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0, description="Longest wait to coalesce requests.")
     batch_max_items: int = Field(4096, ge=1, description="Items per device batch (a larger request runs alone).")
+    batch_shared_items: int = Field(
+        256, ge=1,
+        description="Items per device batch while several jobs have work queued, shared between them: smaller "
+        "batches keep a small job's latency low beside a flooding one (a lone job gets batch_max_items).",
+    )
     queue_max_items: int = Field(65536, ge=1, description="Queued items beyond which requests get 429.")
     job_queue_items: int | None = Field(
         None, ge=1,

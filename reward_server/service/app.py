@@ -213,6 +213,7 @@ def create_app(
             tables,
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             max_batch_items=settings.batch_max_items,
+            shared_batch_items=settings.batch_shared_items,
             max_queue_items=settings.queue_max_items,
             job_queue_items=settings.job_queue_items,
             on_batch=metrics.observe_batch,
@@ -313,7 +314,7 @@ def create_app(
         """Score a batch; one result per item, in order, plus group statistics when items carry group_id."""
         started = time.perf_counter()
         principal = tokens.authenticate(http_request, "score")
-        request = await read_json_body(http_request, ScoreRequest)
+        request = await read_json_body(http_request, ScoreRequest, count=("items", settings.max_items_per_request))
         tenancy = tenancy_of(http_request, principal, request.model, request.job, request.priority,
                              request.deadline_seconds)
         scored = await scoring.score(request.items, request.options, tenancy)

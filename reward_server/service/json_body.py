@@ -8,14 +8,15 @@ token is checked, so they agree on what a bad body gets: **422** ``invalid_reque
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from reward_server.errors import InvalidRequest, summarise
+from reward_server.errors import InvalidRequest, TooManyItems, summarise
 from reward_server.items.errors import validation_details
-from reward_server.items.json_values import TOO_DEEP, loads_lenient
+from reward_server.items.json_values import TOO_DEEP, count_elements, loads_lenient
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -24,19 +25,53 @@ def body_error(message: str) -> InvalidRequest:
     return InvalidRequest.for_field("body", message)
 
 
-async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
-    """Validate the raw body bytes straight into ``model`` with pydantic-core.
+#: Bodies larger than this are validated on a worker thread: the event loop (health checks, other
+#: trainers' one-item requests) never waits more than a few milliseconds for one request's parsing.
+OFFLOAD_BYTES = 64 << 10
 
-    The hot path of a trainer that sends hundreds of one-item requests: parsing bytes in one
-    step skips FastAPI's dependency solving, ``json.loads`` and a second pass over the dicts.
-    JSON is only read when declared (``Content-Type: application/json``), as FastAPI does, so a
-    browser cannot post here cross-site without a CORS preflight.
-    """
+
+def require_json(request: Request) -> None:
+    """JSON is only read when declared (``Content-Type: application/json``), as FastAPI does, so a
+    browser cannot post here cross-site without a CORS preflight."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if not (media == "application/json" or media.endswith("+json")):
         raise body_error("body was not read as JSON: send it with 'Content-Type: application/json'")
+
+
+def check_count(body: bytes, key: str | None, limit: int, field: str) -> None:
+    """413 when the array at ``key`` (None: the body itself) holds more than ``limit`` elements,
+    found before any model is built (json_values.count_elements: a million tiny items cost
+    milliseconds, not seconds and a gigabyte)."""
+    count = count_elements(body, key, limit)
+    if count is not None and count > limit:
+        raise TooManyItems(
+            f"{field}: more than {limit} in one request; the limit is {limit} "
+            "(split the batch or raise REWARD_MAX_ITEMS_PER_REQUEST)",
+            [{"item": None, "field": field, "message": f"at most {limit}"}],
+        )
+
+
+async def read_json_body(
+    request: Request, model: type[ModelT], *, count: tuple[str | None, int] | None = None
+) -> ModelT:
+    """Validate the raw body bytes straight into ``model`` with pydantic-core.
+
+    The hot path of a trainer that sends hundreds of one-item requests: parsing bytes in one
+    step skips FastAPI's dependency solving, ``json.loads`` and a second pass over the dicts.
+    ``count`` (a key and a limit) refuses an over-long list first (413); a large body is validated
+    off the event loop.
+    """
+    require_json(request)
     body = await request.body()
+    if count is not None:
+        check_count(body, count[0], count[1], count[0] or "body")
+    if len(body) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(validate_json, body, model)
+    return validate_json(body, model)
+
+
+def validate_json(body: bytes, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

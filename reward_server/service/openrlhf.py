@@ -259,7 +259,9 @@ def request_options(
 async def get_reward(request: Request) -> JSONResponse:
     """Score OpenRLHF samples: one reward per query, in order."""
     principal = request.app.state.tokens.authenticate(request, "score", query_param="token")
-    body = await read_json_body(request, GetRewardRequest)
+    body = await read_json_body(
+        request, GetRewardRequest, count=("query", request.app.state.service.settings.max_items_per_request)
+    )
     count = len(body.query)
     errors: list[dict[str, Any]] = []
     for name, values in (("prompts", body.prompts), ("labels", body.labels)):

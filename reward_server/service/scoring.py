@@ -35,6 +35,9 @@ from reward_server.rewards.registry import FamilyRegistry
 from reward_server.rewards.scoring import ItemReward, PreparedItem, combine
 from reward_server.service.auth import Principal, request_job
 
+#: Requests with more items than this are validated on a worker thread (the event loop stays free).
+OFFLOAD_ITEMS = 256
+
 
 @dataclass(frozen=True)
 class Tenancy:
@@ -142,7 +145,11 @@ class ScoringService:
         if not self._is_ready():
             raise NotReady("the reward server is not ready (starting or shutting down)")
         table = self.batcher.tables.resolve(tenancy.model)  # an unknown model is a 422 even without open-ended items
-        built = build_items(items, self.options(options), self.settings, self.registry)
+        resolved = self.options(options)
+        if len(items) > OFFLOAD_ITEMS:  # validating thousands of items must not hold up the event loop
+            built = await asyncio.to_thread(build_items, items, resolved, self.settings, self.registry)
+        else:
+            built = build_items(items, resolved, self.settings, self.registry)
         if not built:
             return Scored(items=[], results=[])
         parts: dict[Runs, list[int]] = {Runs.INLINE: [], Runs.TABLE: [], Runs.POOL: []}

@@ -28,14 +28,15 @@ for OpenRLHF (``?eos=`` replaces the list). ``?token=``, ``?format_weight=`` and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
-from reward_server.errors import RewardServerError
-from reward_server.service.json_body import parse_json
+from reward_server.errors import MAX_DETAILS, RewardServerError
+from reward_server.service.json_body import OFFLOAD_BYTES, check_count, parse_json, require_json
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
 from reward_server.service.openrlhf import (
     checked_task_type,
@@ -77,6 +78,8 @@ def _samples(raw: bytes) -> tuple[list[SlimeSample], bool]:
     samples: list[SlimeSample] = []
     errors: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
+        if len(errors) >= MAX_DETAILS:  # the answer lists at most this many: stop looking
+            break
         where = index if grouped else None
         if not isinstance(row, dict):
             errors.append(item_detail(where, "body", f"each sample must be a JSON object, got {type(row).__name__}"))
@@ -112,7 +115,10 @@ _BODY = {"anyOf": [{"$ref": "#/components/schemas/SlimeSample"},
 async def slime_reward(request: Request) -> JSONResponse:
     """Score slime samples: one reply object per posted object, a list of them for a posted list."""
     principal = request.app.state.tokens.authenticate(request, "score", query_param="token")
-    samples, grouped = _samples(await request.body())
+    require_json(request)  # as every body route: no cross-site simple request (text/plain) reaches scoring
+    raw = await request.body()
+    check_count(raw, None, request.app.state.service.settings.max_items_per_request, "body")
+    samples, grouped = await asyncio.to_thread(_samples, raw) if len(raw) > OFFLOAD_BYTES else _samples(raw)
     url_task = checked_task_type(request, request.query_params.get("task_type"))
     eos = eos_list(request)
     items: list[RequestItem] = []
