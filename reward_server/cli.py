@@ -76,11 +76,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from reward_server.embeddings.loader import load_table
     from reward_server.service.app import create_app, load_configured_idf
-    from reward_server.service.shutdown import SHUTDOWN_GRACE_SECONDS, DrainingServer
+    from reward_server.service.connections import server_config
+    from reward_server.service.shutdown import DrainingServer
 
     settings = load_settings(args.settings_source(parsed_args=args))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -111,13 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     elif settings.profile == "robust":
         log.warning("profile robust without --idf-path: every token weighs 1 (see docs/rewards.md)")
     app = create_app(table, settings, idf, registry=families)
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-    )
-    server = DrainingServer(config, drain_seconds=settings.drain_seconds, on_drain=app.state.service.begin_drain)
+    server = DrainingServer(server_config(app, settings), drain_seconds=settings.drain_seconds, on_drain=app.state.service.begin_drain)
     server.run(sockets=[sock])
     return 0
 

@@ -231,6 +231,16 @@ class MissingExtra(RewardServerError):
     summary = "The task type needs an optional extra this server lacks (the message names the pip install)."
 
 
+class RequestTimeout(RewardServerError):
+    status, type, exit_code = 408, "request_timeout", EXIT_DATA
+    summary = "The request's headers or body did not arrive within header_timeout_seconds / body_timeout_seconds."
+
+
+class ClientClosed(RewardServerError):
+    status, type, exit_code = 499, "client_closed", EXIT_DATA
+    summary = "The client went away (or was cut off by a read deadline) before its request was read; nobody sees this answer."
+
+
 class Overloaded(RewardServerError):
     status, type, exit_code = 429, "overloaded", EXIT_DATA
     summary = "The scoring queue is full (REWARD_QUEUE_MAX_ITEMS); retry after the Retry-After seconds."
@@ -248,6 +258,12 @@ class NotReady(RewardServerError):
 class Draining(RewardServerError):
     status, type, exit_code = 503, "draining", EXIT_NOT_READY
     summary = "The server is shutting down (readiness only): send new requests elsewhere."
+
+
+class ServerBusy(RewardServerError):
+    status, type, exit_code = 503, "busy", EXIT_DATA
+    summary = "The server holds max_connections connections; retry after the Retry-After seconds."
+    retry_after = 1.0
 
 
 class StateUnavailable(RewardServerError):

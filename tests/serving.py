@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from reward_server.embeddings.table import EmbeddingTable
 from reward_server.items.settings import Settings
 from reward_server.service.app import create_app
+from reward_server.service.connections import server_config
 
 
 @dataclass
@@ -29,13 +30,13 @@ class RunningServer:
 
 
 @contextmanager
-def serve_app(app: FastAPI) -> Iterator[str]:
+def serve_app(app: FastAPI, config: uvicorn.Config | None = None) -> Iterator[str]:
     """Any ASGI app under uvicorn on a free loopback port (a trainer's own server, too); yields its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(config or uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -55,5 +56,7 @@ def serve_app(app: FastAPI) -> Iterator[str]:
 def running_server(table: EmbeddingTable, /, **settings: object) -> Iterator[RunningServer]:
     config_settings = Settings(host="127.0.0.1", port=0, **settings)
     app = create_app(table, config_settings)
-    with serve_app(app) as url:
+    # The service's own uvicorn configuration (read deadlines, connection cap), quieter logs.
+    config = server_config(app, config_settings.model_copy(update={"log_level": "warning"}))
+    with serve_app(app, config) as url:
         yield RunningServer(url=url, app=app, settings=config_settings)

@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(8192, ge=1, description="More items than this: 413.")
     max_chars_per_text: int = Field(200_000, ge=1, description="Longer response or ground truth: 422.")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="Larger request body: 413.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0.0, le=3600.0,
+        description="A request's line and headers must arrive within this from its first byte (or the "
+        "connection's opening); else 408 and the connection closes.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0.0, le=3600.0,
+        description="A request's body must arrive within this after its headers; else 408 and the connection closes.",
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Open connections beyond this are answered 503 (Retry-After) and closed at once."
+    )
 
     # Batching and memory
     batch_max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0, description="Longest wait to coalesce requests.")

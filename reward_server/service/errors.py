@@ -19,9 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Scope
 
 from reward_server.errors import (
+    ClientClosed,
     HttpError,
     InternalError,
     InvalidRequest,
@@ -72,6 +74,7 @@ def _from_validation(exc: RequestValidationError) -> RewardServerError:
 #: What each exception the app may see becomes, by class; looked up along the MRO as Starlette does.
 _CONVERT: dict[type[Exception], Callable[[Any], RewardServerError]] = {
     RewardServerError: lambda exc: exc,
+    ClientDisconnect: lambda exc: ClientClosed("the client went away before its request was read"),
     RequestValidationError: _from_validation,
     StarletteHTTPException: _from_framework,
 }
