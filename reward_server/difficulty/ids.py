@@ -15,7 +15,7 @@ def prompt_id_problem(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return "must be a string or an integer"
     if isinstance(value, int):
-        return None
+        return None if -(2**63) <= value < 2**63 else "must be a 64-bit integer (or a string)"
     if not value.strip():
         return "must not be empty or blank"
     if len(value) > MAX_PROMPT_ID_CHARS:

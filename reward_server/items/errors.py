@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.errors import MAX_DETAILS
 
 _EXPECTED = {
@@ -56,6 +57,8 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
             message = "body must be a JSON object like {\"items\": [...], \"options\": {...}}"
         elif field == "item":
             message = f"each item must be a JSON object, got {_json_type(err.get('input'))}"
+        elif field == "prompt_id" and (problem := prompt_id_problem(err.get("input"))) is not None:
+            message = problem  # the same words as everywhere a prompt id is read
         elif isinstance(err.get("input"), float) and not math.isfinite(err["input"]):
             message = f"must be a finite number, got {err['input']}"
         elif field in _EXPECTED and kind.endswith("_type"):  # a wrong JSON type, not a bad value
@@ -67,8 +70,11 @@ def validation_details(errors: Sequence[dict[str, Any]], body: Any) -> list[dict
             items = body.get("items")
             if isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
                 echoed = items[item].get("id")
-                # Only an id the schema allows (string or integer; JSON true is a Python int).
-                if isinstance(echoed, (str, int)) and not isinstance(echoed, bool):
+                # Only an id the schema allows (a string of at most 256 characters or a 64-bit
+                # integer; JSON true is a Python int): a 10 MB id is never sent back.
+                if isinstance(echoed, str) and len(echoed) <= 256 or (
+                    isinstance(echoed, int) and not isinstance(echoed, bool) and -(2**63) <= echoed < 2**63
+                ):
                     detail["id"] = echoed
         details[(item, field)] = detail
     return list(details.values())[:MAX_DETAILS]

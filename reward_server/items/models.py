@@ -7,9 +7,28 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
-Identifier = StrictStr | StrictInt
+MAX_ID_CHARS = 256  # id and group_id: echoed in every result, so bounded
+MAX_PROMPT_ID_CHARS = 512
+INT64 = {"ge": -(2**63), "le": 2**63 - 1}  # an integer id is a 64-bit one, not 600 digits
+Identifier = Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)] | Annotated[StrictInt, Field(**INT64)]
+#: A prompt id: a string of 1-512 characters, not blank, no control characters; or a 64-bit integer.
+PromptId = (
+    Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_PROMPT_ID_CHARS,
+                                           pattern=r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$")]
+    | Annotated[StrictInt, Field(**INT64)]
+)
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]  # a NaN truth would match a "NaN" answer
 GroundTruth = StrictStr | StrictInt | FiniteFloat | list[Any] | dict[str, Any]
 
@@ -29,7 +48,7 @@ class RequestItem(BaseModel):
         "registry); case-insensitive, '-', ' ' and '_' are the same.",
     )
     group_id: Identifier | None = Field(None, description="The prompt this response was sampled for (GRPO group).")
-    prompt_id: Identifier | None = Field(
+    prompt_id: PromptId | None = Field(
         None,
         description="Stable id of the prompt across epochs; with a state store, its difficulty posterior "
         "is updated from this item's correctness (never affects the reward).",
@@ -46,7 +65,9 @@ class RequestOptions(BaseModel):
     # Strict: a JSON number only; true/false or "2" would otherwise be read as 1/0/2.
     format_weight: Annotated[float, Strict()] | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     bmas_reduction: Literal["sum", "mean"] | None = None
-    profile: StrictStr | None = Field(None, description="Reward profile: mixed-r1 | robust (GET /v1/info lists them).")
+    profile: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        None, description="Reward profile: mixed-r1 | robust (GET /v1/info lists them)."
+    )
     explain: StrictBool | None = Field(
         None, description="Add `parsed` to every result: the answer as the rule read it (never changes a number)."
     )
@@ -61,11 +82,11 @@ class ScoreRequest(BaseModel):
 
     items: list[RequestItem]
     options: RequestOptions | None = None
-    model: StrictStr | None = Field(
+    model: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] | None = Field(
         None, description="The table (policy) that scores open-ended items: a name of GET /v1/info's tables; "
         "unset: the default. Also ?model=.",
     )
-    job: StrictStr | None = Field(
+    job: Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")] | None = Field(
         None, description="The training job this request belongs to (fair scheduling, per-job state); also ?job= "
         "or the X-Reward-Job header; unset: the token's job, else 'default'.",
     )

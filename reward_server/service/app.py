@@ -17,11 +17,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 import reward_server
 from reward_server.embeddings.loader import TableLoadError
@@ -159,7 +159,10 @@ class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Which table to replace (GET /v1/info's tables); null: the default.")
-    model_path: str | None = Field(None, description="Checkpoint directory; null: the embedded default.")
+    model_path: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="Checkpoint directory; null: the embedded default (an empty string is refused: it would "
+        "be the server's working directory).",
+    )
     device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1); null: the server's.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16 (or fp32, bf16, fp16); null: the server's.")
 

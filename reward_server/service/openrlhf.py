@@ -43,6 +43,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.errors import InvalidItem, InvalidRequest, ItemFieldError, RewardServerError, summarise
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem, RequestOptions
@@ -150,7 +151,8 @@ def parse_label(label: Any, default_task: str | None) -> tuple[Any, str | None, 
     if isinstance(label, dict):
         key = next((k for k in TRUTH_KEYS if k in label), None)
         if key is None:
-            return None, None, f"the label object needs one of {list(TRUTH_KEYS)}; it has {sorted(label)}"
+            keys = [repr(str(k)[:40]) for k in list(label)[:10]] + (["..."] if len(label) > 10 else [])
+            return None, None, f"the label object needs one of {list(TRUTH_KEYS)}; it has {', '.join(keys) or 'no keys'}"
         task = label.get("task_type") or default_task  # a null task_type falls back to ?task_type=
         return label[key], (None if task is None else str(task)), None
     if label is None:
@@ -221,8 +223,12 @@ def score_item(
         if prompt_id is not None:
             fields["prompt_id"] = prompt_id
         return RequestItem.model_validate(fields)
-    except ValidationError:
-        if isinstance(truth, float) and not math.isfinite(truth):
+    except ValidationError as exc:
+        bad_id = next((e for e in exc.errors() if e["loc"] and e["loc"][0] == "prompt_id"), None)
+        if bad_id is not None:
+            problem = prompt_id_problem(prompt_id) or "must be a string of 1-512 characters or a 64-bit integer"
+            errors.append(item_detail(index, label_field, f"prompt_id: {problem}"))
+        elif isinstance(truth, float) and not math.isfinite(truth):
             errors.append(item_detail(index, label_field, f"ground truth must be a finite number, got {truth}"))
         else:
             errors.append(item_detail(index, label_field, f"ground truth must be a string, number, list or object, "

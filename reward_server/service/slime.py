@@ -33,7 +33,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from reward_server.errors import MAX_DETAILS, RewardServerError
 from reward_server.service.json_body import OFFLOAD_BYTES, check_count, parse_json, require_json
@@ -63,7 +63,11 @@ class SlimeSample(BaseModel):
 
     prompt: Any = None
     response: StrictStr
-    label: Any = None
+    label: Any = Field(
+        description="The ground truth: {\"ground_truth\": ..., \"task_type\": ...} (or its JSON text), or the truth "
+        "itself with ?task_type=. Required, not null.",
+        json_schema_extra={"not": {"type": "null"}},
+    )
     task_type: StrictStr | None = None
 
 
