@@ -314,4 +314,7 @@ def parse_shapes(text: str, *, strict: bool = False, limit: int | None = None) -
     return walker.shapes
 
 
-__all__ = ["LABEL_KEY", "MAX_DEPTH", "SHAPE_KEYS", "Box", "Polygon", "Shape", "Unusable", "fold_label", "parse_shapes"]
+__all__ = [
+    "LABEL_KEY", "MAX_DEPTH", "SHAPE_KEYS", "Box", "Polygon", "Shape", "Unusable", "fold_label",
+    "parse_shapes",
+]

@@ -66,7 +66,9 @@ class Counting(RewardFamily):
         values = set(numbers_named(text))
         if len(values) != 1:
             problem = "no number" if not values else "several different numbers"
-            raise InvalidGroundTruth(f"counting ground truth names {problem}; give one count: {preview(text)}")
+            raise InvalidGroundTruth(
+                f"counting ground truth names {problem}; give one count: {preview(text)}"
+            )
         (value,) = values
         if value < 0 or not value.is_integer():
             raise InvalidGroundTruth(f"counting ground truth must be a non-negative integer: {preview(text)}")

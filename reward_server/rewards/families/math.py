@@ -16,9 +16,10 @@ How a text is read (gold or prediction):
 * A *bare expression*, with no delimiter and no word of two or more letters outside LaTeX commands
   and ``\\text{…}`` (``2\\pi``, ``\\frac{\\sqrt3}{2}``, ``x^2+1``, ``(3, -1)``, ``3, 4``, ``50%``), is one
   LaTeX expression: ``parse("$text$")`` (verl's math-verify reward boxes its golds the same way),
-  else ``parse`` as written. Read plainly, ``2\\pi`` would be ``2`` and ``x+1`` nothing: a gold read that way
-  would pay wrong answers. Numbers side by side (``3 4``, ``1 000``) are not one expression
-  (LaTeX would add them up) and are read plainly, and so is anything over 256 characters.
+  else ``parse`` as written. Read plainly, ``2\\pi`` would be ``2`` and ``x+1`` nothing: a gold
+  read that way would pay wrong answers. Numbers side by side (``3 4``, ``1 000``) are not one
+  expression (LaTeX would add them up) and are read plainly, and so is anything over 256
+  characters.
 
 The prediction: the contents of the span's ``\\boxed{…}`` answers if it has any (a balanced-brace
 scan, nested braces included; an unclosed box is not an answer), each read as ``\\boxed{content}``;
@@ -34,7 +35,12 @@ that same group is extracted (a match inside a longer one is part of it: ``1/2``
 while reasoning *before* a marker (``2x = 10, so the answer is 5``) is not. Without a marker or a
 box every expression in the span is a candidate: reasoning belongs in the think block. Several
 values meant together are written as one LaTeX answer (``\\boxed{3, -3}``, ``$3$ or $-3$``, which
-math-verify reads as a set) and compared as a set.
+math-verify reads as a set) and compared as a set. More than 256 expressions (or boxes) is a list:
+0 before any is verified.
+
+The candidates come from math-verify's own patterns and extraction (``get_extraction_regexes``,
+``extract_match`` of ``math_verify.parser``), so they are exactly what its ``parse`` chooses among;
+these are 0.9.x internals, which is one reason the extra pins ``<0.10``.
 """
 
 from __future__ import annotations
@@ -218,7 +224,8 @@ def candidates(text: str) -> list[_Candidate]:
         first_end = min(c.end for c in chosen)
         sentence_end = _SENTENCE_END.search(text, first_end)
         trailing = extracted(PLAIN_PRIORITY, first_end, sentence_end.start() if sentence_end else None)
-        return chosen + [c for c in trailing if not any(o.start <= c.start and c.end <= o.end for o in chosen)]
+        spans = [(o.start, o.end) for o in chosen]
+        return chosen + [c for c in trailing if not any(s <= c.start and c.end <= e for s, e in spans)]
     return []
 
 

@@ -71,11 +71,12 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
     boxes: list[Box] = []
     for shape in shapes:
         if not isinstance(shape, Box):
-            raise InvalidGroundTruth(f"point ground truth must be boxes [x1, y1, x2, y2], not polygons: {preview(text)}")
-        if not (shape.x2 > shape.x1 and shape.y2 > shape.y1):
             raise InvalidGroundTruth(
-                f"point ground truth box [{shape.x1:g}, {shape.y1:g}, {shape.x2:g}, {shape.y2:g}] has zero area"
+                f"point ground truth must be boxes [x1, y1, x2, y2], not polygons: {preview(text)}"
             )
+        if not (shape.x2 > shape.x1 and shape.y2 > shape.y1):
+            corners = f"[{shape.x1:g}, {shape.y1:g}, {shape.x2:g}, {shape.y2:g}]"
+            raise InvalidGroundTruth(f"point ground truth box {corners} has zero area")
         boxes.append(shape)
     return tuple(boxes)
 

@@ -128,36 +128,90 @@ def predicted_segments(text: str, limit: int | None = None) -> list[Segment | No
     return segments
 
 
+_TRUTH = "temporal ground truth"
+
+
 def _truth_segment(first: Any, second: Any, shown: str) -> Segment:
     values = []
     for value in (first, second):
         if isinstance(value, str):
             value = parse_time(value)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidGroundTruth(f"temporal ground truth segment {shown} has a value that is not a time in seconds")
+            raise InvalidGroundTruth(f"{_TRUTH} segment {shown} has a value that is not a time in seconds")
         values.append(float(value))
     start, end = min(values), max(values)
     if start < 0:
-        raise InvalidGroundTruth(f"temporal ground truth segment {shown} is negative")
+        raise InvalidGroundTruth(f"{_TRUTH} segment {shown} is negative")
     if end == start:
-        raise InvalidGroundTruth(f"temporal ground truth segment {shown} has zero length")
+        raise InvalidGroundTruth(f"{_TRUTH} segment {shown} has zero length")
     return Segment(start, end)
+
+
+def _is_pair(value: Any) -> bool:
+    """``[s, e]`` with two scalar values (their types are checked when read)."""
+    return isinstance(value, list) and len(value) == 2 and not any(isinstance(v, list | dict) for v in value)
+
+
+def _is_pair_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
 
 
 def _segments_of(value: Any, text: str) -> list[Segment]:
     """Segments from a JSON value: [s, e] or [[s, e], ...]."""
-    if isinstance(value, list) and len(value) == 2 and not any(isinstance(v, list | dict) for v in value):
+    if _is_pair(value):
         return [_truth_segment(value[0], value[1], preview(json.dumps(value)))]
-    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+    if _is_pair_list(value):
         segments = []
         for item in value:
             if len(item) != 2:
-                raise InvalidGroundTruth(f"a temporal segment needs 2 values [start, end], got {len(item)}: {preview(text)}")
+                raise InvalidGroundTruth(
+                    f"a temporal segment needs 2 values [start, end], got {len(item)}: {preview(text)}"
+                )
             segments.append(_truth_segment(item[0], item[1], preview(json.dumps(item))))
         return segments
     raise InvalidGroundTruth(
-        f"temporal ground truth must be [start, end] or [[start, end], ...] in seconds: {preview(text)}"
+        f"{_TRUTH} must be [start, end] or [[start, end], ...] in seconds: {preview(text)}"
     )
+
+
+def _duration(value: Any) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise InvalidGroundTruth(
+            f"{_TRUTH} 'duration' must be a positive number of seconds, got {preview(json.dumps(value))}"
+        )
+    return float(value)
+
+
+def _object_truth(value: dict[Any, Any], text: str) -> TemporalTruth:
+    """``{"segment": [s, e]}`` or ``{"segments": [[s, e], ...]}``, optional ``"duration"``; keys
+    are case-insensitive."""
+    keys = {key.lower(): key for key in value if isinstance(key, str)}
+    if "segment" in keys and "segments" in keys:
+        raise InvalidGroundTruth(f"{_TRUTH} has both 'segment' and 'segments'; give one")
+    if "segment" in keys:
+        if not _is_pair(value[keys["segment"]]):
+            raise InvalidGroundTruth(f"{_TRUTH} 'segment' must be [start, end]: {preview(text)}")
+        segments = _segments_of(value[keys["segment"]], text)
+    elif "segments" in keys:
+        if not _is_pair_list(value[keys["segments"]]):
+            raise InvalidGroundTruth(f"{_TRUTH} 'segments' must be [[start, end], ...]: {preview(text)}")
+        segments = _segments_of(value[keys["segments"]], text)
+    else:
+        raise InvalidGroundTruth(f"{_TRUTH} object needs 'segment' or 'segments': {preview(text)}")
+    duration = _duration(value[keys["duration"]]) if "duration" in keys else None
+    return TemporalTruth(tuple(segments), duration)
+
+
+def _text_truth(text: str) -> TemporalTruth:
+    segments = []
+    for first, second, shown in scan_segments(text):
+        if first is None or second is None:
+            raise InvalidGroundTruth(f"{_TRUTH} segment {preview(shown)} has a malformed timestamp")
+        segments.append(_truth_segment(first, second, preview(shown)))
+    if not segments:
+        raise InvalidGroundTruth(f"no segment (start to end, [start, end]) found in {_TRUTH} {preview(text)}")
+    return TemporalTruth(tuple(segments))
 
 
 def parse_temporal_truth(text: str) -> TemporalTruth:
@@ -168,44 +222,15 @@ def parse_temporal_truth(text: str) -> TemporalTruth:
         value: Any = json.loads(text)
     except (ValueError, RecursionError):
         value = None
-    duration = None
     if isinstance(value, dict):
-        keys = {key.lower(): key for key in value if isinstance(key, str)}
-        if "segment" in keys and "segments" in keys:
-            raise InvalidGroundTruth("temporal ground truth has both 'segment' and 'segments'; give one")
-        if "segment" in keys:
-            segment = value[keys["segment"]]
-            if not (isinstance(segment, list) and len(segment) == 2 and not any(isinstance(v, list | dict) for v in segment)):
-                raise InvalidGroundTruth(f"temporal ground truth 'segment' must be [start, end]: {preview(text)}")
-            segments = _segments_of(segment, text)
-        elif "segments" in keys:
-            listed = value[keys["segments"]]
-            if not (isinstance(listed, list) and listed and all(isinstance(v, list) for v in listed)):
-                raise InvalidGroundTruth(f"temporal ground truth 'segments' must be [[start, end], ...]: {preview(text)}")
-            segments = _segments_of(listed, text)
-        else:
-            raise InvalidGroundTruth(f"temporal ground truth object needs 'segment' or 'segments': {preview(text)}")
-        if "duration" in keys:
-            duration = value[keys["duration"]]
-            if isinstance(duration, bool) or not isinstance(duration, int | float) or not (
-                math.isfinite(duration) and duration > 0
-            ):
-                raise InvalidGroundTruth(f"temporal ground truth 'duration' must be a positive number of seconds, "
-                                         f"got {preview(json.dumps(duration))}")
-            duration = float(duration)
+        truth = _object_truth(value, text)
     elif isinstance(value, list):
-        segments = _segments_of(value, text)
+        truth = TemporalTruth(tuple(_segments_of(value, text)))
     else:
-        segments = []
-        for first, second, shown in scan_segments(text):
-            if first is None or second is None:
-                raise InvalidGroundTruth(f"temporal ground truth segment {preview(shown)} has a malformed timestamp")
-            segments.append(_truth_segment(first, second, preview(shown)))
-        if not segments:
-            raise InvalidGroundTruth(f"no segment (start to end, [start, end]) found in temporal ground truth {preview(text)}")
-    if len(segments) > MAX_TRUTH_SEGMENTS:
-        raise InvalidGroundTruth(f"{len(segments)} segments in temporal ground truth; at most {MAX_TRUTH_SEGMENTS}")
-    return TemporalTruth(tuple(segments), duration)
+        truth = _text_truth(text)
+    if len(truth.segments) > MAX_TRUTH_SEGMENTS:
+        raise InvalidGroundTruth(f"{len(truth.segments)} segments in {_TRUTH}; at most {MAX_TRUTH_SEGMENTS}")
+    return truth
 
 
 def tiou(prediction: Segment, truth: Segment) -> float:
@@ -248,7 +273,9 @@ def boundary_penalty(predictions: list[Segment], truths: tuple[Segment, ...], du
     segments, each side's first start and last end."""
     start, end = min(s.start for s in truths), max(s.end for s in truths)
     predicted_start, predicted_end = min(s.start for s in predictions), max(s.end for s in predictions)
-    return max(0.0, 1.0 - abs(start - predicted_start) / duration) * max(0.0, 1.0 - abs(end - predicted_end) / duration)
+    at_start = max(0.0, 1.0 - abs(start - predicted_start) / duration)
+    at_end = max(0.0, 1.0 - abs(end - predicted_end) / duration)
+    return at_start * at_end
 
 
 class TemporalGrounding(RewardFamily):
