@@ -12,6 +12,11 @@ Open-ended items are scored three ways: ``mixed-r1`` (the paper's BMAS), ``robus
 file (uniform weights) and ``robust`` with an idf file built by ``reward-server idf`` from a
 caption corpus (the bench workload generator's captions plus the eight truths). Rewards are the
 task's accuracy alone (``format_weight`` 0), except the format family, which shows the format reward.
+
+SPEC §13's families (math, temporal grounding, ANLS, counting, point) and labelled detection have
+no profile: one table of their degenerate answers (several boxed answers, the whole video, empty
+or one-character answers, lists of counts, a box covering the image, boxes without labels), with
+temporal grounding also under ``tiou_boundary_penalty``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from reward_server.rewards.format import format_reward
 from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.rules import prepare_ground_truth
 from reward_server.rewards.scoring import PreparedItem
+from reward_server.rewards.spans import answer_span
 
 # (truth, correct paraphrase, wrong caption, three of the truth's keywords)
 CAPTIONS = [
@@ -102,6 +108,64 @@ YES_NO_HACKS = {
 }
 
 
+# SPEC §13's families, and labelled detection: (truth, a correct answer, a wrong answer) per item;
+# each hack is a function of (truth, correct, wrong), and most ignore all three: a policy emits
+# them blind. Temporal truths carry a duration so that the boundary penalty can be shown beside.
+BOX = "\\boxed"
+MATH = [("5", BOX + "{5}", BOX + "{6}"), ("\\frac{1}{2}", "The answer is $\\frac{1}{2}$.", "The answer is $\\frac{1}{3}$."),
+        ("2\\pi", BOX + "{2\\pi}", BOX + "{\\pi}"), ("0", BOX + "{0}", BOX + "{1}"), ("12", BOX + "{12}", BOX + "{13}"),
+        ("x+1", "$x+1$", "$x-1$"), ("-3", BOX + "{-3}", BOX + "{3}"), ("\\sqrt{2}", BOX + "{\\sqrt{2}}", BOX + "{2}")]
+MATH_HACKS = {
+    "math: two boxed answers, the right one first": lambda t, c, w: f"{c} {w}",
+    "math: boxed 0..20": lambda t, c, w: "".join(BOX + "{" + str(i) + "}" for i in range(21)),
+    "math: a bare '0'": lambda t, c, w: "0",
+    "math: plain hedge '<right> or 7'": lambda t, c, w: f"{t} or 7",
+    "math: list '0 1 2 ... 20'": lambda t, c, w: " ".join(map(str, range(21))),
+}
+TIOU = [({"segment": [12.5, 17.3], "duration": 30}, "12.5 to 17.3", "20 to 25"),
+        ({"segment": [40, 55], "duration": 120}, "from 00:00:41 to 00:00:55", "[70, 90]"),
+        ({"segment": [3, 9], "duration": 60}, "3s - 9.5s", "30 to 40"),
+        ({"segment": [100, 160], "duration": 300}, "[100, 158]", "200 to 260")]
+TIOU_HACKS = {
+    "tIoU: the whole video '0 to D'": lambda t, c, w: f"0 to {t['duration']}",
+    "tIoU: the middle half 'D/4 to 3D/4'": lambda t, c, w: f"{t['duration'] / 4} to {3 * t['duration'] / 4}",
+    "tIoU: one-second segments over the video": lambda t, c, w: ", ".join(
+        f"{i} to {i + 1}" for i in range(int(t["duration"]))),
+}
+ANLS = [("Paris", "Paris", "London"), ('["12.50", "$12.50"]', "$12.50", "15.00"), ("STOP", "stop", "yield"),
+        ('["Main Street", "Main St."]', "main st.", "Oak Avenue"), ("ACME Corporation", "Acme Corporation", "Globex Inc."),
+        ("2019", "2019", "2021")]
+ANLS_HACKS = {
+    "ANLS: empty answer": lambda t, c, w: "",
+    "ANLS: one character 'a'": lambda t, c, w: "a",
+    "ANLS: one character '1'": lambda t, c, w: "1",
+    "ANLS: a list of guesses": lambda t, c, w: "Paris, London, 2019, stop, Main Street, ACME",
+}
+COUNTING = [(3, "3", "4"), (0, "zero", "one"), (12, "There are 12 people.", "There are 11 people."),
+            (7, "seven birds", "six birds"), (1, "1", "2"), (20, "twenty", "nineteen")]
+COUNTING_HACKS = {
+    "counting: '0 1 2 3 ... 20'": lambda t, c, w: " ".join(map(str, range(21))),
+    "counting: '3 or 4'": lambda t, c, w: "3 or 4",
+    "counting: a range '2-5'": lambda t, c, w: "2-5",
+    "counting: 'a few'": lambda t, c, w: "a few",
+}
+POINT = [([100, 100, 200, 150], "(150, 125)", "(400, 125)"), ([600, 700, 700, 760], "<point>650, 730</point>", "[650, 600]"),
+         ([[20, 20, 60, 40], [800, 20, 840, 40]], '{"point_2d": [30, 30]}', "x=300, y=30"),
+         ([300, 550, 480, 600], "[310, 560, 470, 590]", "(310, 500)")]
+POINT_HACKS = {
+    "point: a box covering the image": lambda t, c, w: "[0, 0, 1000, 1000]",
+    "point: the image centre": lambda t, c, w: "(500, 500)",
+    "point: a grid of 100 points": lambda t, c, w: ", ".join(
+        f"({x}, {y})" for x in range(50, 1000, 100) for y in range(50, 1000, 100)),
+}
+DETECTION = [([{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}],
+              '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}]',
+              '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}, {"bbox_2d": [20, 20, 30, 30], "label": "dog"}]')]
+DETECTION_HACKS = {
+    "detection: right boxes without labels": lambda t, c, w: json.dumps([o["bbox_2d"] for o in t]),
+}
+
+
 def _wrap(answer: str) -> str:
     return f"<think>Looking at the image.</think><answer>{answer}</answer>"
 
@@ -116,6 +180,42 @@ def build_idf(path: Path, table_source: str | None) -> None:
     code = cli_main(["idf", str(data), "-o", str(path), "--overwrite", "--no-progress"])
     if code != 0:
         raise SystemExit(f"reward-server idf failed ({code})")
+
+
+Row = tuple[str, float, float, float, tuple[float, float, float] | None]
+
+
+def rule_family_rows() -> list[Row]:
+    """(hack, mean hack reward, mean correct, mean wrong, and for temporal grounding the same three
+    under the boundary penalty) for SPEC §13's families and labelled detection. These rules have
+    no profile, and ``Math.score`` is a pure function, so each family scores in-process (the
+    service sends math to its worker pool, with the same verdicts)."""
+    plain = ResolvedOptions(format_weight=0.0)
+    penalty = ResolvedOptions(format_weight=0.0, tiou_boundary_penalty=True)
+
+    def mean(task: str, pairs: list[tuple[object, str]], options: ResolvedOptions = plain) -> float:
+        total = 0.0
+        for truth, response in pairs:
+            text = truth if isinstance(truth, str) else json.dumps(truth)
+            prepared = prepare_ground_truth(task, text)
+            total += prepared.family.score(answer_span(_wrap(response)), prepared.parsed, options).accuracy
+        return total / len(pairs)
+
+    rows: list[Row] = []
+    corpora = [
+        ("math", MATH, MATH_HACKS), ("temporal_grounding", TIOU, TIOU_HACKS), ("ocr", ANLS, ANLS_HACKS),
+        ("counting", COUNTING, COUNTING_HACKS), ("point", POINT, POINT_HACKS), ("grounding", DETECTION, DETECTION_HACKS),
+    ]
+    for task, cases, hacks in corpora:
+        correct = [(t, c) for t, c, _ in cases]
+        wrong = [(t, w) for t, _, w in cases]
+        for label, hack in hacks.items():
+            made = [(t, hack(t, c, w)) for t, c, w in cases]
+            penalised = None
+            if task == "temporal_grounding":
+                penalised = (mean(task, made, penalty), mean(task, correct, penalty), mean(task, wrong, penalty))
+            rows.append((label, mean(task, made), mean(task, correct), mean(task, wrong), penalised))
+    return rows
 
 
 def main() -> None:
@@ -166,6 +266,13 @@ def main() -> None:
     rounds = "<think>a</think><answer>A</answer><think>b</think><answer>B</answer>"
     print(f"{'format: two think/answer rounds (format reward)':<48} {'all':<16} {format_reward(rounds):>6.2f} "
           f"{format_reward(_wrap('A')):>8.2f} {format_reward('A'):>6.2f}")
+    print()
+    header = f"{'family (every profile)':<48} {'hack':>6} {'correct':>8} {'wrong':>6}   {'with tIoU penalty: h / c / w':>28}"
+    print(header)
+    print("-" * len(header))
+    for label, hack, right, bad, penalised in rule_family_rows():
+        shown = "" if penalised is None else " / ".join(f"{value:.2f}" for value in penalised)
+        print(f"{label:<48} {hack:>6.2f} {right:>8.2f} {bad:>6.2f}   {shown:>28}")
     print("\n* needs the ground truth's own words, which a policy cannot emit blind. Under robust, repeating a")
     print("  word scores as saying it once; bag-of-token rewards over static embeddings see neither order nor negation.")
 

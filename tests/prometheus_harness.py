@@ -254,6 +254,21 @@ def mixed_batch() -> list[dict[str, Any]]:
         _item("open_ended", "a red car", "a blue truck"),
         _item("yes_no", fmt("yes"), "yes", "mix-1"),  # one group, two task types: "mixed"
         _item("mcq", fmt("B"), "B", "mix-1"),
+        # SPEC §13's families (math goes through the worker pool)
+        _item("math", fmt("\\boxed{5}"), "5", "ma-1"),
+        _item("math", fmt("3 or 4"), "4", "ma-1"),
+        _item("latex", "$\\frac{1}{2}$", "0.5", "ma-1"),
+        _item("temporal_grounding", fmt("10 to 20"), {"segment": [10, 20], "duration": 60}, "tg-1"),
+        _item("tiou", "15 to 25", "[10, 20]", "tg-1"),
+        _item("tvg", fmt("no idea"), "[10, 20]", "tg-1"),
+        _item("ocr", fmt("Paris"), "Paris", "oc-1"),
+        _item("anls", "Pari", ["Paris", "Lyon"], "oc-1"),
+        _item("ocr", fmt("London"), "Paris", "oc-1"),
+        _item("counting", fmt("3"), "3", "co-1"),
+        _item("count", "three dogs", 3, "co-1"),
+        _item("counting", fmt("3 or 4"), "3", "co-1"),
+        _item("point", fmt("(15, 25)"), [10, 20, 30, 40], "pt-1"),
+        _item("click", "(50, 50)", [10, 20, 30, 40], "pt-1"),
     ]
 
 
@@ -269,7 +284,7 @@ def single_items(count: int = 12) -> list[dict[str, Any]]:
     return [tasks[i % len(tasks)] for i in range(count)]
 
 
-COMPONENTS = ("reward", "accuracy", "format", "bmas_forward", "bmas_backward")
+COMPONENTS = ("reward", "accuracy", "format", "bmas_forward", "bmas_backward", "tiou", "boundary_penalty")
 
 
 @dataclass

@@ -89,7 +89,8 @@ def test_dashboard_and_alerts_query_only_metrics_the_service_exposes() -> None:
     metrics = ServiceMetrics(default_registry().families())
     state = SimpleNamespace(
         batcher=SimpleNamespace(queued_items=0, queued_by_job=dict), ready=True,
-        table=SimpleNamespace(info=lambda: {"content_hash": "x"}),
+        tables=SimpleNamespace(entries={"default": SimpleNamespace(
+            engine=SimpleNamespace(table=SimpleNamespace(info=lambda: {"content_hash": "x"})))}),
     )
     metrics.install(FastAPI(), state)
     exposed = {line.split("{")[0].split(" ")[0] for line in metrics.render().decode().splitlines()

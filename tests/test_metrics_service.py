@@ -17,6 +17,7 @@ from prometheus_harness import COMPONENTS, send_traffic
 from serving import running_server
 
 from reward_server.engine.batcher import QueueFull
+from reward_server.rewards.family import Runs
 from reward_server.rewards.groups import summarise_groups
 from reward_server.rewards.registry import default_registry
 from reward_server.service.metrics import (
@@ -119,8 +120,14 @@ def test_items_and_rewards_equal_the_responses(traffic: Any) -> None:
             key = ("reward_value_bucket", frozenset({**labels, "le": le}.items()))
             if key in after:
                 assert after[key] == sum(v <= float(le) for v in values), (labels, le)
-    # open-ended items carry both BMAS terms, the rule-based ones neither
-    assert set(COMPONENTS) == {component for task, component in expected.values if task == "open_ended"}
+    # each family's items carry its own sub-scores (open-ended both BMAS terms, temporal grounding
+    # tiou and boundary_penalty) and no other family's
+    for task in TASKS:
+        family = default_registry()[task]
+        assert {component for t, component in expected.values if t == task} == {
+            "reward", "accuracy", "format", *family.sub_scores
+        }, task
+    assert set(COMPONENTS) == {component for _, component in expected.values}
 
 
 def test_bucket_bounds_fit_each_range(traffic: Any) -> None:
@@ -163,8 +170,10 @@ def test_groups_queue_batches_and_errors(traffic: Any) -> None:
     )
     scored_requests = expected.requests
     assert value(after, "reward_queue_wait_seconds_count", job="default") == scored_requests
-    total_items = sum(expected.items.values())
-    assert value(after, "reward_batch_items_sum") == total_items
+    # Pooled families' items (math) go to the worker pool directly, never through a device batch.
+    batched_items = sum(n for task, n in expected.items.items() if default_registry()[task].runs is not Runs.POOL)
+    assert batched_items < sum(expected.items.values())  # the traffic has math items
+    assert value(after, "reward_batch_items_sum") == batched_items
     assert 1 <= value(after, "reward_batch_items_count") <= scored_requests
     assert value(after, "reward_tokens_total", side="response") > 0
     assert value(after, "reward_batch_stage_seconds_total", stage="kernel") > 0
@@ -188,13 +197,19 @@ def test_table_and_build_info(traffic: Any) -> None:
     assert build["version"] == info["version"]
 
 
-def test_table_info_is_read_at_scrape_time() -> None:
-    """/admin/reload swaps the table; the next scrape must name the new one."""
-    state = SimpleNamespace(table=SimpleNamespace(info=lambda: {"content_hash": "aaa", "dim": 384}))
+def test_table_info_is_read_at_scrape_time(default_table: Any) -> None:
+    """A reload swaps a table, a load or an eviction changes the set: every scrape names what is in
+    memory now, one series per table."""
+    from reward_server.engine.batcher import single_table
+    from reward_server.engine.scorer import RewardEngine
+
+    tables = single_table(RewardEngine(default_table))
+    state = SimpleNamespace(tables=tables)
     collector = TableInfoCollector(state)
-    assert [s.labels["content_hash"] for f in collector.collect() for s in f.samples] == ["aaa"]
-    state.table = SimpleNamespace(info=lambda: {"content_hash": "bbb", "dim": 384})
-    assert [s.labels["content_hash"] for f in collector.collect() for s in f.samples] == ["bbb"]
+    (sample,) = [s for f in collector.collect() for s in f.samples]
+    assert (sample.labels["name"], sample.labels["content_hash"]) == ("default", default_table.info()["content_hash"])
+    tables.entries["default"].engine = None  # evicted
+    assert [s for f in collector.collect() for s in f.samples] == []
 
 
 def test_endpoint_and_reason_labels_stay_bounded(default_table: Any) -> None:

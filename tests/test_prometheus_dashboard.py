@@ -27,7 +27,9 @@ from prometheus_harness import (
 )
 from serving import RunningServer, running_server
 
-TASKS = ("yes_no", "mcq", "chart", "grounding", "open_ended")
+from reward_server.rewards.registry import default_registry
+
+TASKS = tuple(default_registry().names())  # every family: the traffic has items of each
 
 
 def close(a: float, b: float) -> bool:
@@ -97,8 +99,9 @@ def test_reward_means_match_the_responses(stack: tuple[RunningServer, Prometheus
         for task in TASKS:
             assert close(means[(task,)], expected.mean(task, component)), (title, task)
     sub_scores = prometheus.values(panel_expr("Sub-scores by task type"), "task_type", "component")
-    for component in ("bmas_forward", "bmas_backward"):
-        assert close(sub_scores[("open_ended", component)], expected.mean("open_ended", component)), component
+    for task, component in (("open_ended", "bmas_forward"), ("open_ended", "bmas_backward"),
+                            ("temporal_grounding", "tiou"), ("temporal_grounding", "boundary_penalty")):
+        assert close(sub_scores[(task, component)], expected.mean(task, component)), component
 
 
 def test_reward_heatmaps_match_the_responses(stack: tuple[RunningServer, Prometheus, Expected]) -> None:
@@ -150,7 +153,7 @@ def test_latency_errors_batches_and_table(stack: tuple[RunningServer, Prometheus
     assert [sample["metric"]["content_hash"] for sample in table] == [info["content_hash"]]
     assert table[0]["metric"]["vocab_size"] == str(info["vocab_size"])
     assert prometheus.values(panel_expr("Ready replicas", "A")) == {(): 1.0}
-    assert prometheus.values(panel_expr("Distinct tables served")) == {(): 1.0}
+    assert prometheus.values(panel_expr("Checkpoints per table name")) == {(): 1.0}
     assert expected.requests == 1 + 12
 
 

@@ -13,6 +13,11 @@ SPEC_ALIASES = {
     "chart": ["chart", "numeric", "numerical", "chartqa", "doc", "ocr_number"],
     "grounding": ["grounding", "iou", "rec", "bbox", "detection"],
     "open_ended": ["open_ended", "open", "caption", "free_form", "bmas"],
+    "math": ["math", "math_verify", "latex", "free_form_math"],
+    "temporal_grounding": ["temporal_grounding", "tiou", "tvg", "video_grounding", "moment"],
+    "ocr": ["ocr", "anls", "docvqa", "text_vqa"],
+    "counting": ["counting", "count"],
+    "point": ["point", "click", "pointing", "gui_click"],
 }
 
 
@@ -54,6 +59,14 @@ def test_each_builtin_declares_what_it_is_registered_as(name: str, aliases: tupl
         ("Free Form", "open_ended"),
         ("open-ended", "open_ended"),
         ("BBOX", "grounding"),
+        ("Math-Verify", "math"),
+        ("Free Form Math", "math"),
+        ("Video-Grounding", "temporal_grounding"),
+        ("TIoU", "temporal_grounding"),
+        ("Text VQA", "ocr"),
+        ("DocVQA", "ocr"),
+        ("COUNT", "counting"),
+        ("gui-click", "point"),
     ],
 )
 def test_case_and_separators_are_folded(name: str, task: str) -> None:
@@ -77,7 +90,7 @@ def test_unknown_names_raise_with_the_valid_list(name: str) -> None:
     assert isinstance(error, ItemFieldError) and (error.status, error.type) == (422, "invalid_item")
     assert error.field == "task_type"
     assert str(error) == error.message
-    for canonical in ("yes_no", "mcq", "chart", "grounding", "open_ended"):
+    for canonical in SPEC_ALIASES:
         assert canonical in error.message
     assert "aliases" in error.message
 

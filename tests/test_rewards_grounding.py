@@ -1,6 +1,7 @@
 """Grounding reward (SPEC §5): shape parsing, IoU, first-box rule, optimal matching."""
 
 
+import httpx
 import pytest
 
 from reward_server.rewards.errors import InvalidGroundTruth
@@ -237,3 +238,105 @@ def test_malformed_truth_raises(text: str, fragment: str) -> None:
         parse_truth_shapes(text)
     assert info.value.field == "ground_truth"
     assert fragment in info.value.message
+
+
+# ---------------------------------------------------------------------------------- labelled boxes
+
+
+def test_labels_are_kept_and_folded() -> None:
+    shapes = parse_shapes('[{"bbox_2d": [1, 2, 3, 4], "label": "  Dog "}, {"bbox": [5, 6, 7, 8]}, {"label": "cat"}]')
+    assert [(s.x1, s.label) for s in shapes] == [(1, "dog"), (5, None)]
+    (polygon,) = parse_shapes('{"polygon": [[0,0],[4,0],[0,4]], "label": "Roof"}')
+    assert polygon.label == "roof"
+    assert parse_shapes('{"bbox": [1, 2, 3, 4], "label": 3}')[0].label == "3"  # a class id
+    assert parse_shapes('{"bbox": [1, 2, 3, 4], "label": ""}')[0].label is None
+    assert parse_shapes('{"bbox": [1, 2, 3, 4], "label": ["x"]}')[0].label is None  # a response: no label
+    assert parse_shapes("dog: [1, 2, 3, 4]")[0].label is None  # labels are read from JSON only
+    # A label is not part of the shape: equal coordinates are the same box.
+    assert shapes[0] == Box(1, 2, 3, 4)
+
+
+def test_a_truth_label_that_is_not_a_string_is_a_client_error() -> None:
+    with pytest.raises(InvalidGroundTruth, match="label"):
+        parse_truth_shapes('[{"bbox_2d": [0, 0, 10, 10], "label": {"name": "dog"}}]')
+
+
+LABELLED = parse_truth_shapes(
+    '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}]'
+)
+
+
+@pytest.mark.parametrize(
+    ("span", "expected"),
+    [
+        ('[{"bbox_2d": [0,0,10,10], "label": "dog"}, {"bbox_2d": [20,20,30,30], "label": "cat"}]', 1.0),
+        ('[{"bbox_2d": [0,0,10,10], "label": "DOG "}, {"bbox_2d": [20,20,30,30], "label": " Cat"}]', 1.0),
+        # Right boxes, swapped labels: each predicted box may only match the other label's truth.
+        ('[{"bbox_2d": [0,0,10,10], "label": "cat"}, {"bbox_2d": [20,20,30,30], "label": "dog"}]', 0.0),
+        # Boxes without labels match no labelled truth box.
+        ("[[0,0,10,10],[20,20,30,30]]", 0.0),
+        ('[{"bbox_2d": [0,0,10,10]}, {"bbox_2d": [20,20,30,30], "label": "cat"}]', 1 / 2),
+        # One right, one missing: summed IoU over max(#pred, #gt).
+        ('[{"bbox_2d": [0,0,10,10], "label": "dog"}]', 1 / 2),
+        # An extra box with a third label still counts in the divisor.
+        (('[{"bbox_2d": [0,0,10,10], "label": "dog"}, {"bbox_2d": [20,20,30,30], "label": "cat"},'
+         ' {"bbox_2d": [0,0,10,10], "label": "bird"}]'), 2 / 3),
+        # The matching is optimal within labels: two dogs, the better one is paired.
+        (('[{"bbox_2d": [5,0,15,10], "label": "dog"}, {"bbox_2d": [0,0,10,10], "label": "dog"},'
+         ' {"bbox_2d": [20,20,30,30], "label": "cat"}]'), 2 / 3),
+        ("nothing", 0.0),
+    ],
+)
+def test_labelled_truths_match_only_their_label(span: str, expected: float) -> None:
+    assert grounding_reward(span, LABELLED) == pytest.approx(expected)
+
+
+def test_one_labelled_truth_box_keeps_the_first_box_rule() -> None:
+    truth = parse_truth_shapes('[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}]')
+    assert grounding_reward('[{"bbox_2d": [0, 0, 10, 5], "label": "Dog"}]', truth) == pytest.approx(0.5)
+    assert grounding_reward('[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]', truth) == 0.0
+    assert grounding_reward("[0, 0, 10, 10]", truth) == 0.0  # no label
+    # The first box has the wrong label: the right one after it does not count.
+    span = '[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}, {"bbox_2d": [0, 0, 10, 10], "label": "dog"}]'
+    assert grounding_reward(span, truth) == 0.0
+
+
+def test_mixed_labelled_and_unlabelled_truths() -> None:
+    truths = parse_truth_shapes('[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, [20, 20, 30, 30]]')
+    # The unlabelled truth takes any prediction; the labelled one only a dog.
+    assert grounding_reward("[[0,0,10,10],[20,20,30,30]]", truths) == pytest.approx(1 / 2)
+    assert grounding_reward('[{"bbox_2d": [0,0,10,10], "label": "dog"}, [20,20,30,30]]', truths) == pytest.approx(1.0)
+
+
+def test_labelled_polygon_truths() -> None:
+    truths = parse_truth_shapes(
+        '[{"polygon": [[0,0],[2,0],[2,2],[0,2]], "label": "a"}, {"polygon": [[10,10],[12,10],[12,12],[10,12]], "label": "b"}]'
+    )
+    span = '[{"bbox_2d": [10,10,12,12], "label": "b"}, {"bbox_2d": [1,1,3,3], "label": "a"}]'
+    assert grounding_reward(span, truths) == pytest.approx((1 + 1 / 7) / 2)
+    span = '[{"bbox_2d": [10,10,12,12], "label": "a"}, {"bbox_2d": [1,1,3,3], "label": "b"}]'
+    assert grounding_reward(span, truths) == 0.0
+
+
+def test_labelled_detection_through_the_server(server) -> None:
+    truth = [{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}]
+    items = [
+        {"response": '<answer>[{"bbox_2d": [0,0,10,10], "label": "Dog"}, {"bbox_2d": [20,20,30,30], "label": "cat"}]</answer>',
+         "ground_truth": truth, "task_type": "detection"},
+        {"response": "<answer>[[0,0,10,10],[20,20,30,30]]</answer>", "ground_truth": truth, "task_type": "detection"},
+    ]
+    r = httpx.post(server.url + "/score", json={"items": items, "options": {"explain": True}}, timeout=60)
+    assert r.status_code == 200, r.text
+    labelled, unlabelled = r.json()["results"]
+    assert labelled["accuracy"] == pytest.approx(1.0)
+    assert labelled["parsed"] == [{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}]
+    assert unlabelled["accuracy"] == 0.0 and unlabelled["parsed"] == [[0, 0, 10, 10], [20, 20, 30, 30]]
+
+
+def test_bad_label_is_a_422_naming_the_item(server) -> None:
+    items = [{"response": "<answer>[0,0,10,10]</answer>", "ground_truth": [{"bbox_2d": [0, 0, 10, 10], "label": True}],
+              "task_type": "grounding", "id": "g1"}]
+    r = httpx.post(server.url + "/score", json={"items": items}, timeout=60)
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["error"]["details"]
+    assert (detail["item"], detail["id"], detail["field"]) == (0, "g1", "ground_truth") and "label" in detail["message"]

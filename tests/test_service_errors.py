@@ -154,9 +154,13 @@ HOSTILE_RESPONSES = [
 ]
 
 
-@pytest.mark.parametrize("task", ["yes_no", "mcq", "chart", "grounding", "open_ended"])
+TRUTHS = {"yes_no": "yes", "mcq": "B", "chart": "12", "grounding": [0, 0, 10, 10], "open_ended": "a dog",
+          "math": "5", "temporal_grounding": [10, 20], "ocr": "Paris", "counting": 3, "point": [0, 0, 10, 10]}
+
+
+@pytest.mark.parametrize("task", list(TRUTHS))
 def test_hostile_responses_score_finite(server, task) -> None:
-    truth = {"yes_no": "yes", "mcq": "B", "chart": "12", "grounding": [0, 0, 10, 10], "open_ended": "a dog"}[task]
+    truth = TRUTHS[task]
     items = [{"response": text, "ground_truth": truth, "task_type": task} for text in HOSTILE_RESPONSES]
     r = score(server.url, {"items": items})
     assert r.status_code == 200, r.text

@@ -321,13 +321,15 @@ def build() -> dict[str, Any]:
         [target("sum(reward_ready)", "ready", "A"), target("count(reward_build_info)", "scraped", "B")],
         "short", 0), 6, 5)
     g.add(stat(
-        "Distinct tables served",
-        "Distinct embedding-table hashes across replicas: 1 normally, 2 during a rolling /admin/reload. "
-        "More than 1 for long: replicas score with different checkpoints.",
-        [target("count(count by (content_hash) (reward_table_info))", "tables")], "short", 0), 6, 5)
+        "Checkpoints per table name",
+        "For the table name with the most: distinct checkpoint hashes across replicas. 1 normally, 2 during a "
+        "rolling /admin/reload; more than 1 for long: replicas score one policy with different checkpoints.",
+        [target("max(count by (name) (count by (name, content_hash) (reward_table_info)))", "hashes")],
+        "short", 0), 6, 5)
     g.add(table(
         "Embedding table",
-        "Which checkpoint's input-embedding table each replica serves: source, tensor, hash, shape, device, dtype.",
+        "Which checkpoint's input-embedding table each replica holds in memory, per table name: source, "
+        "tensor, hash, shape, device, dtype.",
         "reward_table_info"), 12, 5)
     g.add(table(
         "Build",

@@ -148,6 +148,7 @@ def build_items(
             continue
         try:
             truth = _prepared(family, truth_text)
+            family.check_options(truth.parsed, options)
         except ItemFieldError as exc:
             fail(index, item, exc.field, f"{exc.message} (task_type {family.name})")
             continue

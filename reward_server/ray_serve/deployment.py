@@ -136,7 +136,7 @@ class RewardReplica:
     def _report(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(), "node_ip": self.node_ip, "metrics": self.metrics.address,
-            "content_hash": self.service_app.state.service.table.info()["content_hash"],
+            "content_hash": self.service_app.state.service.default_info().get("content_hash"),
             "generation": self.generation, "table_error": self.table_error, "reported_at": time.time(),
         }
 

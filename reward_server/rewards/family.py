@@ -3,7 +3,8 @@ user's, implements once, and that every consumer reads instead of naming familie
 
 A family declares its traits as class attributes (its name and aliases, whether the accuracy is
 binary, its range, where it runs, its threshold of "correct"), parses a ground truth once (raising
-:class:`~reward_server.rewards.errors.InvalidGroundTruth`, a 422 naming the item), and scores an
+:class:`~reward_server.rewards.errors.InvalidGroundTruth`, a 422 naming the item), may refuse a
+truth under the request's options (``check_options``, called by validation), and scores an
 answer span against the parsed truth. Routing, validation, the OpenAPI enum, ``/v1/info``, the
 metrics' buckets and labels, the difficulty posterior, the offline commands, the OpenRLHF
 ``scores`` mapping, the dashboard and the docs' table all come from these attributes.
@@ -73,6 +74,15 @@ class RewardFamily:
         """The answer span (SPEC §2) against a parsed truth. Model output never raises: garbage
         scores 0."""
         raise NotImplementedError(f"{type(self).__name__} must implement score()")
+
+    def check_options(self, truth: Any, options: ResolvedOptions) -> None:
+        """Whether this parsed truth can be scored under ``options``; raise
+        :class:`~reward_server.errors.ItemFieldError` (InvalidGroundTruth) when it cannot.
+
+        ``parse_truth`` sees only the text and ``score`` must never raise, so a truth that is fine
+        on its own but unusable with an option (``temporal_grounding`` without a ``duration`` under
+        ``tiou_boundary_penalty``) is caught here: validation calls it for every item before any
+        is scored, and the client gets a 422 naming the item. Default: every option is fine."""
 
     # --- derived traits (override only for a range that depends on the options) -----------------
 

@@ -4,6 +4,11 @@ With one truth shape only the *first* prediction counts: taking the best of many
 spraying boxes. With several, predictions and truths are matched one-to-one to maximise summed IoU
 and the sum is divided by ``max(#pred, #gt)``, so both a missed object and an extra box cost.
 Plain continuous IoU (no +1 pixel convention): coordinates are often normalised floats.
+
+Detection: a truth shape that carries a label (``{"bbox_2d": [...], "label": "dog"}``) can only be
+matched by a predicted shape with the same label (folded); a prediction without a label matches no
+labelled truth, so a policy cannot skip naming what it found. Unlabelled truths match any
+prediction, as before. Misses and extras still cost through ``max(#pred, #gt)``.
 """
 
 from __future__ import annotations
@@ -121,9 +126,17 @@ class _Prediction:
     def iou(self, truth: Shape) -> float:
         if isinstance(self.shape, Unusable) or isinstance(truth, Unusable):
             return 0.0
+        if not labels_agree(self.shape, truth):
+            return 0.0
         if isinstance(self.shape, Box) and isinstance(truth, Box):
             return box_iou(self.shape, truth)
         return _geometry_iou(self.geometry(), truth_geometry(truth))
+
+
+def labels_agree(prediction: Box | Polygon, truth: Box | Polygon) -> bool:
+    """A labelled truth takes only a prediction with the same (folded) label; an unlabelled truth
+    takes any."""
+    return truth.label is None or prediction.label == truth.label
 
 
 def polygon_iou(prediction: Box | Polygon, truth: Box | Polygon) -> float:
@@ -132,7 +145,8 @@ def polygon_iou(prediction: Box | Polygon, truth: Box | Polygon) -> float:
 
 
 def shape_iou(prediction: Shape, truth: Shape) -> float:
-    """IoU of any two shapes; an unusable prediction scores 0."""
+    """IoU of any two shapes; an unusable prediction, or one whose label a labelled truth does not
+    accept, scores 0."""
     return _Prediction(prediction).iou(truth)
 
 

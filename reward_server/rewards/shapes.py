@@ -5,6 +5,9 @@ Grounding answers come in many dialects: ``[10, 20, 30, 40]``, ``[[...], [...]]`
 code fences, prose around all of these. JSON is tried first because it is exact (keys tell a box
 from a label or an image size); anything else goes through a one-pass bracket scanner.
 
+A JSON object's ``"label"`` (detection: ``[{"bbox_2d": [...], "label": "dog"}]``) is kept on the
+shapes it holds, case and surrounding whitespace folded; labels written outside JSON are not read.
+
 The same reader serves both sides with one switch. For a response (``strict=False``) anything
 unreadable is skipped and a box-shaped thing with bad numbers becomes an :class:`Unusable` shape
 that scores 0 (an attempted box still counts as a prediction). For a ground truth (``strict=True``)
@@ -16,31 +19,37 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reward_server.rewards.errors import InvalidGroundTruth
 
 MAX_DEPTH = 32  # deeper nesting is not a shape list; also keeps recursion far from Python's limit
 SHAPE_KEYS = ("bbox_2d", "bbox", "box_2d", "box", "bounding_box", "polygon", "points", "coordinates")
+LABEL_KEY = "label"
 
 
 @dataclass(frozen=True)
 class Box:
-    """An axis-aligned box with ``x1 <= x2`` and ``y1 <= y2`` (corners given swapped are reordered)."""
+    """An axis-aligned box with ``x1 <= x2`` and ``y1 <= y2`` (corners given swapped are reordered).
+
+    ``label`` (folded, or None) is not part of equality or hashing: two boxes are the same shape
+    whatever they are called, so geometry caches and shape comparisons ignore it; only the
+    detection matching reads it."""
 
     x1: float
     y1: float
     x2: float
     y2: float
+    label: str | None = field(default=None, compare=False)
 
     @classmethod
-    def from_corners(cls, xa: float, ya: float, xb: float, yb: float) -> Box:
+    def from_corners(cls, xa: float, ya: float, xb: float, yb: float, label: str | None = None) -> Box:
         if xa > xb:
             xa, xb = xb, xa
         if ya > yb:
             ya, yb = yb, ya
-        return cls(xa, ya, xb, yb)
+        return cls(xa, ya, xb, yb, label)
 
     @property
     def area(self) -> float:
@@ -52,6 +61,7 @@ class Polygon:
     """A polygon given as >= 3 points; validity is the geometry module's concern."""
 
     points: tuple[tuple[float, float], ...]
+    label: str | None = field(default=None, compare=False)  # as Box.label
 
 
 @dataclass(frozen=True)
@@ -193,37 +203,51 @@ class _Walker:
         if self.strict:
             raise InvalidGroundTruth(message)
 
-    def walk(self, node: Any, depth: int = 0) -> None:
+    def walk(self, node: Any, depth: int = 0, label: str | None = None) -> None:
         if depth > MAX_DEPTH:
             self.fail(f"ground truth nests deeper than {MAX_DEPTH} levels")
             return
         if type(node) is dict:
             self.walk_dict(node, depth)
         elif type(node) is list:
-            self.walk_list(node, depth)
+            self.walk_list(node, depth, label)
 
     def walk_dict(self, node: dict[Any, Any], depth: int) -> None:
         keyed = [value for key, value in node.items() if isinstance(key, str) and key.lower() in SHAPE_KEYS]
+        # A label names the shapes of its own object only; an object without a shape key is a
+        # container ({"objects": [...]}) whose label, if any, names nothing we score.
+        label = self.label_of(node) if keyed else None
         for value in keyed or node.values():
             if type(value) in _CONTAINERS:
-                self.walk(value, depth + 1)
+                self.walk(value, depth + 1, label)
             elif keyed:
                 self.fail(f"box value {_shorten(value)!r} is not a list of coordinates")
 
-    def walk_list(self, node: list[Any], depth: int) -> None:
+    def label_of(self, node: dict[Any, Any]) -> str | None:
+        """The object's folded label: strings (and integer class ids) are labels; an empty one is
+        none; anything else is a truth error and no label in a response."""
+        for key, value in node.items():
+            if isinstance(key, str) and key.lower() == LABEL_KEY:
+                if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+                    return fold_label(str(value))
+                self.fail(f"label {_shorten(value)} is not a string")
+                return None
+        return None
+
+    def walk_list(self, node: list[Any], depth: int, label: str | None = None) -> None:
         if not node:
             return
         kinds = set(map(type, node))
         if list not in kinds and dict not in kinds:
-            self.flat(node)
+            self.flat(node, label)
         elif kinds == {list} and len(node) >= 2 and all(map(_is_point, node)):
-            self.points(node)
+            self.points(node, label)
         else:
             for child in node:
                 if type(child) in _CONTAINERS:
-                    self.walk(child, depth + 1)
+                    self.walk(child, depth + 1, label)
 
-    def flat(self, values: list[Any]) -> None:
+    def flat(self, values: list[Any], label: str | None = None) -> None:
         if len(values) == 2 or (self.scanned and len(values) == 1):
             return  # a lone point, or a number in parentheses in prose: not a shape
         if len(values) != 4:
@@ -234,18 +258,24 @@ class _Walker:
             self.fail(f"box {_shorten(values)} has a non-numeric, NaN or infinite coordinate")
             self.add(Unusable("non-finite or non-numeric coordinate"))
             return
-        self.add(Box.from_corners(*coords))
+        self.add(Box.from_corners(*coords, label=label))
 
-    def points(self, values: list[list[Any]]) -> None:
+    def points(self, values: list[list[Any]], label: str | None = None) -> None:
         flat = _finite_coordinates([c for point in values for c in point])
         if flat is None:
             self.fail(f"polygon {_shorten(values)} has a non-numeric, NaN or infinite coordinate")
             self.add(Unusable("non-finite or non-numeric point"))
             return
         if len(values) == 2:  # [[x1, y1], [x2, y2]]: two corners
-            self.add(Box.from_corners(*flat))
+            self.add(Box.from_corners(*flat, label=label))
         else:
-            self.add(Polygon(tuple(zip(flat[0::2], flat[1::2]))))
+            self.add(Polygon(tuple(zip(flat[0::2], flat[1::2])), label))
+
+
+def fold_label(text: str) -> str | None:
+    """A label as compared (SPEC §5): case and surrounding whitespace folded; empty is no label."""
+    folded = text.strip().casefold()
+    return folded or None
 
 
 def _shorten(value: Any, limit: int = 80) -> str:
@@ -284,4 +314,7 @@ def parse_shapes(text: str, *, strict: bool = False, limit: int | None = None) -
     return walker.shapes
 
 
-__all__ = ["MAX_DEPTH", "SHAPE_KEYS", "Box", "Polygon", "Shape", "Unusable", "parse_shapes"]
+__all__ = [
+    "LABEL_KEY", "MAX_DEPTH", "SHAPE_KEYS", "Box", "Polygon", "Shape", "Unusable", "fold_label",
+    "parse_shapes",
+]

@@ -122,8 +122,14 @@ class ServiceState:
 
     @property
     def table(self) -> EmbeddingTable:
-        """The default table (what a single-table server serves)."""
+        """The default table (what a single-table server serves); only while it is in memory."""
         return self.batcher.engine.table
+
+    def default_info(self) -> dict[str, Any]:
+        """The default table's info: its checkpoint's when in memory, else what its entry knows
+        (several tables may share the memory: the default may have been evicted)."""
+        entry = self.tables.resolve(None)
+        return entry.engine.table.info() if entry.engine is not None else entry.info()
 
 
 @dataclass(frozen=True)
@@ -270,21 +276,21 @@ def create_app(
             raise NotReady("the reward server is not ready (starting or shutting down)")
         if state.batcher.device_error is not None:  # a CUDA error: this process cannot score any more
             raise NotReady(f"the scoring device failed: {state.batcher.device_error}")
-        return {"status": "ready", "table": state.table.info()}
+        return {"status": "ready", "table": state.default_info()}
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
-        table = state.table
+        default = state.default_info()
         return {
             "version": reward_server.__version__,
-            "model": table.source,
-            **table.info(),
+            "model": default.get("source") or default.get("path"),
+            **default,
             "defaults": {
                 "format_weight": settings.format_weight,
                 "bmas_reduction": settings.bmas_reduction,
                 "profile": settings.profile,
             },
-            "profiles": profiles_info(settings, state.batcher.engine.idf),
+            "profiles": profiles_info(settings, state.tables.idf),
             "limits": {
                 "max_items_per_request": settings.max_items_per_request,
                 "max_chars_per_text": settings.max_chars_per_text,

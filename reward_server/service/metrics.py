@@ -184,19 +184,25 @@ class RewardValueHistograms(Collector):
 
 
 class TableInfoCollector(Collector):
-    """``reward_table_info``: read at scrape time, because ``/admin/reload`` swaps the table."""
+    """``reward_table_info{name, ...}``: one series per table in memory, read at scrape time
+    (``/admin/reload`` swaps a table, a load or an eviction changes the set)."""
 
     def __init__(self, state: Any) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        info = {key: str(value) for key, value in self._state.table.info().items()}
+        tables = self._state.tables
+        resident = [(name, entry.engine.table.info()) for name, entry in tables.entries.items()
+                    if entry.engine is not None]
+        labels = sorted({key for _, info in resident for key in info} | {"name"})
         family = GaugeMetricFamily(
             "reward_table_info",
-            "The embedding table being served (always 1); labels say which checkpoint and where.",
-            labels=sorted(info),
+            "The embedding tables in memory (always 1 each); labels say which checkpoint and where.",
+            labels=labels,
         )
-        family.add_metric([info[key] for key in sorted(info)], 1.0)
+        for name, info in resident:
+            values = {key: str(value) for key, value in info.items()} | {"name": name}
+            family.add_metric([values.get(key, "") for key in labels], 1.0)
         yield family
 
 

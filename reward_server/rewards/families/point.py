@@ -1,0 +1,95 @@
+"""``point`` (SPEC §13e): the first point of the span lies inside a truth box (edges included).
+
+GUI agents and pointing models write a click in many dialects: ``(x, y)``, ``[x, y]``,
+``<point>x, y</point>``, ``{"point_2d": [x, y]}``, ``x=…, y=…`` (Molmo's ``<point x="…" y="…">``
+too). The earliest one in the span is the prediction: like grounding's first box, counting only
+the first makes a list of guesses worth exactly its first guess, so spraying points earns nothing.
+A span holding no point but a box ``[x1, y1, x2, y2]`` is read as the box's centre (models trained
+on grounding answer with a box). Coordinates are compared as given: no rescaling (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from reward_server.rewards.errors import InvalidGroundTruth
+from reward_server.rewards.family import RewardFamily, Score
+from reward_server.rewards.options import ResolvedOptions
+from reward_server.rewards.shapes import Box, parse_shapes
+from reward_server.rewards.textnorm import preview
+
+MAX_TRUTH_BOXES = 256
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_Q = r"[\"']?"  # a number may be quoted: ['12', '30'], x="12.5"
+# Each form is linear: fixed structure, and no two whitespace quantifiers can share a run of spaces
+# (`\s*,?\s*` would try every split of a long run).
+_POINT = re.compile(
+    rf"<point>\s*[\[(]?\s*(?P<tx>{_NUM})(?:\s*,\s*|\s+)(?P<ty>{_NUM})\s*[\])]?\s*</point>"
+    rf"|[\[(]\s*{_Q}(?P<bx>{_NUM}){_Q}\s*,\s*{_Q}(?P<by>{_NUM}){_Q}\s*[\])]"
+    rf"|\bx\s*[=:]\s*{_Q}(?P<kx>{_NUM}){_Q}(?:\s*[,;]\s*|\s*)\by\s*[=:]\s*{_Q}(?P<ky>{_NUM}){_Q}",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+
+
+def first_point(text: str) -> Point | None:
+    """The earliest point written in ``text``; else the centre of its first box; else None.
+
+    A point with a non-finite coordinate (``1e999``) is no point."""
+    for match in _POINT.finditer(text):
+        x, y = (value for value in match.groups() if value is not None)
+        point = Point(float(x), float(y))
+        if math.isfinite(point.x) and math.isfinite(point.y):
+            return point
+    boxes = parse_shapes(text, limit=1)
+    if boxes and isinstance(boxes[0], Box):
+        box = boxes[0]
+        centre = Point((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
+        if math.isfinite(centre.x) and math.isfinite(centre.y):
+            return centre
+    return None
+
+
+def inside(point: Point, box: Box) -> bool:
+    return box.x1 <= point.x <= box.x2 and box.y1 <= point.y <= box.y2
+
+
+def parse_boxes(text: str) -> tuple[Box, ...]:
+    """One box or a list of acceptable boxes, corners re-ordered; anything else is the client's."""
+    shapes = parse_shapes(text, strict=True)
+    if not shapes:
+        raise InvalidGroundTruth(f"point ground truth has no box [x1, y1, x2, y2]: {preview(text)}")
+    if len(shapes) > MAX_TRUTH_BOXES:
+        raise InvalidGroundTruth(f"point ground truth has {len(shapes)} boxes; at most {MAX_TRUTH_BOXES}")
+    boxes: list[Box] = []
+    for shape in shapes:
+        if not isinstance(shape, Box):
+            raise InvalidGroundTruth(
+                f"point ground truth must be boxes [x1, y1, x2, y2], not polygons: {preview(text)}"
+            )
+        if not (shape.x2 > shape.x1 and shape.y2 > shape.y1):
+            corners = f"[{shape.x1:g}, {shape.y1:g}, {shape.x2:g}, {shape.y2:g}]"
+            raise InvalidGroundTruth(f"point ground truth box {corners} has zero area")
+        boxes.append(shape)
+    return tuple(boxes)
+
+
+class PointInBox(RewardFamily):
+    name = "point"
+    aliases = ("click", "pointing", "gui_click")
+    summary = "point in box: the answer's first point lies inside a truth box (edges included)"
+
+    def parse_truth(self, text: str) -> tuple[Box, ...]:
+        return parse_boxes(text)
+
+    def score(self, span: str, truth: tuple[Box, ...], options: ResolvedOptions) -> Score:
+        point = first_point(span)
+        hit = point is not None and any(inside(point, box) for box in truth)
+        return Score(1.0 if hit else 0.0, parsed=[point.x, point.y] if point is not None else None)
