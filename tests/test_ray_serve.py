@@ -8,6 +8,7 @@ server's on the same requests: over HTTP through the Serve proxy and over a Depl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -106,9 +107,20 @@ def server(cluster: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def reference(default_table: Any) -> Any:
-    with running_server(default_table) as srv:
+def reference(default_table: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The single-process server; with a state file like the cluster's (rewards never read it), so
+    that its posteriors are what the cluster's must be after the same items."""
+    state = tmp_path_factory.mktemp("reference-state") / "state.db"
+    with running_server(default_table, state_path=str(state), state_synchronous="normal",
+                        difficulty_local_decay=1.0, difficulty_stale_half_life_items=0.0) as srv:
         yield srv
+
+
+def export(url: str, prefix: str) -> dict[str, tuple[int, int, float, float]]:
+    """(n, successes, alpha, beta) of every prompt whose id starts with ``prefix`` (the default job)."""
+    rows = [json.loads(line) for line in httpx.get(url + "/v1/prompts", timeout=60).text.splitlines()]
+    return {r["prompt_id"]: (r["n"], r["successes"], r["alpha"], r["beta"]) for r in rows
+            if r["prompt_id"].startswith(prefix)}
 
 
 def spec_items(count: int) -> list[dict[str, Any]]:
@@ -235,19 +247,43 @@ def test_prometheus_scrapes_every_replica_through_http_service_discovery(cluster
             prometheus.query(expr)  # raises on an error
 
 
-def test_a_killed_replica_is_replaced_and_no_item_is_lost_or_changed(cluster: Any, reference: Any) -> None:
-    items = spec_items(5000)
+def test_a_killed_replica_is_replaced_and_no_item_is_lost_changed_or_counted_twice(cluster: Any, reference: Any) -> None:
+    """5,000 scored items (groups of 8 rollouts of 100 prompts) stream through both replicas, half
+    over HTTP and half over the handle, through the project's clients with retries; a replica is
+    SIGKILLed mid-stream. Every item comes back exactly once and unchanged, and every prompt's
+    posterior counts exactly the items sent (n, successes, alpha, beta equal to the single process's).
+
+    The kill is aimed at the window the issue saw (an update committed, the replica dead before it
+    answered): the state actor is paused (SIGSTOP) so that requests queue at their state update,
+    the replica is killed with its updates sent, then the actor resumes and commits them. The
+    clients retry those requests on the other replica with the same Idempotency-Key, which the
+    store has applied: nothing counts twice."""
+    items = [{**item, "prompt_id": f"chaos-{i // 8 % 100}"} for i, item in enumerate(spec_items(5000))]
     with RewardClient(reference.url) as client:
         expected = {row["id"]: row for row in client.score(items).results}
+    expected_state = export(reference.url, "chaos-")
+    assert len(expected_state) == 100 and sum(n for n, *_ in expected_state.values()) == 5000
     chunks = [items[i : i + 100] for i in range(0, len(items), 100)]
     victim = info(cluster.url)["replicas"]["replicas"][0]["pid"]
+    state_actor = ray.get_actor("mixed-reward-difficulty", namespace="mixed-reward")
+    state_pid = ray.get(state_actor.ping.remote(), timeout=60)["pid"]
     retry = RetryPolicy(max_attempts=10, backoff=0.2, max_backoff=2.0, deadline=120)
+
+    async def kill_after_commits_are_sent() -> None:
+        os.kill(state_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)  # the requests in flight finish scoring and wait at their update
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(state_pid, signal.SIGCONT)  # commits the dead replica's updates: its answers are lost
 
     async def stream() -> list[dict[str, Any]]:
         http = AsyncRewardClient(cluster.url, retry=retry, timeout=60)
         handle = AsyncRayRewardClient("mixed-reward", retry=retry, timeout=60)
         done = 0
         gate = asyncio.Semaphore(4)
+        chaos: list[asyncio.Task[None]] = []
 
         async def one(number: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
             nonlocal done
@@ -256,16 +292,18 @@ def test_a_killed_replica_is_replaced_and_no_item_is_lost_or_changed(cluster: An
                 rows = (await client.score(chunk)).results
             done += 1
             if done == 12:
-                os.kill(victim, signal.SIGKILL)
+                chaos.append(asyncio.create_task(kill_after_commits_are_sent()))
             return rows
 
         parts = await asyncio.gather(*(one(n, chunk) for n, chunk in enumerate(chunks)))
+        await asyncio.gather(*chaos)
         await http.aclose()
         return [row for part in parts for row in part]
 
     rows = asyncio.run(stream())
     assert sorted(row["id"] for row in rows) == sorted(expected)  # every item exactly once
     assert differ(rows, [expected[row["id"]] for row in rows]) == []
+    assert export(cluster.url, "chaos-") == expected_state  # every posterior counts every item once
     wait_for_replicas(cluster.url, 2, exclude_pids=frozenset({victim}))  # Serve replaced it
 
 

@@ -118,11 +118,17 @@ class RetryState:
     wait first; ``failed()`` records why an attempt failed; ``give_up()`` builds the final error.
 
     ``deadline_at`` (monotonic seconds) is shared by every request of one call; by default the
-    policy's ``deadline`` from now."""
+    policy's ``deadline`` from now. ``idempotency_key`` names the one request every attempt
+    resends: the same key on every retry and failover, so the server applies its state update once
+    however many attempts reach it."""
 
-    def __init__(self, endpoints: Endpoints, policy: RetryPolicy, deadline_at: float | None = None) -> None:
+    def __init__(
+        self, endpoints: Endpoints, policy: RetryPolicy, deadline_at: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
         self.endpoints = endpoints
         self.policy = policy
+        self.idempotency_key = idempotency_key
         self.attempts: list[Attempt] = []
         self.started = time.monotonic()
         self.deadline_at = deadline_at if deadline_at is not None else policy.deadline_at()

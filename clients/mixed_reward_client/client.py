@@ -5,12 +5,18 @@ The two classes share every decision (``_policy``, ``_batching``); they differ o
 send and sleep. Both raise instead of guessing: :class:`BadRequest` for a 4xx, and
 :class:`ServerUnavailable` once every retry on every URL has failed or the call's deadline
 (``RetryPolicy.deadline``, 10 minutes by default) has passed.
+
+Every POST carries an ``Idempotency-Key`` header: a fresh random key per request (one chunk of a
+split batch), the same on every retry and failover of it. A retry after a lost answer (the server
+committed the request's difficulty-state update, then died or timed out before answering) then
+updates nothing twice: the server remembers the keys it has applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -30,6 +36,15 @@ DEFAULT_MAX_BATCH_BYTES = 16 << 20  # well under the server's default body limit
 
 Piece = tuple[list[int], dict[str, Any]]  # item indices of one request, and its answer
 Exchanged = tuple[int, Mapping[str, str], bytes]  # one attempt's status, headers and body
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _retry_state(
+    endpoints: Endpoints, policy: RetryPolicy, method: str, deadline_at: float | None
+) -> RetryState:
+    """One request's attempts; a POST gets its idempotency key here, once, so every attempt of it
+    (and only of it) carries the same key. GETs change nothing and need none."""
+    return RetryState(endpoints, policy, deadline_at, uuid.uuid4().hex if method == "POST" else None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -136,6 +151,11 @@ class _ClientBase:
             raise exc
         return self._chunks(prepared, chunk, max_items=(len(chunk) + 1) // 2)
 
+    def _attempt_headers(self, state: RetryState) -> dict[str, str]:
+        """The headers of one attempt: the client's, plus its request's idempotency key."""
+        key = state.idempotency_key
+        return self._headers if key is None else {**self._headers, IDEMPOTENCY_HEADER: key}
+
     def _timeout_for(self, state: RetryState) -> httpx.Timeout:
         """The configured timeouts, cut to the time left before the call's deadline."""
         left = state.remaining()
@@ -232,14 +252,14 @@ class RewardClient(_ClientBase):
         """One attempt on one endpoint: (status, headers, body). Raises one of ``_transport_errors``
         when the endpoint, not the request, failed. The Ray client overrides only this."""
         response = self._http.request(
-            method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+            method, url + path, content=body, headers=self._attempt_headers(state), timeout=self._timeout_for(state)
         )
         return response.status_code, response.headers, response.content
 
     def _send(
         self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
     ) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry, deadline_at)
+        state = _retry_state(self._endpoints, self.retry, method, deadline_at)
         while (step := state.next()) is not None:
             url, delay = step
             if delay:
@@ -343,14 +363,14 @@ class AsyncRewardClient(_ClientBase):
         # The deadline bounds the request through its timeouts, not asyncio.wait_for, which
         # before Python 3.12 can swallow a cancellation (and a cancelled chunk would go on).
         response = await self._http.request(
-            method, url + path, content=body, headers=self._headers, timeout=self._timeout_for(state)
+            method, url + path, content=body, headers=self._attempt_headers(state), timeout=self._timeout_for(state)
         )
         return response.status_code, response.headers, response.content
 
     async def _send(
         self, method: str, path: str, body: bytes | None, expect: str, deadline_at: float | None = None
     ) -> dict[str, Any]:
-        state = RetryState(self._endpoints, self.retry, deadline_at)
+        state = _retry_state(self._endpoints, self.retry, method, deadline_at)
         while (step := state.next()) is not None:
             url, delay = step
             if delay:

@@ -11,8 +11,10 @@ Same API, results and errors as the HTTP clients (they share every decision: bat
 retries, deadline, error types): the replica runs the call through the same FastAPI app
 in-process, so a 4xx comes back as :class:`BadRequest` with the same error body, and a replica
 that dies mid-call (its process killed, its node gone) is a failed attempt retried on another
-replica, then :class:`ServerUnavailable`. :func:`ray_coalescer` gathers concurrent one-sample
-calls into batched ones, as ``_coalesce.Coalescer`` does over HTTP.
+replica, then :class:`ServerUnavailable`. The retry carries the same ``Idempotency-Key``, so a
+difficulty-state update the dead replica had committed is not applied again.
+:func:`ray_coalescer` gathers concurrent one-sample calls into batched ones, as
+``_coalesce.Coalescer`` does over HTTP.
 
 ``ray`` is imported only when a client is made, so this module imports without Ray installed; the
 client then raises :class:`RewardClientError` saying how to install it.
@@ -105,7 +107,7 @@ class RayRewardClient(_HandleBase, RewardClient):
         """Nothing to close: the handle belongs to Ray."""
 
     def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
-        response = self._handle.remote(method, path, self._headers, body)
+        response = self._handle.remote(method, path, self._attempt_headers(state), body)
         return response.result(timeout_s=self._attempt_timeout(state))
 
 
@@ -124,7 +126,7 @@ class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
         """Nothing to close: the handle belongs to Ray."""
 
     async def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
-        response = self._handle.remote(method, path, self._headers, body)
+        response = self._handle.remote(method, path, self._attempt_headers(state), body)
         try:
             return await asyncio.wait_for(response, self._attempt_timeout(state))
         except (*self._transport_errors, asyncio.CancelledError):

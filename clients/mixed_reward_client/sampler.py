@@ -12,6 +12,11 @@ GRPO group is most likely to have reward variance. Two forms here, both torch-fr
 
 For the posterior to learn, the items the trainer scores must carry the same ``prompt_id``
 (verl: ``extra_info["prompt_id"]``; ``/score``: the item field; OpenRLHF: the label object).
+
+The service keeps that state per training job: pass the job the trainer scores as (``job=``, the
+``job`` of its ``/score`` requests or its token's job), so that the sampler reads the posteriors its
+own rollouts feed and not those of another run that uses the same prompt ids. Without it the
+sampler acts as its token's job, else ``default`` (what scoring without a job uses too).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class VadeSampler:
 
     The pool (all of ``prompt_ids``) is registered once, on the first request, so each step sends
     only ``{"pool", "k"}``. ``seed`` makes step ``i`` draw with seed ``seed + i`` (repeatable runs).
+    ``job`` names the training job whose posteriors and pool are used (``?job=`` on every call).
     """
 
     def __init__(
@@ -37,6 +43,7 @@ class VadeSampler:
         *,
         pool: str = "train",
         token: str | None = None,
+        job: str | None = None,
         seed: int | None = None,
         timeout: float = 60.0,
         client: httpx.Client | None = None,
@@ -49,6 +56,8 @@ class VadeSampler:
             raise ValueError("prompt_ids must be distinct")
         self.batch_size = batch_size
         self.pool = pool
+        self.job = job
+        self._params = {"job": job} if job is not None else {}
         self.seed = seed
         self.step = 0
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -56,7 +65,7 @@ class VadeSampler:
         self._registered = False
 
     def register(self) -> None:
-        answer = self._client.put(f"/v1/pools/{self.pool}", json={"prompt_ids": self.prompt_ids})
+        answer = self._client.put(f"/v1/pools/{self.pool}", json={"prompt_ids": self.prompt_ids}, params=self._params)
         answer.raise_for_status()
         self._registered = True
 
@@ -67,7 +76,7 @@ class VadeSampler:
         body: dict[str, Any] = {"pool": self.pool, "k": k or self.batch_size}
         if self.seed is not None:
             body["seed"] = self.seed + self.step
-        answer = self._client.post("/v1/sample", json=body)
+        answer = self._client.post("/v1/sample", json=body, params=self._params)
         answer.raise_for_status()
         self.step += 1
         return list(answer.json()["prompt_ids"])
@@ -90,7 +99,8 @@ class VerlVadeSampler(VadeSampler):
     dataloader asks for that batch's first index (with ``dataloader_num_workers > 0`` verl
     prefetches, so the posteriors used are a step or two old: harmless for difficulty).
     ``prompt_ids`` defaults to the dataset positions as strings, so ``extra_info["prompt_id"]``
-    must then be the row index (``str`` or ``int``).
+    must then be the row index (``str`` or ``int``). ``job=`` (with the other keywords of
+    :class:`VadeSampler`) names the training job whose state the run's rewards feed.
     """
 
     def __init__(self, dataset: Sequence[Any], url: str, batch_size: int, *,

@@ -12,20 +12,28 @@ starts it again and it reloads every committed update from the file. The file li
 that runs the actor; pin it there (``actor_options={"resources": {...}}``) when the cluster has
 several nodes, so a restart finds the same file.
 
+Its methods take the job and the request's idempotency key as the embedded store does; a retried
+request that reaches the actor through another replica is skipped by the store's key check, which
+is the reason that check lives in the store and not in a replica. An actor left running by an older
+version (detached actors outlive a redeploy) is refused by name rather than called with arguments
+it does not take: see :func:`check_actor`.
+
 ``ray`` is imported only when this module is used: the service does not depend on it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from reward_server.difficulty.backend import SampleRefused, sample_or_refuse
 from reward_server.difficulty.posterior import DecayParams
-from reward_server.difficulty.store import DifficultyStore, Observation, Synchronous
+from reward_server.difficulty.store import SCHEMA_VERSION, DifficultyStore, Observation, Synchronous
 
 DEFAULT_NAMESPACE = "mixed-reward"
+ACTOR_PROTOCOL = 2  # the calls' signatures: 1 had no job and no key; bump when a method's arguments change
 
 
 class DifficultyActorImpl:
@@ -35,26 +43,28 @@ class DifficultyActorImpl:
         self.store = DifficultyStore(path, DecayParams(**params), synchronous)
 
     def ping(self) -> dict[str, Any]:
-        return {"path": str(self.store.path), "clock": self.store.clock, "params": asdict(self.store.params)}
+        return {"path": str(self.store.path), "pid": os.getpid(), "params": asdict(self.store.params),
+                "protocol": ACTOR_PROTOCOL, "schema_version": SCHEMA_VERSION}
 
-    def record(self, observations: list[tuple[str, bool]]) -> None:
-        """Returns once the updates are durable (the caller's ``await`` is the acknowledgement)."""
-        self.store.record([Observation(pid, bool(ok)) for pid, ok in observations])
+    def record(self, job: str, observations: list[tuple[str, bool]], key: str | None = None) -> bool:
+        """Returns once the updates are durable (the caller's ``await`` is the acknowledgement);
+        False when ``key`` had been applied before (a retry through any replica counts once)."""
+        return self.store.record([Observation(pid, bool(ok)) for pid, ok in observations], job, key)
 
-    def get(self, prompt_id: str) -> dict[str, Any] | None:
-        return self.store.get(prompt_id)
+    def get(self, job: str, prompt_id: str) -> dict[str, Any] | None:
+        return self.store.get(prompt_id, job)
 
     def sample(
-        self, candidates: list[str] | None, pool: str | None, k: int, seed: int | None
+        self, job: str, candidates: list[str] | None, pool: str | None, k: int, seed: int | None
     ) -> list[str] | tuple[str, str]:
-        result = sample_or_refuse(self.store, candidates, pool, k, seed)
+        result = sample_or_refuse(self.store, job, candidates, pool, k, seed)
         return (result.reason, result.message) if isinstance(result, SampleRefused) else result
 
-    def register_pool(self, name: str, prompt_ids: list[str]) -> None:
-        self.store.register_pool(name, prompt_ids).result()
+    def register_pool(self, job: str, name: str, prompt_ids: list[str]) -> None:
+        self.store.register_pool(name, prompt_ids, job).result()
 
-    def export_rows(self) -> list[dict[str, Any]]:
-        return list(self.store.export_rows())
+    def export_rows(self, job: str) -> list[dict[str, Any]]:
+        return list(self.store.export_rows(job))
 
     def summary(self) -> dict[str, Any]:
         return self.store.summary()
@@ -87,7 +97,25 @@ def get_or_create_actor(
         "num_cpus": 0,
     }
     options.update(actor_options or {})
-    return actor_cls.options(**options).remote(path, asdict(params), synchronous)
+    actor = actor_cls.options(**options).remote(path, asdict(params), synchronous)
+    check_actor(actor, name, namespace)
+    return actor
+
+
+def check_actor(actor: Any, name: str, namespace: str = DEFAULT_NAMESPACE, timeout_s: float = 120.0) -> None:
+    """Refuse an actor that speaks an older protocol. The actor is detached, so one created by the
+    previous version of the service survives a redeploy, and ``get_if_exists`` hands it back with
+    its old code: calling it with a job and a key would fail on every request. Better to stop the
+    start with what to do (the new actor migrates the file when it opens it)."""
+    import ray
+
+    found = ray.get(actor.ping.remote(), timeout=timeout_s).get("protocol", 1)
+    if found != ACTOR_PROTOCOL:
+        raise RuntimeError(
+            f"the difficulty state actor {name!r} (namespace {namespace!r}) was started by an older version "
+            f"(protocol {found}, this one speaks {ACTOR_PROTOCOL}); stop it with "
+            f"ray.kill(ray.get_actor({name!r}, namespace={namespace!r}), no_restart=True) and start again"
+        )
 
 
 class RayBackend:
@@ -96,23 +124,23 @@ class RayBackend:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    async def record(self, observations: Sequence[Observation]) -> None:
-        await self.actor.record.remote([(o.prompt_id, o.correct) for o in observations])
+    async def record(self, job: str, observations: Sequence[Observation], key: str | None = None) -> bool:
+        return await self.actor.record.remote(job, [(o.prompt_id, o.correct) for o in observations], key)
 
-    async def get(self, prompt_id: str) -> dict[str, Any] | None:
-        return await self.actor.get.remote(prompt_id)
+    async def get(self, job: str, prompt_id: str) -> dict[str, Any] | None:
+        return await self.actor.get.remote(job, prompt_id)
 
     async def sample(
-        self, candidates: Sequence[str] | None, pool: str | None, k: int, seed: int | None
+        self, job: str, candidates: Sequence[str] | None, pool: str | None, k: int, seed: int | None
     ) -> list[str] | SampleRefused:
-        result = await self.actor.sample.remote(None if candidates is None else list(candidates), pool, k, seed)
+        result = await self.actor.sample.remote(job, None if candidates is None else list(candidates), pool, k, seed)
         return SampleRefused(*result) if isinstance(result, tuple) else result
 
-    async def register_pool(self, name: str, prompt_ids: Sequence[str]) -> None:
-        await self.actor.register_pool.remote(name, list(prompt_ids))
+    async def register_pool(self, job: str, name: str, prompt_ids: Sequence[str]) -> None:
+        await self.actor.register_pool.remote(job, name, list(prompt_ids))
 
-    async def export_rows(self) -> list[dict[str, Any]]:
-        return await self.actor.export_rows.remote()
+    async def export_rows(self, job: str) -> list[dict[str, Any]]:
+        return await self.actor.export_rows.remote(job)
 
     async def summary(self) -> dict[str, Any]:
         return await self.actor.summary.remote()

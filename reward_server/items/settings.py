@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     )
     difficulty_stale_half_life_items: float = Field(
         200_000.0, ge=0.0, le=1e12,
-        description="Slow decay: a prompt's evidence halves every this many items scored service-wide; 0 = off.",
+        description="Slow decay: a prompt's evidence halves every this many items scored for its job; 0 = off.",
     )
     difficulty_grounding_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="IoU at or above which a grounding rollout counts as correct."

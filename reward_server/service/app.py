@@ -307,7 +307,7 @@ def create_app(
 
     scoring = ScoringService(
         settings, registry, state.batcher, pool, metrics,
-        record=lambda items, built, results, job: difficulty.record_scored(app, items, built, results, job),
+        record=lambda items, built, results, job, key: difficulty.record_scored(app, items, built, results, job, key),
         is_ready=lambda: state.ready,
     )
     app.state.scoring = scoring

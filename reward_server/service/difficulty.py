@@ -1,19 +1,26 @@
 """HTTP routes of the per-prompt difficulty state (docs/difficulty.md), and the hook that feeds it.
 
     GET  /v1/prompts/{prompt_id}   one prompt's posterior (404 if never scored)
-    GET  /v1/prompts               the whole state as JSONL, one prompt per line
+    GET  /v1/prompts               the whole state of one job as JSONL, one prompt per line
     PUT  /v1/pools/{name}          register a candidate pool {"prompt_ids": [...]}
     POST /v1/sample                {"candidates": [...] | "pool": name, "k": n, "seed"?} -> k distinct ids
 
+Every route answers for one training job (SPEC §15): the job the request names (``?job=``, the
+``X-Reward-Job`` header, or ``job`` in a body), else its token's job, else ``default``, resolved by
+:func:`~reward_server.service.auth.request_job`, so a job's token sees only its job's state.
+
 Every route answers 404 ``difficulty_disabled`` while the server runs without ``--state-path``.
 Scoring calls :func:`record_scored` after the rewards are computed and before answering, so an
-acknowledged ``/score`` is a durable update; the rewards themselves never read this state.
+acknowledged ``/score`` is a durable update; the rewards themselves never read this state. A
+scoring request's ``Idempotency-Key`` header (:func:`idempotency_key`) makes that update happen
+once however often the request is retried (the store remembers applied keys, store.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,10 +35,17 @@ from reward_server.difficulty.backend import DifficultyBackend, LocalBackend, Sa
 from reward_server.difficulty.correctness import Thresholds, is_correct
 from reward_server.difficulty.ids import canonical_prompt_id, prompt_id_problem
 from reward_server.difficulty.posterior import DecayParams
-from reward_server.difficulty.store import INFORMATIVE_RANGE, P_BUCKETS, DifficultyStore, Observation
+from reward_server.difficulty.store import (
+    DEFAULT_JOB,
+    INFORMATIVE_RANGE,
+    P_BUCKETS,
+    DifficultyStore,
+    Observation,
+)
 from reward_server.errors import (
     BodyTooLarge,
     DifficultyDisabled,
+    Forbidden,
     InvalidRequest,
     KTooLarge,
     StateUnavailable,
@@ -41,15 +55,39 @@ from reward_server.errors import (
 )
 from reward_server.items.settings import Settings
 from reward_server.rewards.scoring import ItemReward, PreparedItem
+from reward_server.service.auth import Principal, request_job
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
 from reward_server.service.schemas import Identifier, RequestItem
 
 log = logging.getLogger("reward_server.difficulty")
 router = APIRouter(tags=["difficulty"])
-_ERRORS = error_responses(Unauthorized, DifficultyDisabled, UnknownPrompt, InvalidRequest)
-_BODY_ERRORS = error_responses(Unauthorized, DifficultyDisabled, UnknownPool, BodyTooLarge, InvalidRequest, KTooLarge)
+_ERRORS = error_responses(Unauthorized, Forbidden, DifficultyDisabled, UnknownPrompt, InvalidRequest)
+_BODY_ERRORS = error_responses(
+    Unauthorized, Forbidden, DifficultyDisabled, UnknownPool, BodyTooLarge, InvalidRequest, KTooLarge
+)
 MAX_CANDIDATES = 1_000_000
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What a key may be: short enough to store millions of, printable so it can be logged and shown.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key`` header (None when absent): one key per logical scoring
+    request, the same on every retry and failover of it, so that its state updates apply once.
+    Checked on every scoring request, with state or without, so a client learns of a bad key at once
+    (422 naming the header), not when a server with state is first put behind it."""
+    values = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest.for_field(IDEMPOTENCY_HEADER, f"sent {len(values)} times; send one key per request")
+    if not IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise InvalidRequest.for_field(
+            IDEMPOTENCY_HEADER, f"must be 1-128 printable ASCII characters (got {len(values[0])} characters"
+            + (")" if values[0].isascii() else ", not all ASCII)")
+        )
+    return values[0]
 
 
 def decay_params(settings: Settings) -> DecayParams:
@@ -98,9 +136,11 @@ def observations(
 
 async def record_scored(
     request_app: Any, items: Sequence[RequestItem], built: Sequence[PreparedItem], scores: Sequence[ItemReward],
-    job: str = "default",
+    job: str = DEFAULT_JOB, key: str | None = None,
 ) -> None:
-    """Durably update the posteriors of the scored items; the caller answers only after this."""
+    """Durably update ``job``'s posteriors of the scored items; the caller answers only after this.
+    All the request's observations go as one unit under its idempotency ``key``: a retry of a
+    request whose update was committed (and whose answer was lost) changes nothing."""
     backend: DifficultyBackend | None = getattr(request_app.state, "difficulty", None)
     if backend is None:
         return
@@ -108,14 +148,17 @@ async def record_scored(
     if not found:
         return
     try:
-        await backend.record(found)
+        applied = await backend.record(job, found, key)
     except Exception as exc:
         log.exception("difficulty state: update failed")
         raise StateUnavailable(
             f"the rewards were computed but the difficulty state could not be "
             f"updated durably ({type(exc).__name__}); retry the request"
         ) from exc
-    request_app.state.difficulty_metrics.updates.inc(len(found))
+    if applied:
+        request_app.state.difficulty_metrics.updates.inc(len(found))
+    else:
+        request_app.state.difficulty_metrics.replays.inc()
 
 
 class DifficultyMetrics(Collector):
@@ -128,6 +171,11 @@ class DifficultyMetrics(Collector):
         self._live = live  # the embedded store answers at scrape time, from memory
         self.updates = Counter(
             "reward_difficulty_updates", "Rollout outcomes applied to per-prompt posteriors.", registry=registry
+        )
+        self.replays = Counter(
+            "reward_difficulty_replays",
+            "Scored requests whose Idempotency-Key had been applied before (retries): not counted again.",
+            registry=registry,
         )
         registry.register(self)
 
@@ -184,14 +232,15 @@ async def refresh_metrics(app: FastAPI, every_s: float = 5.0) -> None:
         await asyncio.sleep(every_s)
 
 
-def _backend(request: Request) -> DifficultyBackend:
-    request.app.state.tokens.authenticate(request, "state")
+def _backend(request: Request) -> tuple[DifficultyBackend, Principal]:
+    """The backend and the caller (the token before anything else, as on every route)."""
+    principal = request.app.state.tokens.authenticate(request, "state")
     backend = getattr(request.app.state, "difficulty", None)
     if backend is None:
         raise DifficultyDisabled(
             "per-prompt difficulty is off; start the server with --state-path (REWARD_STATE_PATH) to enable it",
         )
-    return backend
+    return backend, principal
 
 
 def _check_id(value: object, field: str) -> str:
@@ -201,9 +250,15 @@ def _check_id(value: object, field: str) -> str:
     return canonical_prompt_id(value)  # type: ignore[arg-type]
 
 
+def _job_field() -> Any:
+    return Field(None, description="The training job whose state this is; also ?job= or the X-Reward-Job header; "
+                                   "unset: the token's job, else 'default'.")
+
+
 class SampleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    job: StrictStr | None = _job_field()
     candidates: list[Identifier] | None = Field(
         None, max_length=MAX_CANDIDATES, description="Prompt ids to choose from (duplicates count once)."
     )
@@ -215,6 +270,7 @@ class SampleRequest(BaseModel):
 class PoolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    job: StrictStr | None = _job_field()
     prompt_ids: list[Identifier] = Field(min_length=1, max_length=MAX_CANDIDATES)
 
 
@@ -237,13 +293,15 @@ def _ids(values: Sequence[object], field: str) -> list[str]:
 
 @router.get("/v1/prompts/{prompt_id:path}", responses=_ERRORS, openapi_extra=route_doc(auth="scoring"))
 async def get_prompt(prompt_id: str, request: Request) -> dict[str, Any]:
-    """alpha, beta (decayed to now), n, successes, estimated_p, last_update (unix seconds)."""
-    backend = _backend(request)
+    """One job's posterior of a prompt (``?job=``): alpha, beta (decayed to now), n, successes,
+    estimated_p, last_update (unix seconds)."""
+    backend, principal = _backend(request)
+    job = request_job(request, principal)
     key = _check_id(prompt_id, "prompt_id")
-    found = await backend.get(key)
+    found = await backend.get(job, key)
     if found is None:
         raise UnknownPrompt(
-            f"prompt_id: no scored item has carried prompt_id {key!r}",
+            f"prompt_id: no scored item of job {job!r} has carried prompt_id {key!r}",
             [{"item": None, "field": "prompt_id", "message": "never scored"}],
         )
     return found
@@ -260,9 +318,10 @@ _NDJSON = {200: {"description": "One JSON object per line (JSON Lines).",
 @router.get("/v1/prompts", responses={**_NDJSON, **_ERRORS},
             openapi_extra=route_doc(auth="scoring"))
 async def export_state(request: Request) -> NdjsonResponse:
-    """The whole state as JSONL (one prompt per line, sorted by id); ``reward-server report`` reads it."""
-    backend = _backend(request)
-    rows = await backend.export_rows()
+    """One job's state as JSONL (``?job=``; one prompt per line, sorted by id, each naming its job);
+    ``reward-server report`` reads it."""
+    backend, principal = _backend(request)
+    rows = await backend.export_rows(request_job(request, principal))
 
     async def lines() -> AsyncIterator[bytes]:
         for start in range(0, len(rows), 1000):
@@ -273,29 +332,33 @@ async def export_state(request: Request) -> NdjsonResponse:
 
 @router.put("/v1/pools/{name}", responses=_BODY_ERRORS, openapi_extra=route_doc(PoolRequest, auth="scoring"))
 async def register_pool(name: str, request: Request) -> dict[str, Any]:
-    """Register (or replace) a named candidate pool, durably; sample from it with ``{"pool": name}``."""
-    backend = _backend(request)  # the token before the body
+    """Register (or replace) one job's named candidate pool, durably; sample from it with
+    ``{"pool": name}`` as the same job (pools of different jobs never mix)."""
+    backend, principal = _backend(request)  # the token before the body
     body = await read_json_body(request, PoolRequest)
+    job = request_job(request, principal, body.job)
     pool = _check_id(name, "name")
     ids = _ids(body.prompt_ids, "prompt_ids")
-    await backend.register_pool(pool, ids)
-    return {"pool": pool, "size": len(dict.fromkeys(ids))}
+    await backend.register_pool(job, pool, ids)
+    return {"pool": pool, "size": len(dict.fromkeys(ids)), "job": job}
 
 
 @router.post("/v1/sample", responses=_BODY_ERRORS, openapi_extra=route_doc(SampleRequest, auth="scoring"))
 async def sample(request: Request) -> JSONResponse:
     """``k`` distinct prompt ids by Thompson sampling on p(1-p): the prompts most likely to give a
-    GRPO group with reward variance. Unseen candidates are drawn from the prior."""
-    backend = _backend(request)  # the token before the body
+    GRPO group with reward variance, by the posteriors of one job (``job`` or ``?job=``).
+    Candidates the job never scored are drawn from the prior."""
+    backend, principal = _backend(request)  # the token before the body
     body = await read_json_body(request, SampleRequest)
+    job = request_job(request, principal, body.job)
     if (body.candidates is None) == (body.pool is None):
         raise InvalidRequest(
             "body: give exactly one of 'candidates' or 'pool'",
             [{"item": None, "field": "candidates", "message": "give exactly one of 'candidates' or 'pool'"}],
         )
     candidates = None if body.candidates is None else _ids(body.candidates, "candidates")
-    result = await backend.sample(candidates, body.pool, body.k, body.seed)
+    result = await backend.sample(job, candidates, body.pool, body.k, body.seed)
     if isinstance(result, SampleRefused):
         kind, field = (UnknownPool, "pool") if result.reason == UnknownPool.type else (KTooLarge, "k")
         raise kind.for_field(field, result.message)
-    return JSONResponse({"prompt_ids": result, "k": body.k})
+    return JSONResponse({"prompt_ids": result, "k": body.k, "job": job})

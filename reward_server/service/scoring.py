@@ -34,6 +34,7 @@ from reward_server.rewards.options import ResolvedOptions
 from reward_server.rewards.registry import FamilyRegistry
 from reward_server.rewards.scoring import ItemReward, PreparedItem, combine
 from reward_server.service.auth import Principal, request_job
+from reward_server.service.difficulty import idempotency_key
 
 #: Requests with more items than this are validated on a worker thread (the event loop stays free).
 OFFLOAD_ITEMS = 256
@@ -42,12 +43,14 @@ OFFLOAD_ITEMS = 256
 @dataclass(frozen=True)
 class Tenancy:
     """Who a request is for (SPEC §15): the table (policy) that scores its open-ended items, the
-    training job it belongs to, and how urgent it is."""
+    training job it belongs to, and how urgent it is; and its ``Idempotency-Key``, which rides here
+    to the difficulty state because every protocol route builds its tenancy the same way."""
 
     model: str | None = None  # None: the default table
     job: str = "default"
     priority: int = 0
     deadline_s: float | None = None
+    idempotency_key: str | None = None  # the state update of a retried request applies once
 
 
 @dataclass
@@ -75,7 +78,8 @@ def tenancy_of(
     priority: int | None = None, deadline_s: float | None = None,
 ) -> Tenancy:
     """A request's tenancy from its body fields, else its query (``?model=``, ``?job=``,
-    ``?priority=``, ``?deadline_seconds=``: for trainers configured by URL) and ``X-Reward-Job``."""
+    ``?priority=``, ``?deadline_seconds=``: for trainers configured by URL) and ``X-Reward-Job``;
+    the ``Idempotency-Key`` header."""
     query = request.query_params
     if model is None:
         model = query.get("model") or None
@@ -83,7 +87,8 @@ def tenancy_of(
         priority = _query_number(query["priority"], "priority", int, -1000, 1000)
     if deadline_s is None and "deadline_seconds" in query:
         deadline_s = _query_number(query["deadline_seconds"], "deadline_seconds", float, 1e-9, 86400.0)
-    return Tenancy(model=model, job=request_job(request, principal, job), priority=priority or 0, deadline_s=deadline_s)
+    return Tenancy(model=model, job=request_job(request, principal, job), priority=priority or 0, deadline_s=deadline_s,
+                   idempotency_key=idempotency_key(request))
 
 
 def _query_number(text: str, field: str, kind: type, low: float, high: float) -> Any:
@@ -130,7 +135,7 @@ class ScoringService:
         self.batcher = batcher
         self.pool = pool
         self.metrics = metrics
-        self._record = record  # async (request items, prepared items, results) -> None: difficulty state
+        self._record = record  # async (request items, prepared items, results, job, key) -> None: difficulty state
         self._is_ready = is_ready  # () -> bool: the table is loaded and the worker runs
 
     def options(self, options: RequestOptions | ResolvedOptions | None) -> ResolvedOptions:
@@ -185,7 +190,7 @@ class ScoringService:
             self._merge_pooled(items, built, parts[Runs.POOL], answers[Runs.POOL], results)
         scored.results = [r for r in results if r is not None]
         self.metrics.observe_results(built, scored.results, tenancy.job)
-        await self._record(items, built, scored.results, tenancy.job)  # durable before anyone answers
+        await self._record(items, built, scored.results, tenancy.job, tenancy.idempotency_key)  # durable before answering
         return scored
 
     def _merge_pooled(
