@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -57,15 +58,21 @@ def test_replicas_share_one_actor_and_lose_nothing(local_ray, tmp_path) -> None:
 
     # the actor crashes: Ray restarts it and it reloads every committed update from the file
     ray.kill(replica_a.actor, no_restart=False)
-    for _ in range(100):
-        try:
-            restarted = asyncio.run(replica_b.get("default", "shared"))
-            break
-        except ray.exceptions.RayActorError:
-            time.sleep(0.2)
+
+    def once_back(call: Any) -> Any:
+        """The call, retried while each handle learns of the restart (Ray raises RayActorError, then
+        ActorUnavailableError for a task that may or may not have run: keyed calls may be retried)."""
+        for _ in range(100):
+            try:
+                return asyncio.run(call())
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                time.sleep(0.2)
+        raise AssertionError("the actor did not come back")
+
+    restarted = once_back(lambda: replica_b.get("default", "shared"))
     assert (restarted["n"], restarted["successes"]) == (60, 20)
-    assert asyncio.run(replica_a.record("j", group, "request-1")) is False  # the applied keys survived too
-    assert asyncio.run(replica_a.get("j", "keyed"))["n"] == 2
+    assert once_back(lambda: replica_a.record("j", group, "request-1")) is False  # the applied keys survived too
+    assert once_back(lambda: replica_a.get("j", "keyed"))["n"] == 2
     ray.kill(replica_a.actor, no_restart=True)
 
 

@@ -119,31 +119,55 @@ def check_actor(actor: Any, name: str, namespace: str = DEFAULT_NAMESPACE, timeo
 
 
 class RayBackend:
-    """:class:`~reward_server.difficulty.backend.DifficultyBackend` over the named actor."""
+    """:class:`~reward_server.difficulty.backend.DifficultyBackend` over the named actor.
+
+    After the actor restarts (it reloads the file), each handle's first call may fail with
+    ``ActorUnavailableError`` ("may or may not have been executed"). Calls that may safely run
+    twice (reads, a replaced pool, an update under an idempotency key) are retried for a few
+    seconds; an update without a key is not, and its request answers 503 for the client to retry.
+    """
+
+    RETRIES = 25
+    RETRY_SLEEP_S = 0.2
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
+    async def _call(self, method: str, *args: Any, idempotent: bool = True) -> Any:
+        import asyncio
+
+        import ray
+
+        for attempt in range(self.RETRIES):
+            try:
+                return await getattr(self.actor, method).remote(*args)
+            except ray.exceptions.ActorUnavailableError:
+                if not idempotent or attempt == self.RETRIES - 1:
+                    raise
+                await asyncio.sleep(self.RETRY_SLEEP_S)
+        raise AssertionError("unreachable")
+
     async def record(self, job: str, observations: Sequence[Observation], key: str | None = None) -> bool:
-        return await self.actor.record.remote(job, [(o.prompt_id, o.correct) for o in observations], key)
+        return await self._call("record", job, [(o.prompt_id, o.correct) for o in observations], key,
+                                idempotent=key is not None)
 
     async def get(self, job: str, prompt_id: str) -> dict[str, Any] | None:
-        return await self.actor.get.remote(job, prompt_id)
+        return await self._call("get", job, prompt_id)
 
     async def sample(
         self, job: str, candidates: Sequence[str] | None, pool: str | None, k: int, seed: int | None
     ) -> list[str] | SampleRefused:
-        result = await self.actor.sample.remote(job, None if candidates is None else list(candidates), pool, k, seed)
+        result = await self._call("sample", job, None if candidates is None else list(candidates), pool, k, seed)
         return SampleRefused(*result) if isinstance(result, tuple) else result
 
     async def register_pool(self, job: str, name: str, prompt_ids: Sequence[str]) -> None:
-        await self.actor.register_pool.remote(job, name, list(prompt_ids))
+        await self._call("register_pool", job, name, list(prompt_ids))
 
     async def export_rows(self, job: str) -> list[dict[str, Any]]:
-        return await self.actor.export_rows.remote(job)
+        return await self._call("export_rows", job)
 
     async def summary(self) -> dict[str, Any]:
-        return await self.actor.summary.remote()
+        return await self._call("summary")
 
     async def close(self) -> None:
         """A replica going away leaves the shared actor running for the others."""
