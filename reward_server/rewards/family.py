@@ -75,6 +75,11 @@ class RewardFamily:
         scores 0."""
         raise NotImplementedError(f"{type(self).__name__} must implement score()")
 
+    def warm_up(self) -> None:
+        """Runs once in each worker process that scores this family (``runs = POOL``), before the
+        worker takes an item: imports and first-call caches are paid here, never inside an item's
+        deadline. Default: nothing."""
+
     def check_options(self, truth: Any, options: ResolvedOptions) -> None:
         """Whether this parsed truth can be scored under ``options``; raise
         :class:`~reward_server.errors.ItemFieldError` (InvalidGroundTruth) when it cannot.

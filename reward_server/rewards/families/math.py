@@ -316,6 +316,11 @@ class Math(RewardFamily):
             )
         return text
 
+    def warm_up(self) -> None:
+        """Import math-verify and sympy and run one verification: seconds that a fresh worker's
+        first item would otherwise spend inside its deadline."""
+        self.score("\\boxed{\\frac{1}{2}}", "0.5", ResolvedOptions())
+
     def score(self, span: str, truth: str, options: ResolvedOptions) -> Score:
         gold = parse_gold(truth)
         prediction = read_prediction(span)
