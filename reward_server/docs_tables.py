@@ -68,12 +68,25 @@ def task_types_table() -> str:
     return "\n".join(rows)
 
 
-#: marker name -> (generator, the pages that carry it)
+def readme_task_types_table() -> str:
+    from reward_server.rewards.registry import default_registry
+
+    rows = ["| task type | reward | accuracy |", "|---|---|---|"]
+    for family in default_registry().families():
+        low, high = family.accuracy_range
+        accuracy = "0 or 1" if family.binary else f"[{low:g}, {high:g}]"
+        rows.append(f"| `{family.name}` | {family.summary} | {accuracy} |")
+    rows.append("| every item | format: `<think>…</think><answer>…</answer>` | 0 or 1 |")
+    return "\n".join(rows)
+
+
+#: marker name -> (generator, the pages that carry it; relative to docs/)
 TABLES: dict[str, tuple[Callable[[], str], tuple[str, ...]]] = {
     "settings-table": (settings_table, ("configuration.md",)),
     "error-table": (error_table, ("api.md",)),
     "exit-codes": (exit_codes_table, ("offline.md", "configuration.md")),
     "task-types": (task_types_table, ("rewards.md",)),
+    "readme-task-types": (readme_task_types_table, ("../README.md",)),
 }
 
 
@@ -107,7 +120,8 @@ def rewrite() -> tuple[list[str], list[str]]:
 
 if __name__ == "__main__":
     pages, absent = rewrite()
-    print("rewrote " + ", ".join(f"docs/{p}" for p in pages) if pages else "every generated table is current")
+    shown = [str((DOCS / page).resolve().relative_to(DOCS.parent)) for page in pages]
+    print("rewrote " + ", ".join(shown) if shown else "every generated table is current")
     for marker in absent:
         print(f"missing markers: {marker}", file=sys.stderr)
     sys.exit(1 if absent else 0)
