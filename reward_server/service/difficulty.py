@@ -22,14 +22,14 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 from reward_server.difficulty.backend import DifficultyBackend, LocalBackend, SampleRefused
 from reward_server.difficulty.correctness import Thresholds, is_correct
@@ -53,12 +53,13 @@ from reward_server.errors import (
     UnknownPool,
     UnknownPrompt,
 )
+from reward_server.items.models import PromptId
 from reward_server.items.settings import Settings
 from reward_server.rewards.scoring import ItemReward, PreparedItem
 from reward_server.service.auth import Principal, request_job
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import error_responses, route_doc
-from reward_server.service.schemas import Identifier, RequestItem
+from reward_server.service.schemas import RequestItem
 
 log = logging.getLogger("reward_server.difficulty")
 router = APIRouter(tags=["difficulty"])
@@ -256,13 +257,21 @@ def _job_field() -> Any:
 
 
 class SampleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Exactly one of ``candidates`` and ``pool`` (the schema's ``oneOf`` says so; neither is
+    nullable: leave the other out)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["candidates"]}, {"required": ["pool"]}]}
+    )
 
     job: StrictStr | None = _job_field()
-    candidates: list[Identifier] | None = Field(
-        None, max_length=MAX_CANDIDATES, description="Prompt ids to choose from (duplicates count once)."
+    candidates: list[PromptId] = Field(
+        None, min_length=1, max_length=MAX_CANDIDATES,  # type: ignore[arg-type]
+        description="Prompt ids to choose from (duplicates count once).",
     )
-    pool: StrictStr | None = Field(None, description="Name of a pool registered with PUT /v1/pools/{name}.")
+    pool: Annotated[StrictStr, StringConstraints(min_length=1, max_length=512)] = Field(
+        None, description="Name of a pool registered with PUT /v1/pools/{name}."  # type: ignore[arg-type]
+    )
     k: StrictInt = Field(ge=1, description="How many distinct prompt ids to return.")
     seed: StrictInt | None = Field(None, ge=0, description="Makes the draw repeatable.")
 
@@ -271,7 +280,7 @@ class PoolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: StrictStr | None = _job_field()
-    prompt_ids: list[Identifier] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    prompt_ids: list[PromptId] = Field(min_length=1, max_length=MAX_CANDIDATES)
 
 
 BODIES = (SampleRequest, PoolRequest)  # read by hand; their schemas are added to the OpenAPI document
