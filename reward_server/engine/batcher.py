@@ -90,6 +90,10 @@ class _JobQueue:
 
 BatchListener = Callable[[BatchReport, int, float], None]
 MAX_SCAN = 64  # requests looked at per job for one that is ready (its table resident)
+#: A job that submitted within this many seconds still shares the device: a job that sends its
+#: next request as soon as the last one is answered has nothing queued in between, and a lone
+#: flooding job must not take a whole long batch in that gap.
+SHARE_WINDOW_S = 1.0
 
 
 def single_table(engine: RewardEngine) -> TableRegistry:
@@ -117,6 +121,7 @@ class Batcher:
         self.job_queue_items = job_queue_items
         self._on_batch = on_batch
         self._jobs: dict[str, _JobQueue] = {}
+        self._last_seen: dict[str, float] = {}  # job -> its last submit (perf_counter)
         self._pending_items = 0
         self._turns = 0
         self._wakeup: asyncio.Event | None = None
@@ -195,6 +200,7 @@ class Batcher:
             )
         if queue is None:
             queue = self._jobs[job] = _JobQueue(job, turn=self._next_turn())
+        self._last_seen[job] = time.perf_counter()
         deadline = time.perf_counter() + deadline_s if deadline_s is not None else math.inf
         request = _Request(items, table, job, priority, deadline, asyncio.get_running_loop().create_future())
         first = not self._pending_items
@@ -253,7 +259,7 @@ class Batcher:
         active.sort(key=lambda q: (-heads[q.name].priority, heads[q.name].deadline, q.turn))  # type: ignore[union-attr]
         # A lone job gets whole batches (throughput); jobs that share get smaller ones, so that a
         # small job's request waits for one short batch, not a long one of a flooding job's items.
-        target = self.max_batch_items if len(active) == 1 else self.shared_batch_items
+        target = self.max_batch_items if self._sharing() <= 1 else self.shared_batch_items
         quantum = max(1.0, target / len(active))
         batch: list[_Request] = []
         size = 0
@@ -299,6 +305,14 @@ class Batcher:
             if waiting.load_started is None:
                 waiting.load_started = time.perf_counter()
             self.tables.ensure_loading(waiting.table)
+
+    def _sharing(self) -> int:
+        """How many jobs use the device now: queued work, or a submit within SHARE_WINDOW_S."""
+        now = time.perf_counter()
+        for job in [job for job, seen in self._last_seen.items() if now - seen > SHARE_WINDOW_S]:
+            if job not in self._jobs:
+                del self._last_seen[job]
+        return len(set(self._jobs) | set(self._last_seen))
 
     def _oldest_ready(self) -> float | None:
         oldest = None
