@@ -242,3 +242,13 @@ def test_open_ended_scores_fit_dynamic_filtering_range(server):
         for accuracy, score in zip(data["extra_logs"]["accuracy"], data["scores"]):
             assert 0.0 < score < 1.0
             assert score == pytest.approx((accuracy - low) / (-2 * low))
+
+
+def test_a_bad_query_option_is_an_invalid_request_naming_it(server) -> None:
+    """An option in the URL is the request's, not an item's: ``invalid_request`` naming the option."""
+    body = {"query": ["Is it? yes"], "prompts": ["Is it?"], "labels": [{"ground_truth": "yes", "task_type": "yes_no"}]}
+    for query, field in (("format_weight=heavy", "format_weight"), ("bmas_reduction=median", "bmas_reduction"),
+                         ("profile=fast", "options.profile"), ("task_type=yesno", "task_type")):
+        error = httpx.post(f"{server.url}/get_reward?{query}", json=body).json()["error"]
+        assert error["type"] == "invalid_request", (query, error)
+        assert error["details"][0]["field"] == field, (query, error)

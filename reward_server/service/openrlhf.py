@@ -250,12 +250,12 @@ def request_options(
         try:
             options_in["format_weight"] = float(text)
         except ValueError:
-            raise reject([item_detail(None, "format_weight", f"must be a number, got {text[:64]!r}")]) from None
+            raise InvalidRequest.for_field("format_weight", f"must be a number, got {text[:64]!r}") from None
     try:
         return RequestOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
-        raise reject([item_detail(None, field, str(exc.errors()[0]["msg"]))]) from exc
+        raise InvalidRequest.for_field(field, str(exc.errors()[0]["msg"])) from exc
 
 
 @router.post(
