@@ -46,7 +46,6 @@ import aiohttp
 import workloads
 from run import served
 
-
 POOL = workloads.grpo_open_ended(min_tokens=30, max_tokens=120)  # built once: the client must stay cheap
 
 
