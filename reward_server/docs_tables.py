@@ -20,6 +20,7 @@ from pathlib import Path
 
 from reward_server import errors
 from reward_server.items.settings import Settings
+from reward_server.rewards.family import RewardFamily
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -41,41 +42,45 @@ def error_table() -> str:
 
 
 def exit_codes_table() -> str:
-    codes: dict[int, list[str]] = {errors.EXIT_OK: ["done (also: the same offline run had already finished)"]}
-    for kind in errors.error_kinds():
-        if kind in errors.COMMAND_ONLY or kind.exit_code in (errors.EXIT_DATA, errors.EXIT_USAGE):
+    """0, 1 and 2 in words (many kinds share them); every other code from its command-only kind."""
+    codes: dict[int, list[str]] = {
+        errors.EXIT_OK: ["done (also: the same offline run had already finished)"],
+        errors.EXIT_DATA: ["a bad row (without --skip-bad), a service that kept failing, or a bug"],
+        errors.EXIT_USAGE: [("a bad flag or setting (one line naming it and its valid values), a missing input, an "
+                            "output in the way or held by another run, a table or idf file that cannot be used, a "
+                            "reward plug-in that clashes or does not load")],
+    }
+    for kind in errors.COMMAND_ONLY:
+        if kind.exit_code not in (errors.EXIT_DATA, errors.EXIT_USAGE):
             codes.setdefault(kind.exit_code, []).append(kind.summary)
-    codes[errors.EXIT_DATA] = ["a bad row (without --skip-bad), a service that kept failing, or a bug"]
-    codes[errors.EXIT_USAGE] = [("a bad flag or setting (one line naming it and its valid values), a missing input, "
-                                "an output in the way or held by another run, a table or idf file that cannot "
-                                "be used, a reward plug-in that clashes or does not load")]
     rows = ["| exit code | meaning |", "|---|---|"]
-    for code in sorted(codes):
-        rows.append(f"| {code} | {'; '.join(dict.fromkeys(codes[code]))} |")
+    rows += [f"| {code} | {'; '.join(codes[code])} |" for code in sorted(codes)]
     return "\n".join(rows)
 
 
-def task_types_table() -> str:
+def _families() -> list[RewardFamily]:
     from reward_server.rewards.registry import default_registry
 
+    return default_registry().families()
+
+
+def _accuracy(family: RewardFamily) -> str:
+    low, high = family.accuracy_range
+    return "0 or 1" if family.binary else f"[{low:g}, {high:g}]"
+
+
+def task_types_table() -> str:
     rows = ["| task type | aliases | reward | accuracy | runs |", "|---|---|---|---|---|"]
-    for family in default_registry().families():
-        low, high = family.accuracy_range
-        accuracy = "0 or 1" if family.binary else f"[{low:g}, {high:g}]"
+    for family in _families():
         aliases = ", ".join(f"`{alias}`" for alias in family.aliases)
         runs = family.runs.value + (f" (extra `[{family.extra}]`)" if family.extra else "")
-        rows.append(f"| `{family.name}` | {aliases} | {family.summary} | {accuracy} | {runs} |")
+        rows.append(f"| `{family.name}` | {aliases} | {family.summary} | {_accuracy(family)} | {runs} |")
     return "\n".join(rows)
 
 
 def readme_task_types_table() -> str:
-    from reward_server.rewards.registry import default_registry
-
     rows = ["| task type | reward | accuracy |", "|---|---|---|"]
-    for family in default_registry().families():
-        low, high = family.accuracy_range
-        accuracy = "0 or 1" if family.binary else f"[{low:g}, {high:g}]"
-        rows.append(f"| `{family.name}` | {family.summary} | {accuracy} |")
+    rows += [f"| `{family.name}` | {family.summary} | {_accuracy(family)} |" for family in _families()]
     rows.append("| every item | format: `<think>…</think><answer>…</answer>` | 0 or 1 |")
     return "\n".join(rows)
 

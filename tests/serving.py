@@ -6,13 +6,17 @@ can take the port between choosing it and listening on it.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -60,3 +64,46 @@ def running_server(table: EmbeddingTable, /, **settings: object) -> Iterator[Run
     config = server_config(app, config_settings.model_copy(update={"log_level": "warning"}))
     with serve_app(app, config) as url:
         yield RunningServer(url=url, app=app, settings=config_settings)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen[str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextmanager
+def server_process(*flags: str, env: dict[str, str] | None = None, ready_s: float = 120) -> Iterator[ServerProcess]:
+    """``reward-server serve FLAGS`` in its own process, as a user starts it (its RSS, descriptors and
+    exit are its own), on a free loopback port; yields once ``/readyz`` answers 200, and stops it
+    with SIGTERM at the end. A server that exits during start-up fails with what it printed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reward_server", "serve", "--port", str(port), "--log-level", "warning", *flags],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited during start-up: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.2)
+        yield ServerProcess(url, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -7,17 +7,12 @@ own), /healthz probed from a thread all along."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
+from serving import server_process
 
 JSON = {"content-type": "application/json"}
 MILLION = 1_000_000
@@ -29,31 +24,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-@contextmanager
-def server() -> Iterator[tuple[str, int]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "reward_server", "serve", "--port", str(port),
-                             "--log-level", "warning"], env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def health_probe(url: str, stop: threading.Event, worst: list[float]) -> None:
@@ -74,7 +44,8 @@ BODIES = {
 
 @pytest.mark.parametrize("path", list(BODIES))
 def test_a_million_tiny_items_are_refused_at_once(path: str) -> None:
-    with server() as (url, pid):
+    with server_process() as srv:
+        url, pid = srv.url, srv.pid
         with httpx.Client(timeout=30) as client:  # warm: first requests allocate what the server keeps
             client.post(url + path, content=BODIES[path][:200] + b"]}", headers=JSON)
         before = rss_mib(pid)
@@ -101,7 +72,8 @@ def test_slime_reads_json_only() -> None:
     """/slime refuses text/plain and a missing Content-Type as every body route does (422, field
     body): a browser's cross-site simple request must not reach scoring."""
     body = b'{"prompt": "p", "response": "yes", "label": {"ground_truth": "yes", "task_type": "yes_no"}}'
-    with server() as (url, _):
+    with server_process() as srv:
+        url = srv.url
         for headers in ({"content-type": "text/plain"}, {}):
             answer = httpx.post(url + "/slime", content=body, headers=headers)
             error = answer.json()["error"]

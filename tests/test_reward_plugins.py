@@ -5,17 +5,16 @@ subprocesses, a real distribution on sys.path for the entry point."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from serving import server_process
 
 from reward_server.errors import EXIT_USAGE
 from reward_server.rewards.registry import ENTRY_POINT_GROUP, FamilyClash, FamilyRegistry, build_registry
@@ -26,33 +25,11 @@ EXAMPLE = REPO / "examples" / "rewards" / "exact_match.py"
 
 @contextmanager
 def served(*args: str, pythonpath: Path | None = None) -> Iterator[str]:
-    """``reward-server serve ARGS`` in a subprocess on a free port (the port is bound and released
-    just before: a collision fails the start loudly, never silently); yields its URL once ready."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ)
-    if pythonpath is not None:  # entry points are read when the server starts
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *sys.path])
-    proc = subprocess.Popen([sys.executable, "-m", "reward_server", "serve", "--port", str(port), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    """``reward-server serve ARGS`` in its own process; ``pythonpath`` first on its path (entry
+    points are read when the server starts)."""
+    env = {"PYTHONPATH": os.pathsep.join([str(pythonpath), *sys.path])} if pythonpath is not None else None
+    with server_process(*args, env=env) as srv:
+        yield srv.url
 
 
 def test_the_example_is_served_by_reward_server_serve() -> None:

@@ -6,45 +6,17 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
+from serving import server_process
 
 JSON = {"content-type": "application/json"}
 
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@contextmanager
-def server(*flags: str) -> Iterator[tuple[str, int, int]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "reward_server", "serve", "--port", str(port),
-                             "--log-level", "error", *flags], env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        yield url, port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def connect(port: int) -> socket.socket:
@@ -68,7 +40,8 @@ def read_answer(sock: socket.socket) -> bytes:
 
 
 def test_a_thousand_slow_connections_are_closed_at_their_deadline() -> None:
-    with server("--header-timeout-seconds", "2", "--body-timeout-seconds", "2") as (url, port, pid):
+    with server_process("--header-timeout-seconds", "2", "--body-timeout-seconds", "2") as srv:
+        url, port, pid = srv.url, int(srv.url.rsplit(":", 1)[1]), srv.pid
         baseline = open_fds(pid)
         header_trickle = [connect(port) for _ in range(500)]
         body_trickle = [connect(port) for _ in range(500)]
@@ -112,7 +85,8 @@ def test_a_thousand_slow_connections_are_closed_at_their_deadline() -> None:
 
 
 def test_connections_beyond_the_cap_are_answered_503() -> None:
-    with server("--max-connections", "50") as (url, port, _):
+    with server_process("--max-connections", "50") as srv:
+        url, port = srv.url, int(srv.url.rsplit(":", 1)[1])
         idle = [connect(port) for _ in range(50)]
         time.sleep(0.3)
         one_more = connect(port)
