@@ -111,6 +111,11 @@ def test_ray_clients_build_items_with_the_shared_payload_code():
     for ray_client, http_client in pairs:
         assert ray_client.score is http_client.score
         assert ray_client._prepare is http_client._prepare
+        # ... and so their explain option and tenancy (model, job, priority, deadline_seconds): the
+        # same body fields, and the same /get_reward query, which the replica's app reads as HTTP does
+        assert ray_client._prepared is http_client._prepared
+        assert ray_client.get_reward is http_client.get_reward
+        assert ray_client._get_reward_path is http_client._get_reward_path
 
 
 def test_bad_request_is_not_retried_and_carries_the_body(server):

@@ -19,7 +19,21 @@ import mixed_reward_client.openrlhf as openrlhf_file
 import pytest
 from mixed_reward_client import ServerUnavailable
 from serving import running_server
-from test_trainer_support import byte_tokenizer, prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    byte_tokenizer,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 PROMPT_MESSAGES = [{"role": "user", "content": "Is there a cat in the image? Answer yes or no."}]
 THINK = "<think>I see whiskers.</think>"
@@ -252,3 +266,47 @@ def test_a_bad_query_option_is_an_invalid_request_naming_it(server) -> None:
         error = httpx.post(f"{server.url}/get_reward?{query}", json=body).json()["error"]
         assert error["type"] == "invalid_request", (query, error)
         assert error["details"][0]["field"] == field, (query, error)
+
+
+FAMILIES = [  # the new families' labels as OpenRLHF's label column holds them: JSON text
+    (MATH_RESPONSE, json.dumps({"answer": MATH_TRUTH, "task_type": "math"})),
+    (TEMPORAL_RESPONSE, json.dumps({"ground_truth": TEMPORAL_TRUTH, "task_type": "temporal_grounding"})),
+    ("<answer>[4, 8]</answer>", json.dumps({"solution": TEMPORAL_TRUTH, "task_type": "tvg"})),
+]
+
+
+def test_openrlhf_carries_math_and_temporal_labels_on_both_paths(server, monkeypatch):
+    """Labels of the new families through OpenRLHF's executor, plain URL and Python file: the same
+    rewards, scores on 0..1 (tIoU already is) and the fixed extra_logs keys."""
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    for endpoint in (server.url + "/get_reward", openrlhf_file.__file__):
+        outputs = rollout(agent.SingleTurnAgentExecutor(remote_rm_url=[endpoint]), FAMILIES)
+        assert [o["reward"] for o in outputs] == [[2.0], [2.0], [pytest.approx(2 / 6)]]
+        assert [o["scores"] for o in outputs] == [[1.0], [1.0], [pytest.approx(2 / 6)]]
+        assert all(set(o["extra_logs"]) == {"accuracy", "format"} for o in outputs)
+        assert [o["extra_logs"]["format"] for o in outputs] == [[1.0], [1.0], [0.0]]
+
+
+def test_openrlhf_model_and_job_in_the_remote_url(default_table, tmp_path, monkeypatch):
+    """``--reward.remote_url "http://host:8000/get_reward?model=policy-b&job=exp2"``: OpenRLHF posts
+    to the URL as given, so the query picks the table and the job; the Python file gets the same
+    from MIXED_REWARD_MODEL / MIXED_REWARD_JOB."""
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    samples = [(W_RESPONSE, json.dumps({"answer": W_TRUTH, "task_type": "open_ended"})),
+               (THINK + "<answer>yes</answer>", json.dumps({"answer": "yes", "task_type": "yes_no", "prompt_id": "o"})),
+               (THINK + "<answer>no</answer>", json.dumps({"answer": "yes", "task_type": "yes_no", "prompt_id": "o"}))]
+    with tenancy_server(default_table, tmp_path) as srv:
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert on_b != direct_rewards(srv.url, [item])[0]
+        url = f"{srv.url}/get_reward?model={POLICY_B}&job={JOB}"
+        outputs = rollout(agent.SingleTurnAgentExecutor(remote_rm_url=[url]), samples)
+        assert [o["reward"] for o in outputs] == [[on_b], [2.0], [1.0]]
+        assert prompt_counts(srv.url, "o", job=JOB) == (2, 1) and prompt_missing(srv.url, "o")
+
+        monkeypatch.setenv("MIXED_REWARD_URL", srv.url)
+        monkeypatch.setenv("MIXED_REWARD_MODEL", POLICY_B)
+        monkeypatch.setenv("MIXED_REWARD_JOB", "exp-file")
+        # OpenRLHF loads the file afresh per executor: its client is made from this environment
+        outputs = rollout(agent.SingleTurnAgentExecutor(remote_rm_url=[openrlhf_file.__file__]), samples)
+        assert [o["reward"] for o in outputs] == [[on_b], [2.0], [1.0]]
+        assert prompt_counts(srv.url, "o", job="exp-file") == (2, 1)

@@ -25,7 +25,20 @@ import aiohttp
 import httpx
 import pytest
 from serving import running_server
-from test_trainer_support import prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 THINK = "<think>I see whiskers.</think>"
 KEYS = {"reward", "accuracy", "format", "task_type", "bmas_forward", "bmas_backward"}
@@ -167,3 +180,33 @@ def test_label_prompt_id_reaches_the_posterior(default_table, tmp_path):
             detail = response.json()["error"]["details"][0]
             assert response.status_code == 422 and (detail["item"], detail["field"]) == (None, "label")
             assert message in detail["message"]
+
+
+FAMILIES = [  # (response, label, expected reward)
+    (MATH_RESPONSE, {"ground_truth": MATH_TRUTH, "task_type": "math"}, 2.0),
+    (TEMPORAL_RESPONSE, json.dumps({"answer": TEMPORAL_TRUTH, "task_type": "temporal_grounding"}), 2.0),
+    ("<answer>4 - 8</answer>", {"solution": TEMPORAL_TRUTH, "task_type": "video_grounding"}, 2 / 6),
+]
+
+
+def test_remote_rm_carries_math_and_temporal_labels_with_the_same_keys(server):
+    replies, rewards = slime_rewards(server.url + "/slime", FAMILIES)
+    assert rewards == pytest.approx([s[2] for s in FAMILIES])
+    assert all(set(r) == KEYS for r in replies)  # sub-scores are not keys of some replies only
+    assert [r["task_type"] for r in replies] == ["math", "temporal_grounding", "temporal_grounding"]
+    assert replies[2]["accuracy"] == pytest.approx(2 / 6) and replies[2]["bmas_forward"] is None
+
+
+def test_model_and_job_in_the_rm_url(default_table, tmp_path):
+    """``--rm-url "http://host:8000/slime?model=policy-b&job=exp2"``: slime posts to the URL as
+    given, so the query picks the table that scores and the job whose state learns."""
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    label = {"ground_truth": "yes", "task_type": "yes_no", "prompt_id": "sl"}
+    samples = [(W_RESPONSE, {"ground_truth": W_TRUTH, "task_type": "open_ended"}, 0.0),
+               (THINK + "<answer>yes</answer>", label, 0.0), (THINK + "<answer>no</answer>", json.dumps(label), 0.0)]
+    with tenancy_server(default_table, tmp_path) as srv:
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert on_b != direct_rewards(srv.url, [item])[0]
+        _, rewards = slime_rewards(f"{srv.url}/slime?model={POLICY_B}&job={JOB}", samples)
+        assert rewards == [on_b, 2.0, 1.0]
+        assert prompt_counts(srv.url, "sl", job=JOB) == (2, 1) and prompt_missing(srv.url, "sl")

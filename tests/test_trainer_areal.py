@@ -16,7 +16,21 @@ from mixed_reward_client import RewardClientError, ServerUnavailable
 from mixed_reward_client._coalesce import Coalescer
 from mixed_reward_client.areal import AsyncMixedReward
 from serving import running_server
-from test_trainer_support import byte_tokenizer, prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    byte_tokenizer,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 pytest.importorskip("torch")
 rlvr = pytest.importorskip("areal.workflow.rlvr", reason="areal not installed (pip install --no-deps areal)")
@@ -199,3 +213,61 @@ def test_row_without_ground_truth_names_the_fields(server):
     reward = AsyncMixedReward(server.url)
     with pytest.raises(RewardClientError, match=r"ground_truth.*it has \['messages', 'task_type'\]"):
         asyncio.run(reward("p", "<answer>yes</answer>", [], [], messages=[], task_type="yes_no"))
+
+
+FAMILIES = [  # (response, row fields, expected reward)
+    (MATH_RESPONSE, {"answer": MATH_TRUTH, "task_type": "math"}, 2.0),
+    (TEMPORAL_RESPONSE, {"ground_truth": TEMPORAL_TRUTH, "task_type": "temporal_grounding"}, 2.0),
+    (THINK + "<answer>[4, 8]</answer>", {"solution": TEMPORAL_TRUTH, "task_type": "tiou"}, 1 + 2 / 6),
+]
+
+
+def test_math_and_temporal_rows_through_both_forms(server, monkeypatch, fresh_pool):
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    engine, rows = episodes(FAMILIES)
+    pooled = asyncio.run(run_episodes(workflow("mixed_reward_client.areal.reward_fn"), engine, rows))
+    assert pooled == pytest.approx([s[2] for s in FAMILIES])
+    stats_tracker.export_all(reset=True)
+
+    async def coalesced():
+        wf = workflow(lambda *a, **k: 0.0)
+        wf.async_reward_fn = AsyncMixedReward(server.url)
+        return await run_episodes(wf, engine, rows)
+
+    assert asyncio.run(coalesced()) == pooled
+    stats = stats_tracker.export_all(reset=True)
+    assert stats["rollout/mixed_reward/accuracy"] == pytest.approx((1 + 1 + 2 / 6) / 3)
+
+
+def test_model_and_job_through_both_forms(default_table, tmp_path, monkeypatch, fresh_pool):
+    """``AsyncMixedReward(model=..., job=...)`` and, for the process-pool ``reward_fn``,
+    ``MIXED_REWARD_MODEL``/``MIXED_REWARD_JOB``: the table that scores, the job that learns."""
+    samples = [(W_RESPONSE, {"answer": W_TRUTH, "task_type": "open_ended"}, 0.0),
+               (THINK + "<answer>yes</answer>", {"answer": "yes", "task_type": "yes_no", "prompt_id": "ar"}, 0.0),
+               ("<answer>no</answer>", {"answer": "yes", "task_type": "yes_no", "prompt_id": "ar"}, 0.0)]
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    with tenancy_server(default_table, tmp_path) as srv:
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert abs(on_b - direct_rewards(srv.url, [item])[0]) > 1e-3
+        engine, rows = episodes(samples)
+
+        async def coalesced():
+            wf = workflow(lambda *a, **k: 0.0)
+            wf.async_reward_fn = AsyncMixedReward(srv.url, model=POLICY_B, job=JOB)
+            return await run_episodes(wf, engine, rows)
+
+        # AReaL keeps rewards in a float32 tensor
+        assert asyncio.run(coalesced()) == pytest.approx([on_b, 2.0, 0.0], abs=1e-6)
+        assert prompt_counts(srv.url, "ar", job=JOB) == (2, 1)
+
+        for name, value in (("MIXED_REWARD_URL", srv.url), ("MIXED_REWARD_MODEL", POLICY_B),
+                            ("MIXED_REWARD_JOB", "exp-pool")):
+            monkeypatch.setenv(name, value)
+        pooled = asyncio.run(run_episodes(workflow("mixed_reward_client.areal.reward_fn"), engine, rows))
+        assert pooled == pytest.approx([on_b, 2.0, 0.0], abs=1e-6)
+        assert prompt_counts(srv.url, "ar", job="exp-pool") == (2, 1) and prompt_missing(srv.url, "ar")
+
+
+def test_explain_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="explain has nowhere to go"):
+        AsyncMixedReward("http://127.0.0.1:9", explain=True)

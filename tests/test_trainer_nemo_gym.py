@@ -10,12 +10,26 @@ install it with ``--no-deps --ignore-requires-python`` (tests/requirements-clien
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import httpx
 import pytest
 from serving import running_server, serve_app
-from test_trainer_support import prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 nemo_gym_server = pytest.importorskip("mixed_reward_client.nemo_gym", reason="nemo-gym not installed",
                                       exc_type=ImportError)
@@ -140,9 +154,19 @@ def test_components_sum_with_another_format_weight(server):
     assert body["reward_components"] == {"accuracy": 1.0, "format": 0.25}
 
 
-def test_row_without_ground_truth_is_a_422(resources_url):
+def test_row_without_ground_truth_is_a_422_listing_the_fields_it_has(resources_url):
+    """The message lists the fields the row has, not the ground-truth fields the request model
+    declares and the row lacks (issue #20 item 7)."""
     (status, body), = verify_all(resources_url, [verify_payload("<answer>yes</answer>", {"task_type": "yes_no"})])
-    assert status == 422 and "ground_truth" in str(body)
+    assert status == 422
+    assert json.loads(body) == {"detail": "the verify request has no ground truth: it needs one of "
+                                          "['ground_truth', 'answer', 'solution']; it has "
+                                          "['response', 'responses_create_params', 'task_type']"}
+    (status, body), = verify_all(resources_url, [verify_payload("<answer>yes</answer>",
+                                                                {"ground_truth": None, "prompt_id": "p"})])
+    assert status == 422
+    assert json.loads(body)["detail"].endswith("it has ['prompt_id', 'response', 'responses_create_params']; "
+                                               "ground_truth is null")
 
 
 def test_service_down_fails_the_verify_unless_configured():
@@ -168,3 +192,53 @@ def test_row_prompt_id_reaches_the_posterior(default_table, tmp_path):
             assert [status for status, _ in verify_all(url, payloads)] == [200] * len(payloads)
         for pid, rollouts in plan.items():
             assert prompt_counts(srv.url, str(pid)) == (len(rollouts), sum(ok for _, ok in rollouts))
+
+
+FAMILIES = [  # (assistant text, row fields, expected reward)
+    (MATH_RESPONSE, {"ground_truth": MATH_TRUTH, "task_type": "math"}, 2.0),
+    (TEMPORAL_RESPONSE, {"answer": TEMPORAL_TRUTH, "task_type": "temporal_grounding"}, 2.0),
+    (THINK + "<answer>from 4 to 8 seconds</answer>", {"solution": TEMPORAL_TRUTH, "task_type": "tvg"}, 1 + 2 / 6),
+]
+
+
+def test_math_and_temporal_rollouts_carry_their_sub_scores(resources_url):
+    answers = verify_all(resources_url, [verify_payload(t, f) for t, f, _ in FAMILIES])
+    assert [status for status, _ in answers] == [200] * 3
+    bodies = [body for _, body in answers]
+    assert [b["reward"] for b in bodies] == pytest.approx([s[2] for s in FAMILIES])
+    assert [b["task_type"] for b in bodies] == ["math", "temporal_grounding", "temporal_grounding"]
+    assert "tiou" not in bodies[0] and bodies[0]["timed_out"] is False and bodies[0]["parsed"] is None
+    assert (bodies[1]["tiou"], bodies[1]["boundary_penalty"]) == (1.0, 1.0)
+    assert bodies[2]["tiou"] == pytest.approx(2 / 6) and bodies[2]["accuracy"] == pytest.approx(2 / 6)
+    assert all(b["reward_components"] == {"accuracy": b["accuracy"], "format": 1.0} for b in bodies)
+    reply = MixedRewardVerifyResponse.model_validate(bodies[1])
+    assert reply.model_extra == {"tiou": 1.0, "boundary_penalty": 1.0}
+
+    # NeMo Gym's /aggregate_metrics on this resources server profiles the top-level numbers: the
+    # sub-scores too, over the rollouts that carry them.
+    rows = [{**b, "_ng_task_index": i, "_ng_rollout_index": 0} for i, b in enumerate(bodies)]
+    metrics = httpx.post(resources_url + "/aggregate_metrics", json={"verify_responses": rows}, timeout=30).json()
+    agent = metrics["agent_metrics"]
+    assert agent["mean/tiou"] == pytest.approx((1.0 + 2 / 6) / 2)
+    assert agent["mean/timed_out"] == 0.0 and agent["mean/accuracy"] == pytest.approx((2 + 2 / 6) / 3)
+
+
+def test_explain_adds_what_the_rule_read(server):
+    with serve_app(resources_app(reward_url=server.url, explain=True)) as url:
+        answers = verify_all(url, [verify_payload(t, f) for t, f, _ in FAMILIES[:2]] +
+                             [verify_payload("<answer>maybe</answer>", {"answer": "yes", "task_type": "yes_no"})])
+    assert [body["parsed"] for _, body in answers] == ["0.5", [[2.0, 6.0]], None]
+
+
+def test_model_and_job_from_the_config(default_table, tmp_path):
+    payloads = [verify_payload(W_RESPONSE, {"ground_truth": W_TRUTH, "task_type": "open_ended"}),
+                verify_payload(THINK + "<answer>yes</answer>", {"answer": "yes", "task_type": "yes_no", "prompt_id": "n"}),
+                verify_payload(THINK + "<answer>no</answer>", {"answer": "yes", "task_type": "yes_no", "prompt_id": "n"})]
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    with tenancy_server(default_table, tmp_path) as srv:
+        with serve_app(resources_app(reward_url=srv.url, model=POLICY_B, job=JOB, flush_ms=50)) as url:
+            answers = verify_all(url, payloads)
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert [body["reward"] for _, body in answers] == [on_b, 2.0, 1.0]
+        assert on_b != direct_rewards(srv.url, [item])[0]
+        assert prompt_counts(srv.url, "n", job=JOB) == (2, 1) and prompt_missing(srv.url, "n")

@@ -5,15 +5,31 @@ called exactly as ``GRPOTrainer._calculate_rewards`` calls it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 
 import httpx
 import pytest
 from mixed_reward_client import RewardClient, ServerUnavailable
+from mixed_reward_client._samples import parsed_text
 from mixed_reward_client.trl import MixedReward, _group_ids, completion_text, mixed_reward_func
 from serving import running_server
-from test_trainer_support import byte_tokenizer, prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    byte_tokenizer,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 THINK = "<think>look</think>"
 
@@ -136,10 +152,53 @@ def test_groups_are_runs_of_equal_prompt_and_image(server):
     assert rec.metrics["mixed_reward/zero_variance_groups"] == [pytest.approx(2 / 3)]
 
 
+def test_math_and_temporal_completions_and_the_explain_columns(server):
+    columns = {"task_type": ["math", "temporal_grounding", "yes_no"],
+               "ground_truth": [MATH_TRUTH, TEMPORAL_TRUTH, "yes"]}
+    completions = [MATH_RESPONSE, TEMPORAL_RESPONSE, "<answer>maybe</answer>"]
+    rewards, rec = call_like_trl(mixed_reward_func(server.url), ["p1", "p2", "p3"], completions, **columns)
+    assert rewards == [2.0, 2.0, 0.0]
+    assert rec.extra["mixed_reward/accuracy"] == [1.0, 1.0, 0.0]
+    assert rec.metrics["mixed_reward/accuracy/math"] == [1.0]
+    assert rec.metrics["mixed_reward/accuracy/temporal_grounding"] == [1.0]
+    assert set(rec.extra) == {"mixed_reward/accuracy", "mixed_reward/format", "mixed_reward/task_type"}
+    assert not any(name.endswith(("/tiou", "/timed_out")) for name in rec.metrics)  # explain is off by default
+
+    explained, rec = call_like_trl(mixed_reward_func(server.url, explain=True), ["p1", "p2", "p3"], completions,
+                                   **columns)
+    assert explained == rewards
+    assert rec.extra["mixed_reward/parsed"] == ["0.5", "[[2.0,6.0]]", ""]  # "": no yes/no word read
+    assert rec.extra["mixed_reward/timed_out"] == [False, False, False]
+    assert rec.metrics["mixed_reward/timed_out"] == [0.0]
+    assert rec.metrics["mixed_reward/tiou"] == [1.0] and rec.metrics["mixed_reward/boundary_penalty"] == [1.0]
+
+
+def test_model_and_job_options_and_environment(default_table, tmp_path, monkeypatch):
+    prompts = ["Describe it.", "Is there a cat?", "Is there a cat?"]
+    completions = [W_RESPONSE, THINK + "<answer>yes</answer>", THINK + "<answer>no</answer>"]
+    columns = {"task_type": ["open_ended", "yes_no", "yes_no"], "ground_truth": [W_TRUTH, "yes", "yes"],
+               "prompt_id": [None, "trl-t", "trl-t"]}
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    with tenancy_server(default_table, tmp_path) as srv:
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert on_b != direct_rewards(srv.url, [item])[0]
+        rewards, _ = call_like_trl(mixed_reward_func(srv.url, model=POLICY_B, job=JOB), prompts, completions, **columns)
+        assert rewards == [on_b, 2.0, 1.0]
+        assert prompt_counts(srv.url, "trl-t", job=JOB) == (2, 1) and prompt_missing(srv.url, "trl-t")
+
+        monkeypatch.setenv("MIXED_REWARD_URL", srv.url)  # the `trl grpo --reward_funcs ...` instance
+        monkeypatch.setenv("MIXED_REWARD_MODEL", POLICY_B)
+        monkeypatch.setenv("MIXED_REWARD_JOB", "exp-cli")
+        from mixed_reward_client.trl import mixed_reward
+
+        assert call_like_trl(mixed_reward, prompts, completions, **columns)[0] == [on_b, 2.0, 1.0]
+        assert prompt_counts(srv.url, "trl-t", job="exp-cli") == (2, 1)
+
+
 trl = pytest.importorskip("trl", reason="trl not installed")
 
 
-def grpo_trainer(url: str, rows: list[dict], output_dir, batch_size: int = 4):
+def grpo_trainer(url: str, rows: list[dict], output_dir, batch_size: int = 4, reward_func=None):
     """A real GRPOTrainer on a tiny randomly initialised Qwen2 (built from a config, nothing
     downloaded), rewarded by the service at ``url``: one step, ``batch_size // 4`` prompts x 4."""
     import torch
@@ -159,7 +218,7 @@ def grpo_trainer(url: str, rows: list[dict], output_dir, batch_size: int = 4):
         save_strategy="no", seed=0, dataloader_num_workers=0, log_completions=False,
     )
     return trl.GRPOTrainer(model=model, processing_class=tok, args=args,
-                           reward_funcs=[mixed_reward_func(url)], train_dataset=Dataset.from_list(rows * 4))
+                           reward_funcs=[reward_func or mixed_reward_func(url)], train_dataset=Dataset.from_list(rows * 4))
 
 
 def test_grpo_trainer_step_with_the_service(server, tmp_path):
@@ -220,3 +279,39 @@ def test_prompt_id_column_reaches_the_posterior(default_table, tmp_path):
                 assert prompt_counts(srv.url, pid) == (n, successes)
             else:
                 assert httpx.get(f"{srv.url}/v1/prompts/{pid}").status_code == 404
+
+
+def test_grpo_trainer_step_logs_the_explain_columns(default_table, tmp_path):
+    """A real GRPOTrainer step with ``explain=True`` and a model and job: TRL's completions table
+    (``trainer._logs``) gets the parsed answers, one per completion, and its logged metrics the
+    overrun rate and the temporal item's tIoU, as TRL's own accuracy_reward logs its parsed columns."""
+    rows = [
+        # A dataset column holds one type: the truth object as its JSON text, which the service reads the same.
+        {"prompt": [{"role": "user", "content": "When does the cat jump?"}], "task_type": "temporal_grounding",
+         "ground_truth": json.dumps(TEMPORAL_TRUTH), "prompt_id": "trl-when"},
+        {"prompt": [{"role": "user", "content": "Is there a cat?"}], "task_type": "yes_no", "ground_truth": "yes",
+         "prompt_id": "trl-cat"},
+    ]
+    with tenancy_server(default_table, tmp_path / "srv") as srv:
+        fn = mixed_reward_func(srv.url, model=POLICY_B, job=JOB, explain=True)
+        trainer = grpo_trainer(srv.url, rows, tmp_path / "out", batch_size=8, reward_func=fn)
+        logs = trainer._logs
+        trainer.train()
+        completions = list(logs["completion"])
+        tasks = list(logs["extra"]["mixed_reward/task_type"])
+        assert len(completions) == 8 and len(list(logs["extra"]["mixed_reward/parsed"])) == 8
+        truths = {"temporal_grounding": TEMPORAL_TRUTH, "yes_no": "yes"}
+        with RewardClient(srv.url, model=POLICY_B, job="check") as client:
+            direct = client.score([{"response": completion_text(c), "ground_truth": truths[t], "task_type": t}
+                                   for c, t in zip(completions, tasks)], explain=True)
+        assert list(logs["extra"]["mixed_reward/parsed"]) == [parsed_text(r) for r in direct.results]
+        assert list(logs["extra"]["mixed_reward/timed_out"]) == [False] * 8
+        history = trainer.state.log_history[0]
+        assert history["mixed_reward/timed_out"] == 0.0
+        if "temporal_grounding" in tasks:
+            tious = [r["tiou"] for r in direct.results if "tiou" in r]
+            assert history["mixed_reward/tiou"] == pytest.approx(sum(tious) / len(tious))
+        for task, pid in (("temporal_grounding", "trl-when"), ("yes_no", "trl-cat")):
+            if task in tasks:  # the step draws 2 of the 4 repeated rows: one task may be missing
+                assert prompt_counts(srv.url, pid, job=JOB)[0] == tasks.count(task)
+                assert prompt_missing(srv.url, pid)  # counted for the job, not for `default`

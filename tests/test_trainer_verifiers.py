@@ -16,7 +16,19 @@ from mixed_reward_client import ServerUnavailable
 from mixed_reward_client._coalesce import Coalescer
 from mixed_reward_client.verifiers import mixed_reward_func
 from serving import running_server
-from test_trainer_support import prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    W_RESPONSE,
+    W_TRUTH,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 vf = pytest.importorskip("verifiers.v1", reason="verifiers not installed")
 from verifiers.v1.graph import MessageNode
@@ -144,3 +156,68 @@ def test_task_prompt_id_reaches_the_posterior(default_table, tmp_path, monkeypat
         assert all(t.rewards for t in traces)
         for pid, rollouts in plan.items():
             assert prompt_counts(srv.url, str(pid)) == (len(rollouts), sum(ok for _, ok in rollouts))
+
+
+FAMILIES = [  # (reply, ground truth, task type, expected reward); CatData holds the truth as text
+    (MATH_RESPONSE, MATH_TRUTH, "math", 2.0),
+    (TEMPORAL_RESPONSE, '{"segment": [2.0, 6.0]}', "temporal_grounding", 2.0),
+    (THINK + "<answer>00:04 - 00:08</answer>", "[2, 6]", "moment", 1 + 2 / 6),
+]
+
+
+def test_math_and_temporal_tasks_plugged_by_import_path(server, monkeypatch):
+    monkeypatch.setenv("MIXED_REWARD_URL", server.url)
+    traces, _ = score_all(plugged_tasks(FAMILIES))
+    assert [t.reward for t in traces] == pytest.approx([s[3] for s in FAMILIES])
+    assert all(set(t.metrics) == {"mixed_reward/accuracy", "mixed_reward/format"} for t in traces)
+    assert [t.metrics["mixed_reward/accuracy"] for t in traces] == pytest.approx([1.0, 1.0, 2 / 6])
+    assert all("mixed_reward" not in t.info for t in traces)  # explain is off by default
+
+
+def test_explain_writes_what_the_rule_read_into_the_trace_info(server):
+    reward = mixed_reward_func(server.url, explain=True)
+
+    class ExplainedTask(vf.Task[CatData]):
+        @vf.reward
+        async def mixed(self, task, trace) -> float:
+            return await reward(task, trace)
+
+    tasks = [(ExplainedTask(CatData(prompt="Q", ground_truth=gt, task_type=tt)), reply) for reply, gt, tt, _ in FAMILIES]
+    traces, _ = score_all(tasks)
+    infos = [t.info["mixed_reward"] for t in traces]
+    assert [i["parsed"] for i in infos] == ["0.5", [[2.0, 6.0]], [[4.0, 8.0]]]
+    assert [i["timed_out"] for i in infos] == [False] * 3
+    assert infos[0]["sub_scores"] == {} and infos[1]["sub_scores"] == {"tiou": 1.0, "boundary_penalty": 1.0}
+    assert infos[2]["sub_scores"]["tiou"] == pytest.approx(2 / 6)
+    assert traces[1].to_record()["info"]["mixed_reward"]["sub_scores"]["tiou"] == 1.0  # saved with the trace
+
+
+def test_model_and_job_options_and_environment(default_table, tmp_path, monkeypatch):
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    replies = [(W_RESPONSE, W_TRUTH, "open_ended"), (THINK + "<answer>yes</answer>", "yes", "yes_no"),
+               (THINK + "<answer>no</answer>", "yes", "yes_no")]
+    with tenancy_server(default_table, tmp_path) as srv:
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert on_b != direct_rewards(srv.url, [item])[0]
+        reward = mixed_reward_func(srv.url, model=POLICY_B, job=JOB)
+
+        class TenantTask(vf.Task[CatData]):
+            @vf.reward
+            async def mixed(self, task, trace) -> float:
+                return await reward(task, trace)
+
+        tasks = [(TenantTask(CatData(prompt="Q", ground_truth=gt, task_type=tt, prompt_id="vf-t")), r)
+                 for r, gt, tt in replies]
+        traces, _ = score_all(tasks)
+        assert [t.reward for t in traces] == [on_b, 2.0, 1.0]
+        assert prompt_counts(srv.url, "vf-t", job=JOB) == (3, 1)  # the open-ended rollout counts too
+
+        for name, value in (("MIXED_REWARD_URL", srv.url), ("MIXED_REWARD_MODEL", POLICY_B),
+                            ("MIXED_REWARD_JOB", "exp-vf")):
+            monkeypatch.setenv(name, value)
+        config = vf.TaskConfig(rewards=PLUGGED)
+        plugged = [(CatTask(CatData(prompt="Q", ground_truth=gt, task_type=tt, prompt_id="vf-p"), config), r)
+                   for r, gt, tt in replies]
+        traces, _ = score_all(plugged)
+        assert [t.reward for t in traces] == [on_b, 2.0, 1.0]
+        assert prompt_counts(srv.url, "vf-p", job="exp-vf")[0] == 3 and prompt_missing(srv.url, "vf-p")

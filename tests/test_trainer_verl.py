@@ -5,6 +5,7 @@ real server. Ray is not started: the worker class is the one verl wraps in ``ray
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import httpx
@@ -14,7 +15,21 @@ import pytest
 from mixed_reward_client import BadRequest, ServerUnavailable
 from mixed_reward_client.verl import Coalescer, compute_score
 from serving import running_server
-from test_trainer_support import byte_tokenizer, prompt_counts
+from test_trainer_support import (
+    JOB,
+    MATH_RESPONSE,
+    MATH_TRUTH,
+    POLICY_B,
+    TEMPORAL_RESPONSE,
+    TEMPORAL_TRUTH,
+    W_RESPONSE,
+    W_TRUTH,
+    byte_tokenizer,
+    direct_rewards,
+    prompt_counts,
+    prompt_missing,
+    tenancy_server,
+)
 
 torch = pytest.importorskip("torch")
 reward_loop = pytest.importorskip(
@@ -23,6 +38,7 @@ reward_loop = pytest.importorskip(
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+from verl.trainer.ppo.metric_utils import process_validation_metrics
 
 THINK = "<think>look</think>"
 # (response, ground truth, data_source, extra_info, expected score, accuracy, format)
@@ -193,7 +209,73 @@ def test_readme_override_lines_parse_with_hydra():
         "+reward.custom_reward_function.reward_kwargs.url=[http://rm-a:8000,http://rm-b:8000]":
             ["http://rm-a:8000", "http://rm-b:8000"],
         "+reward.custom_reward_function.reward_kwargs.format_weight=0.5": 0.5,
+        "+reward.custom_reward_function.reward_kwargs.model=policy-b": "policy-b",
+        "+reward.custom_reward_function.reward_kwargs.job=exp2": "exp2",
+        "+reward.custom_reward_function.reward_kwargs.explain=true": True,
     }
     for line, value in lines.items():
         override = parser.parse_override(line)
         assert not override.is_sweep_override() and override.value() == value
+
+
+# (response, ground truth, data_source, extra_info, expected score, accuracy, format): the new
+# families next to the paper's, in one batch, so every sample must come back with the same keys.
+FAMILIES = [
+    (MATH_RESPONSE, MATH_TRUTH, "math", {}, 2.0, 1.0, 1.0),
+    (TEMPORAL_RESPONSE, TEMPORAL_TRUTH, "mixed_r1", {"task_type": "temporal_grounding"}, 2.0, 1.0, 1.0),
+    (THINK + "<answer>(B) 3 cm</answer>", "B", "mixed_r1", {"task_type": "mcq"}, 2.0, 1.0, 1.0),
+    (THINK + "<answer>a cat on a mat</answer>", "a cat on a mat", "mixed_r1", {"task_type": "open_ended"},
+     3.0, 2.0, 1.0),
+    ("<answer>maybe</answer>", "yes", "mixed_r1", {"task_type": "yes_no"}, 0.0, 0.0, 0.0),
+]
+
+
+def test_verl_carries_math_and_temporal_items_with_one_key_set(server, tokenizer_dir):
+    """verl stacks every key across the batch: the temporal result's tiou/boundary_penalty and the
+    open-ended BMAS terms never become keys of some samples only."""
+    scores, rm_scores, extra, _ = run_worker(verl_config(tokenizer_dir, url=server.url), rollout_batch(FAMILIES))
+    assert scores == [s[4] for s in FAMILIES]
+    assert rm_scores.sum(dim=1).tolist() == [s[4] for s in FAMILIES]
+    assert set(extra) == {"score", "accuracy", "format"}
+    assert extra["accuracy"].tolist() == [s[5] for s in FAMILIES]
+
+
+def test_verl_explain_adds_pred_and_timed_out_for_every_sample(server, tokenizer_dir):
+    scores, _, extra, _ = run_worker(verl_config(tokenizer_dir, url=server.url, explain=True),
+                                     rollout_batch(FAMILIES))
+    assert scores == [s[4] for s in FAMILIES]  # explaining changes no reward
+    assert set(extra) == {"score", "accuracy", "format", "pred", "timed_out"}
+    preds = extra["pred"].tolist()
+    assert preds[:3] == ["0.5", "[[2.0,6.0]]", "B"] and preds[4] == ""  # "" : the rule read no answer
+    weakest = json.loads(preds[3])  # open-ended: the weakest tokens, all a perfect match here
+    assert {t["token"] for t in weakest} == {"a", "cat", "on", "mat"}
+    assert [t["similarity"] for t in weakest] == pytest.approx([1.0] * 4)
+    assert extra["timed_out"].tolist() == [0.0] * len(FAMILIES)
+    # verl's validation metrics read these as they are: pred votes (maj@N), strings are skipped for means
+    metrics = process_validation_metrics(["mixed_r1"] * 2, ["u0", "u0"],
+                                         {"score": extra["score"][:2].tolist(), "pred": preds[:2]})
+    assert metrics["mixed_r1"]["score"]["maj@2/mean"] == 2.0 and "pred" not in metrics["mixed_r1"]
+
+
+def test_verl_explain_keys_survive_on_failure_zero(tokenizer_dir):
+    config = verl_config(tokenizer_dir, url=dead_url(), on_failure="zero", explain=True, max_attempts=1)
+    scores, _, extra, _ = run_worker(config, rollout_batch(FAMILIES[:2]))
+    assert scores == [0.0, 0.0] and set(extra) == {"score", "accuracy", "format", "pred", "timed_out"}
+
+
+def test_verl_model_and_job_reward_kwargs(default_table, tokenizer_dir, tmp_path):
+    """``reward_kwargs.model`` picks the service's table, ``reward_kwargs.job`` the job whose
+    difficulty state the run's rollouts feed."""
+    samples = [
+        (W_RESPONSE, W_TRUTH, "mixed_r1", {"task_type": "open_ended"}, 0.0, 0.0, 0.0),
+        (THINK + "<answer>yes</answer>", "yes", "mixed_r1", {"task_type": "yes_no", "prompt_id": "v-1"}, 0.0, 0.0, 0.0),
+        ("<answer>no</answer>", "yes", "mixed_r1", {"task_type": "yes_no", "prompt_id": "v-1"}, 0.0, 0.0, 0.0),
+    ]
+    item = {"response": W_RESPONSE, "ground_truth": W_TRUTH, "task_type": "open_ended"}
+    with tenancy_server(default_table, tmp_path) as srv:
+        scores, _, _, _ = run_worker(verl_config(tokenizer_dir, url=srv.url, model=POLICY_B, job=JOB),
+                                     rollout_batch(samples))
+        on_b = direct_rewards(srv.url, [item], model=POLICY_B)[0]
+        assert scores == [on_b, 2.0, 0.0] and on_b != direct_rewards(srv.url, [item])[0]
+        assert prompt_counts(srv.url, "v-1", job=JOB) == (2, 1)
+        assert prompt_missing(srv.url, "v-1")

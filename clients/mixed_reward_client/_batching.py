@@ -84,15 +84,20 @@ class ScoreBatch:
     """The answer to one (possibly split) scoring call.
 
     ``results`` has one dict per item, in the order given: ``reward``, ``accuracy``, ``format``,
-    ``task_type``, and ``bmas_forward``/``bmas_backward`` for open-ended items. ``groups`` holds one
+    ``task_type``, the family's named sub-scores (``bmas_forward``/``bmas_backward`` for open-ended
+    items, ``tiou``/``boundary_penalty`` for temporal grounding), ``"timed_out": true`` for an item
+    the service gave up verifying, and ``parsed`` when the call asked to ``explain``. ``groups`` holds one
     entry per group: the server's statistics, or for a group split across requests the same
     statistics recomputed here over all its results. ``requests`` says how many HTTP requests it took.
+    ``table`` names the table that scored the batch (``name``, ``content_hash``, ...) and ``job`` the
+    training job the service counted it under: what it made of the call's ``model`` and ``job``.
     """
 
     results: list[dict[str, Any]]
     groups: list[dict[str, Any]] = field(default_factory=list)
     table: dict[str, Any] = field(default_factory=dict)
     requests: int = 0
+    job: str | None = None
 
     @property
     def rewards(self) -> list[float]:
@@ -118,6 +123,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
     went out in one request; recomputed over all its results for a group split across requests."""
     results: list[dict[str, Any] | None] = [None] * count
     table: dict[str, Any] = {}
+    job: str | None = None
     chunks_of: dict[Any, set[int]] = {}
     for number, (indices, answer) in enumerate(zip(chunks, answers)):
         rows = answer.get("results")
@@ -129,6 +135,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
             if isinstance(row, dict) and row.get("group_id") is not None:
                 chunks_of.setdefault(_key(row["group_id"]), set()).add(number)
         table = answer.get("table") or table
+        job = answer.get("job") or job
     split = {key for key, numbers in chunks_of.items() if len(numbers) > 1}
     members: dict[Any, list[float]] = {}
     for row in results:
@@ -145,7 +152,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
                 done.add(key)
                 groups.append(group_stats(entry["group_id"], members[key]))
     return ScoreBatch(results=[r for r in results if r is not None], groups=groups, table=table,
-                      requests=len(chunks))
+                      requests=len(chunks), job=job)
 
 
 #: The item fields ``POST /score`` reads (the server's ``RequestItem``), and so the whole wire form of

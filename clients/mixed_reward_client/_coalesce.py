@@ -63,7 +63,7 @@ class Coalescer:
 
     async def _send(self, batch: list[tuple[dict[str, Any], bytes, asyncio.Future[dict[str, Any]]]]) -> None:
         try:
-            prepared = self.client._prepared([w for w, _, _ in batch], [b for _, b, _ in batch], None, None)
+            prepared = self.client._prepared([w for w, _, _ in batch], [b for _, b, _ in batch])
             answer = await self.client._score_prepared(prepared)
         except asyncio.CancelledError:
             for _, _, future in batch:

@@ -8,6 +8,12 @@ come from the environment of the trainer process:
     MIXED_REWARD_TIMEOUT      seconds per request (default 120)
     MIXED_REWARD_MAX_ATTEMPTS rounds over all URLs before giving up, i.e. tries per URL (default 6)
     MIXED_REWARD_DEADLINE     seconds one call may take, retries included (default 600)
+    MIXED_REWARD_MODEL        the service's table (policy) for open-ended items (default: its default)
+    MIXED_REWARD_JOB          the training job (the service's fair share and difficulty state)
+    MIXED_REWARD_EXPLAIN      1/true: ask for ``parsed`` (what each rule read) on every result
+
+``model`` and ``job`` belong to a training run, not to a sample: a run sets them once (an argument
+or the environment of its trainer processes) and every request of the run carries them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ ENV_TOKEN = "MIXED_REWARD_TOKEN"
 ENV_TIMEOUT = "MIXED_REWARD_TIMEOUT"
 ENV_MAX_ATTEMPTS = "MIXED_REWARD_MAX_ATTEMPTS"
 ENV_DEADLINE = "MIXED_REWARD_DEADLINE"
+ENV_MODEL = "MIXED_REWARD_MODEL"
+ENV_JOB = "MIXED_REWARD_JOB"
+ENV_EXPLAIN = "MIXED_REWARD_EXPLAIN"
+TRUE_WORDS = ("1", "true", "yes", "on")
 
 OnFailure = Literal["raise", "zero", "none"]
 
@@ -41,6 +51,9 @@ class ClientSettings:
     format_weight: float | None
     bmas_reduction: Literal["sum", "mean"] | None
     deadline: float | None = 600.0
+    model: str | None = None
+    job: str | None = None
+    explain: bool = False
 
     def client_kwargs(self) -> dict[str, Any]:
         return {
@@ -49,6 +62,9 @@ class ClientSettings:
             "retry": RetryPolicy(max_attempts=self.max_attempts, backoff=self.backoff, deadline=self.deadline),
             "format_weight": self.format_weight,
             "bmas_reduction": self.bmas_reduction,
+            "explain": self.explain or None,
+            "model": self.model,
+            "job": self.job,
         }
 
 
@@ -62,6 +78,9 @@ def resolve(
     format_weight: float | None = None,
     bmas_reduction: Literal["sum", "mean"] | None = None,
     deadline: float | None = None,
+    model: str | None = None,
+    job: str | None = None,
+    explain: bool | None = None,
 ) -> ClientSettings:
     raw = urls if urls else os.environ.get(ENV_URL) or os.environ.get("MIXED_REWARD_URLS")
     if not raw:
@@ -78,7 +97,16 @@ def resolve(
         format_weight=None if format_weight is None else float(format_weight),
         bmas_reduction=bmas_reduction,
         deadline=float(deadline if deadline is not None else os.environ.get(ENV_DEADLINE, "600")),
+        model=_text(model, ENV_MODEL),
+        job=_text(job, ENV_JOB),
+        explain=bool(explain) if explain is not None else os.environ.get(ENV_EXPLAIN, "").lower() in TRUE_WORDS,
     )
+
+
+def _text(value: Any, env: str) -> str | None:
+    """An optional name: the argument, else the environment variable; empty means unset."""
+    raw = value if value is not None else os.environ.get(env)
+    return str(raw) if raw not in (None, "") else None
 
 
 def check_on_failure(value: str) -> OnFailure:

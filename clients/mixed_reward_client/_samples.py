@@ -4,6 +4,7 @@ truth, task type and prompt id from a dataset row, removing trailing end-of-sequ
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -49,9 +50,14 @@ def truth_and_task(row: Mapping[str, Any], task_type: str | None, what: str) -> 
     ``task_type``, else ``task_type``, else ``$MIXED_REWARD_TASK_TYPE``) of one dataset row."""
     key = next((k for k in GROUND_TRUTH_KEYS if row.get(k) is not None), None)
     if key is None:
-        fields = sorted(k for k in row if not k.startswith("_"))
+        # The fields the row has a value for: a row built from a schema (NeMo Gym's request model)
+        # carries every declared field, set or not, and listing those would name the very fields
+        # it lacks as the ones it has.
+        fields = sorted(k for k, v in row.items() if v is not None and not k.startswith("_"))
+        nulls = [k for k in GROUND_TRUTH_KEYS if k in row and row[k] is None]
+        null_note = f"; {', '.join(nulls)} {'is' if len(nulls) == 1 else 'are'} null" if nulls else ""
         raise RewardClientError(f"{what} has no ground truth: it needs one of {list(GROUND_TRUTH_KEYS)}; "
-                                f"it has {fields}")
+                                f"it has {fields}{null_note}")
     task = row.get("task_type") or task_type or os.environ.get(ENV_TASK_TYPE)
     if not task:
         raise RewardClientError(f"{what} has no task type: add a 'task_type' field, pass task_type=..., "
@@ -59,18 +65,53 @@ def truth_and_task(row: Mapping[str, Any], task_type: str | None, what: str) -> 
     return row[key], str(task)
 
 
+#: The keys of a /score result that are not one of its family's named sub-scores: the service
+#: puts a family's sub-scores (``tiou``, ``bmas_forward``, a plug-in's own) beside these.
+RESULT_FIELDS = frozenset({"id", "task_type", "reward", "accuracy", "format", "timed_out", "parsed",
+                           "group_id", "prompt_id"})
+
+
+def sub_scores_of(row: Mapping[str, Any]) -> dict[str, float]:
+    """A result's named sub-scores, whatever its family: every number beside the standard fields
+    (open_ended: ``bmas_forward``/``bmas_backward``; temporal_grounding: ``tiou``,
+    ``boundary_penalty``; a plug-in family's own). Read from the result, not from a list of
+    families, so a family the service learns needs no client release."""
+    return {k: float(v) for k, v in row.items()
+            if k not in RESULT_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def parsed_text(row: Mapping[str, Any]) -> str:
+    """What the rule read (``parsed``, with ``explain``) as one string, for trainers whose logs hold
+    text: a string as is, anything else (a number, boxes, segments, weakest tokens) as compact JSON,
+    and "" when the rule read nothing (no answer word, no box...) or explain was off."""
+    value = row.get("parsed")
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def result_keys(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One /score result as the same keys for every sample: reward, accuracy, format and task_type,
-    and ``bmas_forward``/``bmas_backward``, which are None for tasks other than open-ended."""
+    """One /score result as the same keys for every sample, whatever its task type:
+
+    - ``reward``, ``accuracy``, ``format`` (floats) and ``task_type`` (canonical name);
+    - ``bmas_forward``/``bmas_backward``: the open-ended terms, None for other tasks;
+    - ``timed_out``: True when the service gave up verifying (math past its deadline: accuracy 0);
+    - ``sub_scores``: the family's named sub-scores (``{"tiou": ..., "boundary_penalty": ...}`` for
+      temporal grounding, the BMAS terms for open-ended, ``{}`` for most);
+    - ``parsed``: what the rule read when ``explain`` was asked for, else None."""
+    subs = sub_scores_of(row)
     out: dict[str, Any] = {
         "reward": float(row["reward"]),
         "accuracy": float(row["accuracy"]),
         "format": float(row["format"]),
         "task_type": str(row["task_type"]),
-        "bmas_forward": None if row.get("bmas_forward") is None else float(row["bmas_forward"]),
-        "bmas_backward": None if row.get("bmas_backward") is None else float(row["bmas_backward"]),
+        "bmas_forward": subs.get("bmas_forward"),
+        "bmas_backward": subs.get("bmas_backward"),
+        "timed_out": bool(row.get("timed_out", False)),
+        "sub_scores": subs,
+        "parsed": row.get("parsed"),
     }
-    numbers = [v for v in out.values() if isinstance(v, float)]
+    numbers = [v for v in (out["reward"], out["accuracy"], out["format"], *subs.values())]
     if not all(math.isfinite(v) for v in numbers):
-        raise RewardClientError(f"the server returned a non-finite score {out}")
+        raise RewardClientError(f"the server returned a non-finite score {row}")
     return out

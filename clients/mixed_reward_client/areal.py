@@ -23,6 +23,14 @@ one float per sample; ``AsyncMixedReward`` also records each sample's ``mixed_re
 ``mixed_reward/format`` in AReaL's stats tracker, next to the ``reward`` the workflow records (the
 process-pool ``reward_fn`` cannot: its tracker is in another process). A failure raises; ``on_failure="zero"`` (or ``MIXED_REWARD_ON_FAILURE=zero``) scores 0
 with a warning instead, only when asked.
+
+``model`` (the service's table for the policy being trained) and ``job`` (this training run: the
+service's fair share and per-job difficulty state) are ``AsyncMixedReward(model=..., job=...)``
+arguments, or ``MIXED_REWARD_MODEL`` / ``MIXED_REWARD_JOB`` for both forms. Every task type is
+scored the same way, the new families (math, temporal grounding, ...) included: AReaL trains on
+the reward, and a sub-score (``tiou``) or a verification the service gave up on (accuracy 0) does
+not change what it gets. ``explain`` is not offered: AReaL keeps one float per sample and scalar
+statistics, with no place for what a rule read.
 """
 
 from __future__ import annotations
@@ -101,7 +109,8 @@ class AsyncMixedReward:
     """Drop-in for an AReaL workflow's ``async_reward_fn``: concurrent calls on the rollout event
     loop are coalesced into batched requests. Options as for the other adapters: ``url`` (default
     ``$MIXED_REWARD_URL``), ``token``, ``task_type``, ``eos``, ``format_weight``, ``bmas_reduction``,
-    ``timeout``, ``max_attempts``, ``deadline``, ``flush_ms``, ``max_batch``, ``on_failure``."""
+    ``timeout``, ``max_attempts``, ``deadline``, ``flush_ms``, ``max_batch``, ``on_failure``,
+    ``model`` and ``job`` (default ``$MIXED_REWARD_MODEL``, ``$MIXED_REWARD_JOB``)."""
 
     def __init__(
         self,
@@ -117,6 +126,9 @@ class AsyncMixedReward:
         self.on_failure = check_on_failure(on_failure)
         if self.on_failure == "none":
             raise ValueError("AReaL needs a number for every sample: on_failure must be 'raise' or 'zero'")
+        if options.get("explain"):
+            raise ValueError("explain has nowhere to go in AReaL, which keeps one float per sample; "
+                             "use RewardClient(..., explain=True) to see what each rule read")
         self._url = url
         self._options = options
         self.task_type = task_type

@@ -6,6 +6,12 @@ send and sleep. Both raise instead of guessing: :class:`BadRequest` for a 4xx, a
 :class:`ServerUnavailable` once every retry on every URL has failed or the call's deadline
 (``RetryPolicy.deadline``, 10 minutes by default) has passed.
 
+A call may name the table (policy) that scores its open-ended items (``model``), the training job
+it belongs to (``job``: the service's fair scheduling and per-job difficulty state), its
+``priority`` and its batch's ``deadline_seconds``: set once on the client, overridden per call.
+``/score`` gets them as top-level body fields; ``/get_reward``, whose body is OpenRLHF's, as query
+parameters. ``explain=True`` asks for ``parsed`` on every result: what the rule read.
+
 Every POST carries an ``Idempotency-Key`` header: a fresh random key per request (one chunk of a
 split batch), the same on every retry and failover of it. A retry after a lost answer (the server
 committed the request's difficulty-state update, then died or timed out before answering) then
@@ -15,10 +21,12 @@ updates nothing twice: the server remembers the keys it has applied.
 from __future__ import annotations
 
 import asyncio
+import numbers
 import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 
@@ -52,14 +60,49 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+#: The top-level ``/score`` fields that say whom a request is for (SPEC §15), in the order sent.
+TENANCY_FIELDS: tuple[str, ...] = ("model", "job", "priority", "deadline_seconds")
+
+
+def tenancy_fields(
+    model: str | None = None, job: str | None = None, priority: int | None = None,
+    deadline_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The tenancy fields that are set, in wire form. Checked here only for type: the service
+    validates the values (an unknown table or a malformed job name is a 422 naming the field)."""
+    out: dict[str, Any] = {}
+    for name, value in (("model", model), ("job", job)):
+        if value is not None:
+            if not isinstance(value, str):
+                raise RewardClientError(f"{name} must be a string, got {type(value).__name__}")
+            out[name] = value
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
+            raise RewardClientError(f"priority must be an integer, got {priority!r}")
+        out["priority"] = int(priority)
+    if deadline_seconds is not None:
+        if isinstance(deadline_seconds, bool) or not isinstance(deadline_seconds, numbers.Real):
+            raise RewardClientError(f"deadline_seconds must be a number of seconds, got {deadline_seconds!r}")
+        out["deadline_seconds"] = float(deadline_seconds)
+    return out
+
+
 class _Prepared:
     """A scoring call, encoded: each item's JSON once, so that chunks (and re-splits after a
-    413) are assembled from bytes, and an unencodable item is named before anything is sent."""
+    413) are assembled from bytes, and an unencodable item is named before anything is sent.
+    ``options`` go in the body's ``options``; ``tenancy`` (model, job, ...) at its top level."""
 
-    def __init__(self, wire: list[dict[str, Any]], parts: list[bytes], options: dict[str, Any]) -> None:
+    def __init__(
+        self, wire: list[dict[str, Any]], parts: list[bytes], options: dict[str, Any],
+        tenancy: Mapping[str, Any] | None = None,
+    ) -> None:
         self.wire = wire
         self.parts = parts
-        self._tail = b',"options":' + encode(options) + b"}" if options else b"}"
+        self.tenancy = dict(tenancy or {})
+        tail = b',"options":' + encode(options) if options else b""
+        for name, value in self.tenancy.items():
+            tail += b',"' + name.encode() + b'":' + encode(value)
+        self._tail = tail + b"}"
 
     def body(self, chunk: list[int]) -> bytes:
         return b'{"items":[' + b",".join(self.parts[i] for i in chunk) + b"]" + self._tail
@@ -97,6 +140,11 @@ class _ClientBase:
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         format_weight: float | None = None,
         bmas_reduction: Literal["sum", "mean"] | None = None,
+        explain: bool | None = None,
+        model: str | None = None,
+        job: str | None = None,
+        priority: int | None = None,
+        deadline_seconds: float | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._endpoints = Endpoints(urls, self.retry.failback_after)
@@ -107,6 +155,10 @@ class _ClientBase:
             self.options["format_weight"] = float(format_weight)
         if bmas_reduction is not None:
             self.options["bmas_reduction"] = bmas_reduction
+        if explain is not None:
+            self.options["explain"] = bool(explain)
+        #: model/job/priority/deadline_seconds sent with every call unless the call overrides them
+        self.tenancy: dict[str, Any] = tenancy_fields(model, job, priority, deadline_seconds)
         self._read_timeout = float(timeout)
         self._connect_timeout = min(connect_timeout, timeout)
         self._timeout = httpx.Timeout(timeout, connect=self._connect_timeout)
@@ -118,21 +170,32 @@ class _ClientBase:
     def urls(self) -> list[str]:
         return list(self._endpoints.urls)
 
-    def _prepare(
-        self, items: Sequence[Mapping[str, Any]], format_weight: float | None, bmas_reduction: str | None
-    ) -> _Prepared:
+    def _prepare(self, items: Sequence[Mapping[str, Any]], overrides: Mapping[str, Any]) -> _Prepared:
         encoded = [encode_item(item, f"item {index}") for index, item in enumerate(items)]
-        return self._prepared([w for w, _ in encoded], [b for _, b in encoded], format_weight, bmas_reduction)
+        return self._prepared([w for w, _ in encoded], [b for _, b in encoded], overrides)
 
     def _prepared(
-        self, wire: list[dict[str, Any]], parts: list[bytes], format_weight: float | None, bmas_reduction: str | None
+        self, wire: list[dict[str, Any]], parts: list[bytes], overrides: Mapping[str, Any] | None = None
     ) -> _Prepared:
+        """The call's body parts: the client's options and tenancy, with ``overrides`` (one call's
+        keyword arguments; None leaves the client's setting) on top."""
+        overrides = overrides or {}
         options = dict(self.options)
-        if format_weight is not None:
-            options["format_weight"] = float(format_weight)
-        if bmas_reduction is not None:
-            options["bmas_reduction"] = bmas_reduction
-        return _Prepared(wire, parts, options)
+        if overrides.get("format_weight") is not None:
+            options["format_weight"] = float(overrides["format_weight"])
+        if overrides.get("bmas_reduction") is not None:
+            options["bmas_reduction"] = overrides["bmas_reduction"]
+        if overrides.get("explain") is not None:
+            options["explain"] = bool(overrides["explain"])
+        tenancy = {**self.tenancy, **tenancy_fields(**{k: overrides.get(k) for k in TENANCY_FIELDS})}
+        return _Prepared(wire, parts, options, tenancy)
+
+    def _get_reward_path(self, overrides: Mapping[str, Any]) -> str:
+        """``/get_reward`` with the tenancy in the query: the body is OpenRLHF's, which has no
+        place for it (the service ignores unknown body fields), and the query is how URL-configured
+        trainers name their table and job too."""
+        tenancy = {**self.tenancy, **tenancy_fields(**{k: overrides.get(k) for k in TENANCY_FIELDS})}
+        return "/get_reward" + ("?" + urlencode(tenancy) if tenancy else "")
 
     def _chunks(self, prepared: _Prepared, indices: list[int] | None = None, max_items: int | None = None) -> list[list[int]]:
         """Requests for ``indices`` (default: every item), by item count and encoded size."""
@@ -214,13 +277,26 @@ class RewardClient(_ClientBase):
         *,
         format_weight: float | None = None,
         bmas_reduction: Literal["sum", "mean"] | None = None,
+        explain: bool | None = None,
+        model: str | None = None,
+        job: str | None = None,
+        priority: int | None = None,
+        deadline_seconds: float | None = None,
     ) -> ScoreBatch:
         """Score items ``{"response", "ground_truth", "task_type", "id"?, "group_id"?, "prompt_id"?}``
         (``prompt_id`` feeds the service's difficulty posterior); one result per item, in order.
         Batches above ``max_batch_items`` items or ``max_batch_bytes`` bytes go out as several
         requests; a request the server refuses as too large (413) is split in two once. The whole
-        call, retries included, ends within the retry policy's ``deadline``."""
-        prepared = self._prepare(items, format_weight, bmas_reduction)
+        call, retries included, ends within the retry policy's ``deadline``.
+
+        Each keyword overrides the client's setting for this call (None keeps it): ``explain``
+        adds ``parsed`` to every result; ``model`` names the table, ``job`` the training job;
+        ``priority`` and ``deadline_seconds`` order this job's work on the service. Every request
+        of a split call carries the same ones."""
+        prepared = self._prepare(items, {
+            "format_weight": format_weight, "bmas_reduction": bmas_reduction, "explain": explain, "model": model,
+            "job": job, "priority": priority, "deadline_seconds": deadline_seconds,
+        })
         deadline_at = self.retry.deadline_at()
         pieces: list[Piece] = []
         for chunk in self._chunks(prepared):
@@ -239,10 +315,19 @@ class RewardClient(_ClientBase):
         queries: Sequence[str],
         prompts: Sequence[str] | None = None,
         labels: Sequence[Any] | None = None,
+        *,
+        model: str | None = None,
+        job: str | None = None,
+        priority: int | None = None,
+        deadline_seconds: float | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """OpenRLHF's protocol (POST /get_reward): ``{"rewards", "scores", "extra_logs"}``."""
-        return self._send("POST", "/get_reward", self._get_reward_body(queries, prompts, labels, extra), "rewards")
+        """OpenRLHF's protocol (POST /get_reward): ``{"rewards", "scores", "extra_logs"}``. ``model``,
+        ``job``, ``priority`` and ``deadline_seconds`` (default: the client's) go in the query;
+        ``extra`` (``eos``, ``task_type``, ``format_weight``, ...) in the body."""
+        path = self._get_reward_path({"model": model, "job": job, "priority": priority,
+                                      "deadline_seconds": deadline_seconds})
+        return self._send("POST", path, self._get_reward_body(queries, prompts, labels, extra), "rewards")
 
     def info(self) -> dict[str, Any]:
         """GET /v1/info from the first URL that answers."""
@@ -322,9 +407,17 @@ class AsyncRewardClient(_ClientBase):
         *,
         format_weight: float | None = None,
         bmas_reduction: Literal["sum", "mean"] | None = None,
+        explain: bool | None = None,
+        model: str | None = None,
+        job: str | None = None,
+        priority: int | None = None,
+        deadline_seconds: float | None = None,
     ) -> ScoreBatch:
         """See :meth:`RewardClient.score`."""
-        return await self._score_prepared(self._prepare(items, format_weight, bmas_reduction))
+        return await self._score_prepared(self._prepare(items, {
+            "format_weight": format_weight, "bmas_reduction": bmas_reduction, "explain": explain, "model": model,
+            "job": job, "priority": priority, "deadline_seconds": deadline_seconds,
+        }))
 
     async def _score_prepared(self, prepared: _Prepared) -> ScoreBatch:
         deadline_at = self.retry.deadline_at()
@@ -348,11 +441,18 @@ class AsyncRewardClient(_ClientBase):
         queries: Sequence[str],
         prompts: Sequence[str] | None = None,
         labels: Sequence[Any] | None = None,
+        *,
+        model: str | None = None,
+        job: str | None = None,
+        priority: int | None = None,
+        deadline_seconds: float | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """See :meth:`RewardClient.get_reward`."""
+        path = self._get_reward_path({"model": model, "job": job, "priority": priority,
+                                      "deadline_seconds": deadline_seconds})
         body = self._get_reward_body(queries, prompts, labels, extra)
-        return await self._send("POST", "/get_reward", body, "rewards")
+        return await self._send("POST", path, body, "rewards")
 
     async def info(self) -> dict[str, Any]:
         """See :meth:`RewardClient.info`."""

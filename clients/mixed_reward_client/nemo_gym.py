@@ -13,9 +13,17 @@ which feeds the service's difficulty posterior), and replies, for every rollout:
 - ``reward``: the Mixed-R1 reward;
 - ``reward_components``: ``{"accuracy": accuracy, "format": format_weight * format}``, which sum to
   ``reward`` exactly (multi-objective trainers such as GDPO normalise each one);
-- ``accuracy``, ``format`` (0 or 1), ``task_type``, and ``bmas_forward``/``bmas_backward`` (the
-  open-ended terms, null for other tasks) as top-level fields, which NeMo Gym's aggregate metrics
-  profile.
+- ``accuracy``, ``format`` (0 or 1), ``task_type``, ``bmas_forward``/``bmas_backward`` (the
+  open-ended terms, null for other tasks) and ``timed_out`` (the service gave up verifying: a math
+  item past its deadline, accuracy 0) as top-level fields, which NeMo Gym's aggregate metrics
+  profile (numbers and booleans; a field a row lacks is left out of its means);
+- every other sub-score the rollout's family reports, as a top-level field of its own name
+  (temporal grounding: ``tiou``, ``boundary_penalty``), so it is profiled per task too;
+- ``parsed``: with ``explain: true``, what the rule read (kept in the rollouts file), else null.
+
+``model`` (the service's table for the policy being trained) and ``job`` (this training run: the
+service's fair share and per-job difficulty state) are config fields, defaulting to
+``MIXED_REWARD_MODEL`` / ``MIXED_REWARD_JOB``.
 
 In a NeMo Gym checkout, ``resources_servers/mixed_reward/app.py`` is::
 
@@ -44,7 +52,7 @@ from nemo_gym.base_resources_server import (
     SimpleResourcesServer,
 )
 from nemo_gym.judge import JudgeError
-from pydantic import PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, coalescer_for
 from mixed_reward_client._config import ClientSettings, resolve
@@ -68,6 +76,9 @@ class MixedRewardResourcesServerConfig(BaseResourcesServerConfig):
     flush_ms: float = DEFAULT_FLUSH_MS
     max_batch: int = DEFAULT_MAX_BATCH
     on_failure: Literal["raise", "mask", "zero"] = "raise"
+    model: str | None = None  # the service's table (policy) for open-ended items; default $MIXED_REWARD_MODEL
+    job: str | None = None  # this training run, for the service's scheduling and state; default $MIXED_REWARD_JOB
+    explain: bool | None = None  # add `parsed` (what the rule read) to every reply; default $MIXED_REWARD_EXPLAIN
 
 
 class MixedRewardVerifyRequest(BaseVerifyRequest):
@@ -81,11 +92,25 @@ class MixedRewardVerifyRequest(BaseVerifyRequest):
 
 
 class MixedRewardVerifyResponse(BaseMultiRewardVerifyResponse):
+    # Extra fields allowed: a family's sub-scores (tiou, ...) ride as top-level fields of their own
+    # names, which NeMo Gym's metrics profile, without a client release per family.
+    model_config = ConfigDict(extra="allow")
+
     accuracy: float
     format: float
     task_type: str
     bmas_forward: float | None = None
     bmas_backward: float | None = None
+    timed_out: bool = False
+    parsed: Any = None
+
+
+def set_fields(body: BaseModel) -> dict[str, Any]:
+    """The request fields the verify payload set (NeMo Gym's excluded bookkeeping aside): what the
+    row has, as opposed to every field the request model declares."""
+    declared = type(body).model_fields
+    return {name: getattr(body, name) for name in sorted(body.model_fields_set)
+            if name in declared and not declared[name].exclude}
 
 
 def response_text(body: BaseVerifyRequest) -> str:
@@ -105,7 +130,8 @@ class MixedRewardResourcesServer(SimpleResourcesServer):
     def _settings(self) -> ClientSettings:
         c = self.config
         return resolve(c.reward_url, token=c.reward_token, timeout=c.timeout, max_attempts=c.max_attempts,
-                       format_weight=c.format_weight, bmas_reduction=c.bmas_reduction, deadline=c.deadline)
+                       format_weight=c.format_weight, bmas_reduction=c.bmas_reduction, deadline=c.deadline,
+                       model=c.model, job=c.job, explain=c.explain)
 
     async def _weight(self, settings: ClientSettings) -> float:
         """The format weight the service applies: the configured one, else the service's default."""
@@ -117,11 +143,9 @@ class MixedRewardResourcesServer(SimpleResourcesServer):
         return self._format_weight
 
     async def verify(self, body: MixedRewardVerifyRequest) -> MixedRewardVerifyResponse:
-        row = {"ground_truth": body.ground_truth, "answer": body.answer, "solution": body.solution,
-               "task_type": body.task_type}
         settings = self._settings()
         try:
-            truth, task = truth_and_task(row, self.config.task_type, "the verify request")
+            truth, task = truth_and_task(set_fields(body), self.config.task_type, "the verify request")
         except RewardClientError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
         item = {"response": strip_eos(response_text(body), eos_strings(self.config.eos)), "ground_truth": truth,
@@ -138,10 +162,18 @@ class MixedRewardResourcesServer(SimpleResourcesServer):
             if self.config.on_failure == "raise":
                 raise
             log.warning("reward service unavailable, scoring this rollout 0 because on_failure='zero': %s", exc)
-            scored = {"reward": 0.0, "accuracy": 0.0, "format": 0.0, "task_type": task}
+            scored = {"reward": 0.0, "accuracy": 0.0, "format": 0.0, "task_type": task, "sub_scores": {}}
             weight = 0.0
         components = {"accuracy": scored["accuracy"], "format": weight * scored["format"]}
         if sum(components.values()) != scored["reward"]:
             raise RewardClientError(f"reward {scored['reward']} is not accuracy + {weight} * format {components}: "
                                     "is format_weight set differently on the service?")
-        return MixedRewardVerifyResponse.model_validate({**body.model_dump(), **scored, "reward_components": components})
+        # The rollout as NeMo Gym's base request has it; the row fields read above (ground truth,
+        # task type, prompt id) are not echoed back, as before extra fields were allowed.
+        reply = body.model_dump(include=set(BaseVerifyRequest.model_fields))
+        # A sub-score named like a field of the reply (a plug-in's choice) must not overwrite it.
+        declared = MixedRewardVerifyResponse.model_fields
+        subs = {k: v for k, v in scored["sub_scores"].items() if k not in reply and k not in declared}
+        fields = {k: scored.get(k) for k in ("reward", "accuracy", "format", "task_type", "bmas_forward",
+                                             "bmas_backward", "timed_out", "parsed") if scored.get(k) is not None}
+        return MixedRewardVerifyResponse.model_validate({**reply, **subs, **fields, "reward_components": components})

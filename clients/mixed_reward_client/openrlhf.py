@@ -11,7 +11,10 @@ Why use it rather than the plain URL: OpenRLHF's own HTTP path retries one URL 5
 and round-robins several URLs without failover; this file fails over to the next URL, backs off,
 and can send a bearer token. The prompt/end-of-sequence handling is the server's (``/get_reward``),
 so both paths score the same text. Extra settings: ``MIXED_REWARD_EOS`` (end-of-sequence strings,
-comma-separated) and ``MIXED_REWARD_TASK_TYPE`` (task type for labels that carry none).
+comma-separated), ``MIXED_REWARD_TASK_TYPE`` (task type for labels that carry none), and
+``MIXED_REWARD_MODEL`` / ``MIXED_REWARD_JOB`` (the service's table for this policy, this training
+run), which this file sends as ``?model=`` / ``?job=``, as the plain URL would carry them
+(``--reward.remote_url "http://host:8000/get_reward?model=policy-b&job=exp2"``).
 
 Loaded by path, this file must use absolute imports only.
 """

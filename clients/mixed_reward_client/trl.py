@@ -15,6 +15,24 @@ the text of their last assistant message. A ``prompt_id`` column (``prompt_id_ke
 dataset has one, is sent with each completion so the service's difficulty posterior (VADE sampler)
 learns from it; rows whose value is None are sent without one.
 
+``model=`` names the service's table for the policy being trained and ``job=`` the training run
+(the service's fair share and per-job difficulty state); both default to ``MIXED_REWARD_MODEL``
+and ``MIXED_REWARD_JOB``, so the CLI instance below can be pointed too.
+
+What is logged, through TRL's ``log_extra`` (columns of the completions table, one value per
+completion) and ``log_metric`` (scalars averaged per logging step) hooks:
+
+- always: columns ``<name>/accuracy``, ``<name>/format``, ``<name>/task_type``; metrics
+  ``<name>/accuracy``, ``<name>/format``, ``<name>/accuracy/<task_type>`` and
+  ``<name>/zero_variance_groups``;
+- with ``explain=True`` (``MIXED_REWARD_EXPLAIN=1``), as TRL's own ``accuracy_reward`` logs
+  ``gold_parsed``/``answer_parsed``: column ``<name>/parsed``, what the rule read as text ("" when
+  it read nothing), and ``<name>/timed_out`` (the service gave up verifying: accuracy 0); metrics
+  ``<name>/timed_out`` (the fraction of completions) and ``<name>/<sub_score>`` for each sub-score
+  a family reports (``tiou``, ``boundary_penalty``, ``bmas_forward``...), averaged over the
+  completions that carry it, as ``accuracy/<task_type>`` is. Every column is written on every
+  call, so the table's columns stay the same length step after step.
+
 A failure raises (TRL stops the step with the error); ``on_failure="none"`` returns None per
 completion instead, which TRL turns into NaN and, when every reward function is None for a row,
 into a reward of 0 - so it is opt-in only.
@@ -30,6 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mixed_reward_client._config import check_on_failure, per_loop, resolve
+from mixed_reward_client._samples import parsed_text, sub_scores_of
 from mixed_reward_client.client import AsyncRewardClient
 from mixed_reward_client.errors import RewardClientError, ServerUnavailable
 
@@ -128,11 +147,15 @@ class MixedReward:
         deadline: float | None = None,
         on_failure: str = "raise",
         name: str = "mixed_reward",
+        model: str | None = None,
+        job: str | None = None,
+        explain: bool | None = None,
     ) -> None:
         self.__name__ = name  # TRL names the reward (logs, metrics) after this
         self._config: dict[str, Any] = {
             "token": token, "timeout": timeout, "max_attempts": max_attempts, "backoff": backoff,
             "format_weight": format_weight, "bmas_reduction": bmas_reduction, "deadline": deadline,
+            "model": model, "job": job, "explain": explain,
         }
         self._url = url
         self.task_type = task_type
@@ -143,9 +166,13 @@ class MixedReward:
         if url is not None:
             resolve(url, **self._config)  # fail at construction on a malformed URL, not mid-training
 
-    async def _client(self) -> AsyncRewardClient:
+    async def _client(self) -> tuple[AsyncRewardClient, bool]:
+        """The running loop's client for this configuration, and whether it explains."""
         settings = resolve(self._url, **self._config)  # type: ignore[arg-type]
-        return await per_loop(("trl", settings), lambda: AsyncRewardClient(list(settings.urls), **settings.client_kwargs()))
+        client = await per_loop(
+            ("trl", settings), lambda: AsyncRewardClient(list(settings.urls), **settings.client_kwargs())
+        )
+        return client, settings.explain
 
     def _column(self, kwargs: dict[str, Any], count: int) -> tuple[list[Any], list[str]]:
         truth_keys = (self.ground_truth_key, *[k for k in GROUND_TRUTH_FALLBACKS if k != self.ground_truth_key])
@@ -184,7 +211,8 @@ class MixedReward:
             for c, gt, task, gid, pid in zip(completions, truths, tasks, groups, prompt_ids)
         ]
         try:
-            batch = await (await self._client()).score(items)
+            client, explain = await self._client()
+            batch = await client.score(items)
         except ServerUnavailable as exc:
             if self.on_failure == "raise":
                 raise
@@ -192,6 +220,8 @@ class MixedReward:
                         "None" if self.on_failure == "none" else "0.0", self.on_failure, exc)
             return [None if self.on_failure == "none" else 0.0] * len(completions)
         self._log(batch.results, batch.groups, kwargs.get("log_metric"), kwargs.get("log_extra"))
+        if explain:
+            self._log_explained(batch.results, kwargs.get("log_metric"), kwargs.get("log_extra"))
         return [float(r["reward"]) for r in batch.results]
 
     def _log(
@@ -218,13 +248,37 @@ class MixedReward:
             zero = sum(1 for g in groups if g.get("zero_variance"))
             log_metric(f"{self.__name__}/zero_variance_groups", zero / len(groups))
 
+    def _log_explained(
+        self,
+        results: list[dict[str, Any]],
+        log_metric: Callable[[str, float], None] | None,
+        log_extra: Callable[[str, list[Any]], None] | None,
+    ) -> None:
+        """``explain=True``: what each rule read and whether it gave up, per completion (columns the
+        completions table shows next to the rewards), plus the overrun rate and each sub-score's
+        mean (scalars). Columns are written for every completion, "" / False where there is nothing,
+        so TRL's table keeps one row per completion."""
+        if log_extra is not None:
+            log_extra(f"{self.__name__}/parsed", [parsed_text(r) for r in results])
+            log_extra(f"{self.__name__}/timed_out", [bool(r.get("timed_out", False)) for r in results])
+        if log_metric is None or not results:
+            return
+        log_metric(f"{self.__name__}/timed_out", sum(1 for r in results if r.get("timed_out")) / len(results))
+        by_name: dict[str, list[float]] = defaultdict(list)
+        for r in results:
+            for sub, value in sub_scores_of(r).items():
+                by_name[sub].append(value)
+        for sub, values in sorted(by_name.items()):
+            log_metric(f"{self.__name__}/{sub}", sum(values) / len(values))
+
 
 def mixed_reward_func(url: str | Sequence[str] | None = None, **options: Any) -> MixedReward:
     """Factory: ``url`` (one, a comma-separated list or a list: failover order; default
     ``$MIXED_REWARD_URL``), ``token``, ``task_type`` (fixed for every row), ``task_type_key``,
     ``ground_truth_key``, ``prompt_id_key`` (column of stable prompt ids), ``format_weight``,
     ``bmas_reduction``, ``timeout``, ``max_attempts``, ``deadline``, ``on_failure`` ("raise" |
-    "none" | "zero"), ``name``."""
+    "none" | "zero"), ``name``, ``model`` (the service's table for this policy), ``job`` (this
+    training run), ``explain`` (log what each rule read; see the module docstring)."""
     return MixedReward(url, **options)
 
 

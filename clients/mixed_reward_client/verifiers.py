@@ -14,6 +14,15 @@ rollouts on verifiers' event loop are coalesced into batched requests. Every tra
 for every trace, so the open-ended BMAS terms, which other tasks lack, stay inside accuracy). A
 failure raises, which verifiers records as the trace's task error; ``on_failure="zero"`` scores 0
 instead, only when asked.
+
+``model`` (the service's table for the policy being trained) and ``job`` (this training run) are
+:func:`mixed_reward_func` options, defaulting to ``MIXED_REWARD_MODEL`` / ``MIXED_REWARD_JOB``
+(which is how the import-path form is pointed). With ``explain=True`` (``MIXED_REWARD_EXPLAIN=1``)
+each trace's ``info`` (verifiers' per-trace scratch space, saved with the trace) gets
+``info["mixed_reward"] = {"parsed": ..., "timed_out": ..., "sub_scores": {...}}``: what the rule
+read, whether the service gave up verifying (math past its deadline: accuracy 0), and the family's
+sub-scores (``tiou``...). The metrics stay the two above for every task type: a sub-score exists
+for some families only, and its family's accuracy already carries it.
 """
 
 from __future__ import annotations
@@ -82,13 +91,18 @@ class MixedRewardRubric:
             log.warning("reward service unavailable, scoring this rollout 0 because on_failure='zero': %s", exc)
             keys = {"reward": 0.0, "accuracy": 0.0, "format": 0.0}
         trace.record_metrics({f"{self.__name__}/{name}": keys[name] for name in METRICS})
+        if settings.explain and "sub_scores" in keys:
+            trace.info[self.__name__] = {"parsed": keys["parsed"], "timed_out": keys["timed_out"],
+                                         "sub_scores": keys["sub_scores"]}
         return keys["reward"]
 
 
 def mixed_reward_func(url: str | Sequence[str] | None = None, **options: Any) -> MixedRewardRubric:
     """Factory: ``url`` (default ``$MIXED_REWARD_URL``), ``token``, ``task_type``, ``eos``,
     ``format_weight``, ``bmas_reduction``, ``timeout``, ``max_attempts``, ``deadline``,
-    ``flush_ms``, ``max_batch``, ``on_failure`` ("raise" | "zero"), ``name``."""
+    ``flush_ms``, ``max_batch``, ``on_failure`` ("raise" | "zero"), ``name``, ``model`` (the
+    service's table), ``job`` (this training run), ``explain`` (what each rule read, in
+    ``trace.info``)."""
     return MixedRewardRubric(url, **options)
 
 

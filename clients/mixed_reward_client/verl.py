@@ -3,6 +3,8 @@
     reward.custom_reward_function.path=pkg://mixed_reward_client.verl
     reward.custom_reward_function.name=compute_score
     +reward.custom_reward_function.reward_kwargs.url=http://rm-a:8000,http://rm-b:8000
+    +reward.custom_reward_function.reward_kwargs.model=policy-b   # the service's table for this policy
+    +reward.custom_reward_function.reward_kwargs.job=exp2         # this run: fair share, difficulty state
 
 verl's reward loop awaits ``compute_score(data_source, solution_str, ground_truth, extra_info)``
 once per sample, about a thousand at a time per worker, all on the worker's event loop. Sending
@@ -15,10 +17,21 @@ ground truth, an object JSON has no form for) fails its own call, naming its dat
 index, and never the batch it would have joined.
 
 A sample whose ``extra_info["prompt_id"]`` is set sends it as the item's ``prompt_id``, which the
-service's difficulty posterior (the VADE sampler's statistics) is keyed by.
+service's difficulty posterior (the VADE sampler's statistics) is keyed by. ``model`` and ``job``
+are reward kwargs, not per-sample fields: a training run scores with one policy's table and is one
+job, so every request of the run carries the same ones.
 
-Every sample returns the same keys, ``score``, ``accuracy`` and ``format`` (verl stacks each key
-across the batch, so a key missing for one sample would break the step); all are finite.
+Every sample returns the same keys, whatever its task type (verl stacks each key across the
+batch, across reward workers too, so a key missing for one sample would break the step):
+
+- ``score``, ``accuracy`` and ``format``, all finite. A family's sub-scores (``tiou``,
+  ``bmas_forward``...) are not returned: they vary by task, and ``accuracy`` already is the
+  family's reward (tIoU times its boundary penalty, the BMAS sum); a math item whose verification
+  overran scores accuracy 0, as the service reports it.
+- with ``explain=True`` also ``pred``, what the rule read as text ("" when it read nothing: no
+  answer word, no box), which verl's validation turns into ``maj@N`` metrics and its rollout dumps
+  (``trainer.rollout_data_dir``) keep next to each response; and ``timed_out`` (1.0 when the
+  service gave up verifying that sample, else 0.0), whose validation mean is the overrun rate.
 If the service cannot be reached after the retries, the call raises and verl's step fails with
 that error: a failure is never silently scored 0 unless ``on_failure="zero"`` was set.
 """
@@ -32,6 +45,7 @@ from typing import Any
 
 from mixed_reward_client._coalesce import Coalescer, coalescer_for
 from mixed_reward_client._config import check_on_failure, resolve
+from mixed_reward_client._samples import parsed_text
 from mixed_reward_client.errors import RewardClientError, ServerUnavailable
 
 log = logging.getLogger("mixed_reward_client.verl")
@@ -83,10 +97,16 @@ async def compute_score(
     flush_ms: float = 5.0,
     max_batch: int = 1024,
     on_failure: str = "raise",
+    model: str | None = None,
+    job: str | None = None,
+    explain: bool | None = None,
     **_verl_kwargs: Any,
-) -> dict[str, float]:
-    """Score one sample through the shared per-loop batcher. Extra keyword arguments verl passes
-    (``reward_router_address``, ``reward_model_tokenizer``) are accepted and ignored."""
+) -> dict[str, float | str]:
+    """Score one sample through the shared per-loop batcher. ``model`` (the service's table for
+    this policy), ``job`` (this training run) and ``explain`` (add the ``pred`` and ``timed_out``
+    keys) default to ``$MIXED_REWARD_MODEL``, ``$MIXED_REWARD_JOB`` and ``$MIXED_REWARD_EXPLAIN``. Extra keyword
+    arguments verl passes (``reward_router_address``, ``reward_model_tokenizer``) are accepted
+    and ignored."""
     mode = check_on_failure(on_failure)
     if mode == "none":
         raise ValueError("verl needs a number for every sample: on_failure must be 'raise' or 'zero'")
@@ -99,6 +119,9 @@ async def compute_score(
         format_weight=format_weight,
         bmas_reduction=bmas_reduction,  # type: ignore[arg-type]
         deadline=deadline,
+        model=model,
+        job=job,
+        explain=explain,
     )
     coalescer = await coalescer_for("verl", settings, flush_ms, max_batch)
     item = {
@@ -115,8 +138,13 @@ async def compute_score(
         if mode == "raise":
             raise
         log.warning("reward service unavailable, scoring this sample 0 because on_failure=%r: %s", mode, exc)
-        return {"score": 0.0, **{name: 0.0 for name in COMPONENTS}}
-    out = {"score": float(row["reward"]), **{name: float(row[name]) for name in COMPONENTS}}
-    if not all(math.isfinite(v) for v in out.values()):
-        raise RewardClientError(f"the server returned a non-finite score {out} for task {item['task_type']}")
+        zero: dict[str, float | str] = {"score": 0.0, **{name: 0.0 for name in COMPONENTS}}
+        return {**zero, "pred": "", "timed_out": 0.0} if settings.explain else zero
+    scores = {"score": float(row["reward"]), **{name: float(row[name]) for name in COMPONENTS}}
+    if not all(math.isfinite(v) for v in scores.values()):
+        raise RewardClientError(f"the server returned a non-finite score {scores} for task {item['task_type']}")
+    out: dict[str, float | str] = dict(scores)
+    if settings.explain:
+        out["pred"] = parsed_text(row)
+        out["timed_out"] = 1.0 if row.get("timed_out") else 0.0
     return out
