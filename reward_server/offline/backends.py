@@ -103,6 +103,7 @@ class RemoteScorer:
     RETRIES = 8
     MAX_RETRY_AFTER = 60.0
     transport: Any = None  # an httpx transport (tests use httpx.MockTransport); None: the network
+    sleep = staticmethod(time.sleep)  # the wait between retries, replaceable alone (tests record it)
 
     def __init__(
         self,
@@ -231,14 +232,14 @@ class RemoteScorer:
             except httpx.TransportError as exc:
                 if attempt == self.RETRIES - 1:
                     raise BackendError(f"cannot reach {self.url}{path}: {exc}") from exc
-                time.sleep(delay)
+                self.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             status = response.status_code
             if status < 300:
                 return response.json()
             if status in (429, 502, 503, 504) and attempt < self.RETRIES - 1:
-                time.sleep(self._retry_delay(response, delay))
+                self.sleep(self._retry_delay(response, delay))
                 delay = min(delay * 2, 10.0)
                 continue
             if status == 413:
