@@ -118,7 +118,9 @@ class InvalidRequest(RewardServerError):
     status, type, exit_code = 422, "invalid_request", EXIT_USAGE
     summary = ("The body as a whole (field `body`): not JSON, not UTF-8, nested more than 200 levels, an integer "
                "of more than 4,300 digits, or sent without `Content-Type: application/json`; a missing field, a "
-               "wrong type (`format_weight: true` or `\"2\"`: numbers only) or a bad option or query parameter.")
+               "wrong type (`format_weight: true` or `\"2\"`: numbers only), a NaN or Infinity where the schema "
+               "has a number (an id, a bare-number ground truth, an option), or a bad option or query parameter; "
+               "`details` name the item and field when there is one.")
 
 
 class InvalidItem(RewardServerError):
@@ -126,7 +128,7 @@ class InvalidItem(RewardServerError):
 
     status, type, exit_code = 422, "invalid_item", EXIT_DATA
     summary = ("An item cannot be scored: unknown task type, malformed ground truth (no valid box, zero-area box, "
-               "yes/no truth without yes or no, empty, NaN or Infinity anywhere), a text longer than "
+               "yes/no truth without yes or no, empty, NaN or Infinity inside a box list or an object), a text longer than "
                "REWARD_MAX_CHARS_PER_TEXT or not Unicode. Every bad item is listed (up to 50).")
 
 
