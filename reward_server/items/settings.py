@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     )
     math_timeout_seconds: float = Field(
         5.0, gt=0.0, le=600.0,
-        description="math: deadline of one verification; an overrun scores 0 with timed_out and its worker is "
-        "killed and replaced.",
+        description="math: deadline of one verification; an overrun is stopped in its worker (a worker no "
+        "signal reaches is killed and replaced) and scores 0 with timed_out.",
     )
     math_workers: int = Field(
         2, ge=1, le=256, description="math: worker processes verifying answers (needs the [math] extra)."
