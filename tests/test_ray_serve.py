@@ -1,8 +1,11 @@
 """Ray Serve mode against a real local Ray cluster (127.0.0.1 only, started once for the module).
 
 Two applications run side by side: ``mixed-reward`` (2 replicas, difficulty state, admin API) and
-``secured`` (1 replica, token and small limits). Every answer is compared with the single-process
-server's on the same requests: over HTTP through the Serve proxy and over a DeploymentHandle.
+``secured`` (1 replica, token and small limits, its replica's own port on 127.0.0.2). Every answer
+is compared with the single-process server's on the same requests: over HTTP through the Serve
+proxy and over a DeploymentHandle. Two tests add their own application: ``tables`` (two named
+tables multiplexed over 2 replicas) and ``drained`` (a ``reward-server serve --ray`` subprocess
+that gets SIGTERM under load).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +55,7 @@ from reward_server.ray_serve.options import deployment_options
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = {"authorization": "Bearer admin-secret"}
 SECURED = {"api_token": "tok", "max_items_per_request": 4, "max_chars_per_text": 200, "max_body_bytes": 4096}
+SECURED_HOST = "127.0.0.2"  # on loopback, yet not the node's address: where each replica's own port must listen
 
 
 def subprocess_env() -> dict[str, str]:
@@ -68,14 +73,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Logical CPUs: one per replica of the four applications this module deploys (not real cores).
+    ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, configure_logging=False, namespace="mixed-reward")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     state = tmp_path_factory.mktemp("ray-state") / "state.db"
     main = Settings(replicas=2, admin_token="admin-secret", state_path=str(state), state_synchronous="normal",
                     difficulty_local_decay=1.0, difficulty_stale_half_life_items=0.0)
-    secured = Settings(ray_app_name="secured", ray_route_prefix="/secured", replicas=1, **SECURED)
+    secured = Settings(ray_app_name="secured", ray_route_prefix="/secured", replicas=1, host=SECURED_HOST, **SECURED)
     deploy(main, secured, timeout_s=300)
     url = f"http://127.0.0.1:{port}"
     wait_for_replicas(url, 2)
@@ -402,6 +408,274 @@ def test_bad_cases_exit_at_once_with_their_own_codes_and_say_why(cluster: Any, t
     assert time.monotonic() - started < 180  # nothing hung
 
 
+def test_metrics_targets_need_the_state_token_and_each_port_listens_on_the_configured_host(cluster: Any) -> None:
+    """/v1/metrics/targets answers like the state routes (401 without the token where one is set, the
+    service's own error body), and each replica's own port listens on --host, not the node's address
+    (`secured` has --host 127.0.0.2: its port is there and not on 127.0.0.1)."""
+    refused = httpx.get(cluster.secured + "/v1/metrics/targets")
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "unauthorized"
+    wrong = httpx.get(cluster.secured + "/v1/metrics/targets", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    (group,) = httpx.get(cluster.secured + "/v1/metrics/targets", headers={"authorization": "Bearer tok"}).json()
+    (target,) = group["targets"]
+    host, port = target.rsplit(":", 1)
+    assert host == SECURED_HOST, target
+    assert "reward_table_info{" in httpx.get(f"http://{target}/metrics").text
+    assert httpx.get(f"http://{target}/readyz").json()["status"] == "ready"
+    assert httpx.get(f"http://{target}/healthz").json() == {"status": "ok"}
+    with pytest.raises(httpx.ConnectError):  # bound to 127.0.0.2 only
+        httpx.get(f"http://127.0.0.1:{port}/metrics")
+    (group,) = httpx.get(cluster.url + "/v1/metrics/targets").json()  # no token configured: open, as /v1/prompts
+    assert len(group["targets"]) == 2 and all(t.startswith("127.0.0.1:") for t in group["targets"]), group
+
+
+def test_the_replica_port_binds_the_host_and_advertises_what_prometheus_dials() -> None:
+    from reward_server.ray_serve.deployment import replica_port_address
+
+    assert replica_port_address("127.0.0.1", "10.0.0.7") == ("127.0.0.1", "127.0.0.1")
+    assert replica_port_address("10.0.0.7", "10.0.0.7") == ("10.0.0.7", "10.0.0.7")
+    assert replica_port_address("0.0.0.0", "10.0.0.7") == ("0.0.0.0", "10.0.0.7")  # every interface: the node's
+    assert replica_port_address("::", "10.0.0.7") == ("::", "10.0.0.7")
+
+
+def reports_after(url: str, since: float, timeout: float = 60) -> list[dict[str, Any]]:
+    """Every replica's registry report made after ``since`` (wall clock): what it holds now."""
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = info(url)["replicas"]["replicas"]
+        if replicas and all(r["reported_at"] > since for r in replicas):
+            return replicas
+        assert time.monotonic() < deadline, replicas
+        time.sleep(0.2)
+
+
+def table_items() -> list[dict[str, Any]]:
+    """Open-ended items in the small checkpoints' vocabulary (so every request needs its table) and
+    a rule-scored one."""
+    items = [{"id": f"t{i}", "response": f"<think>t</think><answer>tok{i % 40} tok{i * 7 % 40} tok9</answer>",
+              "ground_truth": f"tok{i % 40} tok6 tok{i % 13}", "task_type": "caption"} for i in range(12)]
+    return [*items, {"id": "y", "response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no"}]
+
+
+def test_named_tables_are_multiplexed_across_replicas_by_model_id(
+    cluster: Any, default_table: Any, tmp_path: Path
+) -> None:
+    """Two named tables over two replicas that hold one table each (--max-resident-tables 1). Serve
+    routes a request that names a table (the serve_multiplexed_model_id header over HTTP, model= in
+    the handle client) to the replica holding it: once each replica holds one, a burst of requests
+    for both tables, over HTTP and the handle, loads no table anywhere (one request sent to the
+    other replica would have to load its table there), and every answer equals the single process's."""
+    tables = [f"a={build_bert_checkpoint(tmp_path / 'a', seed=11).path}",
+              f"b={build_bert_checkpoint(tmp_path / 'b', seed=12).path}"]
+    deploy(Settings(ray_app_name="tables", ray_route_prefix="/tables", replicas=2, max_resident_tables=1,
+                    table=tables), timeout_s=300)
+    url = cluster.url + "/tables"
+    items = table_items()
+    try:
+        wait_for_replicas(url, 2)
+        with running_server(default_table, table=tables) as single:
+            expected = {m: httpx.post(single.url + "/score", json={"items": items, "model": m}).json() for m in "ab"}
+        assert expected["a"]["table"]["content_hash"] != expected["b"]["table"]["content_hash"]
+
+        def check(answer: httpx.Response | dict[str, Any], model: str) -> None:
+            body = answer.json() if isinstance(answer, httpx.Response) else answer
+            assert body["table"] == expected[model]["table"], body
+            assert differ(body["results"], expected[model]["results"]) == []
+
+        def over_http(routed: str, query: str = "", **body: Any) -> httpx.Response:
+            """/score with the table in Serve's header (``body``: more top-level fields)."""
+            return httpx.post(url + "/score" + query, json={"items": items, **body},
+                              headers={"serve_multiplexed_model_id": routed}, timeout=60)
+
+        # Until each replica holds one of the tables and a whole round (both tables, over the proxy
+        # and the handle) loads nothing: Serve sends a table no replica holds to the replica holding
+        # the fewest, and a router new in a process (this one's handle router) may place its first
+        # calls anywhere until it has learnt where the tables are. One or two rounds.
+        handles = {m: RayRewardClient("tables", model=m) for m in "ab"}
+        loads: dict[str, Any] = {}
+        deadline = time.monotonic() + 120
+        while True:
+            for model in "ab":
+                check(over_http(model), model)
+                batch = handles[model].score(items)
+                check({"table": batch.table, "results": batch.results}, model)
+            replicas = reports_after(url, time.time())
+            held = sorted(tuple(r["resident_tables"]) for r in replicas)
+            before, loads = loads, {r["replica_id"]: r["table_loads"] for r in replicas}
+            if held == [("a",), ("b",)] and loads == before:
+                break
+            assert time.monotonic() < deadline, replicas
+        holder = {r["resident_tables"][0]: r["replica_id"] for r in replicas}
+
+        async def burst() -> None:
+            clients = {m: AsyncRayRewardClient("tables", model=m) for m in "ab"}
+            gate = asyncio.Semaphore(8)
+            async with httpx.AsyncClient(timeout=60) as client:
+                async def one(number: int) -> None:
+                    model = "ab"[number % 2]
+                    async with gate:
+                        if number % 4 < 2:
+                            answer = await client.post(url + "/score", json={"items": items},
+                                                       headers={"serve-multiplexed-model-id": model})  # nginx's spelling
+                            check(answer, model)
+                        else:
+                            batch = await clients[model].score(items)
+                            check({"table": batch.table, "results": batch.results}, model)
+
+                await asyncio.gather(*(one(n) for n in range(32)))
+
+        asyncio.run(burst())
+        replicas = reports_after(url, time.time())
+        assert {r["replica_id"]: r["table_loads"] for r in replicas} == loads  # nothing was loaded anywhere
+        assert {r["resident_tables"][0]: r["replica_id"] for r in replicas} == holder
+
+        check(over_http("a", model="b"), "b")  # the body's model wins over the header
+        check(over_http("a", query="?model=b"), "b")  # so does ?model=
+        unknown = over_http("nope")  # never handed to Serve: a typo must not evict a real table
+        assert unknown.status_code == 422 and unknown.json()["error"]["type"] == "unknown_model"
+        assert "loadable: " in unknown.json()["error"]["message"] and "'nope'" in unknown.json()["error"]["message"]
+        rules = {"items": [items[-1]]}  # rule-scored items never wait for a table
+        assert httpx.post(url + "/score?model=b", json=rules, timeout=60).json()["results"][0]["reward"] == 1.0
+        ready = httpx.get(url + "/readyz", timeout=30)  # the default table is evicted on both replicas
+        assert ready.status_code == 200 and ready.json()["table"]["resident"] is False, ready.text
+    finally:
+        serve.delete("tables")
+
+
+class ReadinessWatch(threading.Thread):
+    """Polls one replica's /readyz on its own port (that replica, no other), recording every answer
+    to a request sent after the signal with how long after the signal it was sent. What counts is
+    when a request was *sent*: on a loaded machine an answer can take long, but a request sent
+    100 ms after SIGTERM must already see 503 (as tests/test_shutdown.py for one process)."""
+
+    def __init__(self, address: str, signalled: threading.Event, sent: list[float]) -> None:
+        super().__init__(daemon=True)
+        self.address, self.signalled, self.sent = address, signalled, sent
+        self.answers: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while True:
+                asked = time.monotonic()
+                status = client.get(f"http://{self.address}/readyz").status_code
+                if self.signalled.is_set() and asked >= self.sent[0]:
+                    after = asked - self.sent[0]
+                    self.answers.append((after, status))
+                    if (status == 503 and after >= 0.1) or after > 10:
+                        return
+                time.sleep(0.005)
+
+
+def test_a_sigterm_under_load_drains_every_replica_and_loses_no_call(
+    cluster: Any, reference: Any, tmp_path: Path
+) -> None:
+    """`reward-server serve --ray` with 2 replicas under load from a client with two URLs (the Serve
+    proxy, then the single-process server) gets SIGTERM: every replica's own /readyz answers 503 to
+    every request sent 100 ms after the signal, the replicas keep serving for --drain-seconds, the
+    application is deleted, and the client fails over (the prefix then falls through to the `/`
+    application, whose 404 `not_found` names no request error): every call is answered, correctly.
+    The drained application has its own checkpoint, so each answer's table hash says who scored it."""
+    drain = 2.0
+    checkpoint = build_bert_checkpoint(tmp_path / "drained", seed=21)
+    proc = start_cli("serve", "--ray", "--ray-address", cluster.gcs, "--ray-app-name", "drained",
+                     "--ray-route-prefix", "/drained", "--replicas", "2", "--model-path", str(checkpoint.path),
+                     "--drain-seconds", str(drain), "--host", "127.0.0.1", "--port", "0")
+    stderr: list[str] = []
+    ready = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            stderr.append(line)
+            if "ready at" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    if not ready.wait(timeout=240):
+        proc.kill()
+        raise AssertionError("".join(stderr))
+    url = cluster.url + "/drained"
+    replicas = wait_for_replicas(url, 2)
+    drained_hash, reference_hash = info(url)["content_hash"], info(reference.url)["content_hash"]
+    assert drained_hash != reference_hash
+    items = [dict(item) for item, _, _ in ONE_OF_EACH if item["task_type"] not in ("open_ended", "caption")]
+    items.append({"response": "<answer>tok5 tok9 tok6</answer>", "ground_truth": "tok5 tok9 tok6",
+                  "task_type": "caption"})  # identical texts: 2 with any table
+    with RewardClient(reference.url) as client:
+        expected = client.score(items).results
+    signalled, sent = threading.Event(), [0.0]
+    watches = [ReadinessWatch(r["metrics"], signalled, sent) for r in replicas]
+
+    async def load() -> tuple[list[tuple[float, str, list[dict[str, Any]]]], float]:
+        retry = RetryPolicy(max_attempts=20, backoff=0.05, max_backoff=0.5, deadline=120)
+        client = AsyncRewardClient([url, reference.url], retry=retry, timeout=60)
+        answers: list[tuple[float, str, list[dict[str, Any]]]] = []
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            while not stop.is_set():
+                batch = await client.score(items)  # raises if a call is lost
+                answers.append((time.monotonic(), batch.table["content_hash"], batch.results))
+
+        async def until(condition: Any, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                failed = [task for task in workers if task.done()]
+                if failed:
+                    await failed[0]  # a worker's call failed: raise its error
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+
+        workers = [asyncio.create_task(worker()) for _ in range(6)]
+        await until(lambda: len(answers) >= 12, 120)  # steady load on the drained application
+        for watch in watches:
+            watch.start()
+        await asyncio.sleep(0.2)
+        sent[0] = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        signalled.set()
+        await until(lambda: proc.poll() is not None, 120)
+        exited = time.monotonic()
+        await until(lambda: sum(1 for t, _, _ in answers if t > exited) >= 12, 120)  # after the failover
+        stop.set()
+        await asyncio.gather(*workers)
+        await client.aclose()
+        return answers, exited
+
+    answers, exited = asyncio.run(load())
+    for watch in watches:
+        watch.join(timeout=30)
+    reader.join(timeout=30)  # the process has exited: its stderr is at its end
+    assert proc.returncode == 0, "".join(stderr)
+    assert "readiness is 503 on every replica of 'drained'" in "".join(stderr)
+    for watch in watches:
+        late = [status for after, status in watch.answers if after >= 0.1]
+        assert late and set(late) == {503}, (watch.address, watch.answers[:20])
+    assert all(differ(rows, expected) == [] for _, _, rows in answers)
+    assert {h for _, h, _ in answers} == {drained_hash, reference_hash}
+    during = [t - sent[0] for t, h, _ in answers if h == drained_hash and t > sent[0]]
+    assert during and max(during) >= drain / 2, during  # served on through the drain, not deleted at once
+    assert all(h == reference_hash for t, h, _ in answers if t > exited + 1.0)  # failed over, stayed there
+    assert "drained" not in serve.status().applications
+    with pytest.raises(ValueError):  # its registry went with it
+        ray.get_actor("drained-replicas", namespace="mixed-reward")
+
+
+def test_the_first_signal_starts_the_shutdown_and_a_second_cuts_it_short() -> None:
+    """The launcher's signal rule, as `reward-server serve`'s: a SIGTERM drains, a Ctrl-C does not,
+    a second signal of either kind stops waiting (the drain and the deletion)."""
+    from reward_server.ray_serve.launch import Signals
+
+    term = Signals()
+    term.handle(signal.SIGTERM, None)
+    assert term.first.is_set() and term.drains and not term.second.is_set()
+    term.handle(signal.SIGINT, None)
+    assert term.second.is_set() and term.drains  # the second signal does not change what the first began
+    interrupt = Signals()
+    interrupt.handle(signal.SIGINT, None)
+    assert interrupt.first.is_set() and not interrupt.drains
+
+
 def test_the_registry_forgets_a_replica_that_stops_reporting() -> None:
     from reward_server.ray_serve.registry import ReplicaRegistryImpl, summary
 
@@ -416,6 +690,17 @@ def test_the_registry_forgets_a_replica_that_stops_reporting() -> None:
     assert [r["replica_id"] for r in registry.live()] == ["b"]  # "a" went quiet: dropped
     registry.forget("b")
     assert registry.live() == []
+
+    async def drain() -> tuple[list[float], float, float]:
+        waiting = [asyncio.ensure_future(registry.wait_drain()) for _ in range(3)]  # three replicas' calls
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+        began = await registry.begin_drain()
+        late = await registry.wait_drain()  # a replica that starts while the application drains
+        return [await w for w in waiting], began, late
+
+    seen, began, late = asyncio.run(drain())
+    assert seen == [began] * 3 and late == began
 
 
 def test_the_serve_config_file_builds_the_documented_application() -> None:

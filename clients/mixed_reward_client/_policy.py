@@ -6,7 +6,15 @@ how they send a request and how they sleep.
 Rules:
 - Retried: connection errors, timeouts, any other transport error, 5xx and 429 (the server is
   overloaded or restarting; a ``Retry-After`` header is honoured up to ``max_backoff``).
-- Never retried: any other 4xx. The request itself is wrong; sending it again cannot help.
+- Retried too: a 4xx that is not the service's own JSON error body (a Serve proxy's plain-text 404
+  once a ``reward-server serve --ray`` application is deleted, a load balancer's or an auth
+  proxy's page), and the service's own ``not_found`` (no such route at this URL: another Serve
+  application answers under this prefix). They say the *URL* cannot serve the request, not that
+  the request is wrong, so the call fails over to the next URL.
+- Never retried: any other 4xx from the service itself (its body ``{"error": {"type": ...,
+  "message": ...}}``), and any 413, whoever sends it (the body is too large on the way to this
+  server: the client splits the batch instead). The request itself is wrong; sending it again
+  cannot help.
 - Rounds: the retry budget is counted in rounds; each round tries every URL once, in order.
   A failure on one URL moves straight on to the next one without sleeping; only when every URL
   has failed in a round does the client back off (exponential, with jitter). Adding a backup URL
@@ -32,6 +40,8 @@ from typing import Any
 from mixed_reward_client.errors import Attempt, BadRequest, ServerUnavailable
 
 RETRY_STATUSES = frozenset({429})  # plus every 5xx
+#: The service's own error types that blame the URL, not the request (``reward_server.errors``).
+URL_ERROR_TYPES = frozenset({"not_found"})
 
 
 @dataclass(frozen=True)
@@ -199,10 +209,21 @@ class Retryable(Exception):
         self.retry_after = retry_after
 
 
+def service_error_type(body: Any) -> str | None:
+    """The ``type`` of the service's own error body ``{"error": {"type": str, "message": str, ...}}``,
+    or None for any other body (a proxy's text, ``{"detail": ...}``, ``{"error": "..."}``)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("type"), str) and isinstance(error.get("message"), str):
+        return error["type"]
+    return None
+
+
 def read_answer(url: str, status: int, headers: Any, content: bytes, expect: str) -> dict[str, Any]:
-    """Classify one HTTP answer: the parsed body on 2xx, :class:`BadRequest` on 4xx (not 429),
-    :class:`Retryable` on 5xx/429 or a 2xx that is not this service's JSON (a proxy page, a
-    wrong port), so a misrouted URL fails over instead of yielding garbage rewards."""
+    """Classify one HTTP answer: the parsed body on 2xx; :class:`BadRequest` on a 4xx the service
+    itself gave (not 429, not ``not_found``) and on any 413; :class:`Retryable` on 5xx/429, on a
+    4xx from something that is not the service (module docstring), and on a 2xx that is not this
+    service's JSON (a proxy page, a wrong port), so a misrouted URL fails over instead of yielding
+    garbage rewards or failing the call."""
     body: Any
     try:
         body = json.loads(content) if content else None
@@ -211,6 +232,10 @@ def read_answer(url: str, status: int, headers: Any, content: bytes, expect: str
     if status >= 500 or status in RETRY_STATUSES:
         raise Retryable(f"HTTP {status}: {error_message(body)}", retry_after_seconds(headers))
     if status >= 400:
+        kind = service_error_type(body)
+        if status != 413 and (kind is None or kind in URL_ERROR_TYPES):
+            who = "the service at this URL has no such route" if kind is not None else "not the reward service's answer"
+            raise Retryable(f"HTTP {status} ({who}): {error_message(body)}", retry_after_seconds(headers))
         raise BadRequest(status, url, body)
     if not isinstance(body, dict) or (expect and expect not in body):
         raise Retryable(f"HTTP {status} but the body is not a reward-service answer (no {expect!r}): {body!r:.200}")

@@ -6,6 +6,7 @@ ROLL workers started by ``reward-server serve --ray``, see deploy/scale-out.md):
     from mixed_reward_client.ray import RayRewardClient
     client = RayRewardClient("mixed-reward")          # the Serve application name
     batch = client.score(items)                       # same ScoreBatch as RewardClient.score
+    policy_b = RayRewardClient("mixed-reward", model="policy-b")   # a named table (--table policy-b=...)
 
 Same API, results and errors as the HTTP clients (they share every decision: batching, splitting,
 retries, deadline, error types): the replica runs the call through the same FastAPI app
@@ -16,6 +17,12 @@ difficulty-state update the dead replica had committed is not applied again.
 :func:`ray_coalescer` gathers concurrent one-sample calls into batched ones, as
 ``_coalesce.Coalescer`` does over HTTP.
 
+Tables (SPEC §15): ``model=`` names the table the calls are scored with. It travels as Serve's
+*multiplexed model id* (``handle.options(multiplexed_model_id=...)``), so Serve routes the calls to
+a replica that already holds that table (each replica holds at most ``--max-resident-tables``),
+and the replica scores with it (reward_server/ray_serve/multiplex.py). A ``?model=`` in a request's
+path is used the same way when the client has no ``model``.
+
 ``ray`` is imported only when a client is made, so this module imports without Ray installed; the
 client then raises :class:`RewardClientError` saying how to install it.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Any
+from urllib.parse import parse_qsl
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, Coalescer
 from mixed_reward_client._config import per_loop
@@ -68,20 +76,39 @@ class _HandleEndpoints(Endpoints):
         self._lock = threading.Lock()
 
 
+def _query_model(path: str) -> str | None:
+    """The ``model`` of a path's query string (``/score?model=b``), if any."""
+    _, _, query = path.partition("?")
+    return next((value for key, value in parse_qsl(query) if key == "model" and value), None)
+
+
 class _HandleBase:
-    """What both Ray clients share: the handle, its label, and the per-attempt timeout."""
+    """What both Ray clients share: the handle, its label, the table, and the per-attempt timeout."""
 
     _endpoints: Endpoints
     _read_timeout: float
 
-    def _attach(self, app_name: str, deployment: str, handle: Any | None) -> None:
+    def _attach(self, app_name: str, deployment: str, handle: Any | None, model: str | None) -> None:
         serve = _serve()
         self.app_name = app_name
-        self.label = f"serve://{app_name}/{deployment}"
+        self.multiplexed_model_id = model or None  # not `model`: RewardClient may grow its own
+        self.label = f"serve://{app_name}/{deployment}" + (f"?model={model}" if model else "")
         self._endpoints = _HandleEndpoints(self.label)
         base = handle if handle is not None else serve.get_deployment_handle(deployment, app_name=app_name)
         self._handle = base.options(method_name="handle_request")
+        self._by_model: dict[str, Any] = {}
         self._transport_errors = _transport_errors()
+
+    def _handle_for(self, path: str) -> Any:
+        """The handle for one request: routed by its table (Serve's multiplexed model id), so
+        that Serve sends it to a replica holding that table; one handle per table, made once."""
+        model = self.multiplexed_model_id or _query_model(path)
+        if model is None:
+            return self._handle
+        handle = self._by_model.get(model)
+        if handle is None:
+            handle = self._by_model[model] = self._handle.options(multiplexed_model_id=model)
+        return handle
 
     @property
     def urls(self) -> list[str]:
@@ -94,20 +121,21 @@ class _HandleBase:
 
 class RayRewardClient(_HandleBase, RewardClient):
     """Blocking twin of :class:`~mixed_reward_client.RewardClient` over a Serve ``DeploymentHandle``.
-    Takes the same keyword arguments (token, timeout, retry, max_batch_items, format_weight, ...)."""
+    Takes the same keyword arguments (token, timeout, retry, max_batch_items, format_weight, ...);
+    ``model`` names the table (module docstring)."""
 
     def __init__(
         self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
-        **kwargs: Any,
+        model: str | None = None, **kwargs: Any,
     ) -> None:
         _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
-        self._attach(app_name, deployment, handle)
+        self._attach(app_name, deployment, handle, model)
 
     def close(self) -> None:
         """Nothing to close: the handle belongs to Ray."""
 
     def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
-        response = self._handle.remote(method, path, self._attempt_headers(state), body)
+        response = self._handle_for(path).remote(method, path, self._attempt_headers(state), body)
         return response.result(timeout_s=self._attempt_timeout(state))
 
 
@@ -116,17 +144,17 @@ class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
 
     def __init__(
         self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
-        max_concurrency: int = 4, **kwargs: Any,
+        model: str | None = None, max_concurrency: int = 4, **kwargs: Any,
     ) -> None:
         _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
         self.max_concurrency = max(1, max_concurrency)
-        self._attach(app_name, deployment, handle)
+        self._attach(app_name, deployment, handle, model)
 
     async def aclose(self) -> None:
         """Nothing to close: the handle belongs to Ray."""
 
     async def _exchange(self, method: str, label: str, path: str, body: bytes | None, state: RetryState) -> Exchanged:
-        response = self._handle.remote(method, path, self._attempt_headers(state), body)
+        response = self._handle_for(path).remote(method, path, self._attempt_headers(state), body)
         try:
             return await asyncio.wait_for(response, self._attempt_timeout(state))
         except (*self._transport_errors, asyncio.CancelledError):

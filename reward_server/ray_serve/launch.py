@@ -1,6 +1,14 @@
 """``reward-server serve --ray``: join (or start) a Ray cluster, deploy the application, wait until
 every replica serves, then stay up until SIGTERM/SIGINT and delete the application on the way out
-(as ``serve run`` does).
+(as ``serve run`` does), draining first the way ``reward-server serve`` does (service/shutdown.py):
+
+* first SIGTERM: every replica's ``/readyz`` answers 503 at once (the registry wakes the call each
+  replica keeps pending: milliseconds, not a report interval), while every replica keeps serving
+  for ``--drain-seconds``, so load balancers and clients with several URLs move away while nothing
+  is refused; then the application is deleted (Serve lets requests in flight finish, up to 30 s).
+  Deleting at once made the proxy answer 404 to every new request at the moment of the signal;
+* first SIGINT (Ctrl-C at a terminal): readiness 503 and delete, with no drain period;
+* a second SIGTERM or SIGINT, at any point: stop waiting, at once (the deletion goes on in Serve).
 
 It never hangs on a broken start: a missing extra, an unreachable cluster, contradicting settings
 and a replica that cannot load its table each exit at once with their own status and a message
@@ -116,16 +124,78 @@ def deploy(*applications: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
         wait_ready(settings.ray_app_name, timeout_s)
 
 
-def shutdown_app(settings: Settings) -> None:
-    """Delete the application and its registry (the state actor stays: it owns a file)."""
+DELETE_POLL_S = 0.1
+
+
+def shutdown_app(settings: Settings, stop_now: threading.Event | None = None) -> None:
+    """Delete the application and its registry (the state actor stays: it owns a file). Waits until
+    Serve has deleted it (its replicas finish their requests in flight first), unless ``stop_now``
+    is set meanwhile (a second signal)."""
     import ray
     from ray import serve
 
-    serve.delete(settings.ray_app_name)
+    name = settings.ray_app_name
+    if stop_now is None:
+        serve.delete(name)
+    else:
+        serve.delete(name, _blocking=False)
+        while name in serve.status().applications and not stop_now.wait(DELETE_POLL_S):
+            pass
     try:
-        ray.kill(ray.get_actor(registry_name(settings.ray_app_name), namespace=NAMESPACE))
+        ray.kill(ray.get_actor(registry_name(name), namespace=NAMESPACE))
     except ValueError:
         pass
+
+
+class Signals:
+    """SIGTERM/SIGINT for the whole command: the first one starts the shutdown (a SIGTERM with a
+    drain period, a SIGINT without), a second one cuts it short. Only sets events: it runs in the
+    main thread between bytecodes, and the main thread does the work."""
+
+    def __init__(self) -> None:
+        self.first = threading.Event()
+        self.second = threading.Event()
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.first.is_set():
+            self.second.set()
+            return
+        self.signum = signum
+        self.first.set()
+
+    @property
+    def drains(self) -> bool:
+        """A SIGTERM drains; a Ctrl-C at a terminal does not (nobody routes traffic to it)."""
+        return self.signum == signal.SIGTERM
+
+
+def begin_drain(registry: Any) -> None:
+    """Readiness 503 on every replica now (registry.py); a registry that is gone is logged, not
+    fatal: the application is deleted all the same."""
+    import ray
+
+    try:
+        ray.get(registry.begin_drain.remote(), timeout=10)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("cannot tell the replicas to drain: %s", exc)
+
+
+def drain_and_delete(settings: Settings, signals: Signals, registry: Any) -> None:
+    """After the first signal: drain (readiness 503, serving on for --drain-seconds after a
+    SIGTERM), then delete the application."""
+    try:
+        begin_drain(registry)
+        if signals.drains and settings.drain_seconds > 0:
+            print(f"reward-server: SIGTERM: readiness is 503 on every replica of {settings.ray_app_name!r}; "
+                  f"serving for {settings.drain_seconds:g} s more, then deleting it", file=sys.stderr, flush=True)
+            signals.second.wait(settings.drain_seconds)
+    finally:
+        shutdown_app(settings, stop_now=signals.second)
 
 
 def start_proxy(settings: Settings) -> None:
@@ -148,6 +218,8 @@ def start_proxy(settings: Settings) -> None:
 def serve_on_ray(settings: Settings) -> int:
     """The whole command; returns 0 after serving, raises an error kind (its exit code) otherwise."""
     require_ray()
+    import ray
+
     check_ray_settings(settings)
     connect(settings.ray_address)
     start_proxy(settings)
@@ -159,14 +231,15 @@ def serve_on_ray(settings: Settings) -> int:
     scale = (f"{settings.min_replicas}..{settings.max_replicas} replicas (autoscaling)"
              if settings.min_replicas is not None else f"{settings.replicas} replica(s)")
     prefix = settings.ray_route_prefix.rstrip("/")
+    signals = Signals()
+    signals.install()
+    # Looked up now, not after the signal: the drain must reach the replicas within milliseconds.
+    registry = ray.get_actor(registry_name(settings.ray_app_name), namespace=NAMESPACE)
     print(f"reward-server: {scale} of {settings.ray_app_name!r} ready at "
           f"http://{settings.host}:{settings.port}{prefix}/score; from Ray code: "
           f"RayRewardClient(app_name={settings.ray_app_name!r})", file=sys.stderr, flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
-        stop.wait()
+        signals.first.wait()
     finally:
-        shutdown_app(settings)
+        drain_and_delete(settings, signals, registry)
     return 0
