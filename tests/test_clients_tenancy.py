@@ -54,6 +54,24 @@ def test_model_and_job_from_the_client_and_per_call(tenant):
     assert prompt_missing(tenant.url, "t-1")  # the default job never saw it
 
 
+def test_a_named_table_is_routable_by_a_ray_serve_proxy(tenant):
+    """A Serve proxy routes by the ``serve_multiplexed_model_id`` header only (it reads no body):
+    a call naming a table sends it, and ``?model=``, with the body's ``model``; a call without
+    one sends neither, and the per-call model wins over the client's."""
+    sent: list[tuple[str, str | None]] = []
+    with RewardClient(tenant.url, model=POLICY_B) as client:
+        client._http.event_hooks["request"].append(
+            lambda request: sent.append((str(request.url), request.headers.get("serve_multiplexed_model_id"))))
+        assert client.score([OPEN_W]).table["name"] == POLICY_B
+        assert client.score([OPEN_W], model="default").table["name"] == "default"
+    with RewardClient(tenant.url) as client:
+        client._http.event_hooks["request"].append(
+            lambda request: sent.append((str(request.url), request.headers.get("serve_multiplexed_model_id"))))
+        assert client.score([OPEN_W]).table["name"] == "default"
+    assert sent == [(f"{tenant.url}/score?model={POLICY_B}", POLICY_B), (f"{tenant.url}/score?model=default", "default"),
+                    (f"{tenant.url}/score", None)]
+
+
 def test_a_split_call_sends_its_tenancy_with_every_request(tenant):
     items = [{**YES, "prompt_id": "t-split"}] * 5 + [OPEN_W]
     with RewardClient(tenant.url, max_batch_items=2, model=POLICY_B, job="exp-split") as client:

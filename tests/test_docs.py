@@ -87,3 +87,16 @@ def test_relative_links_lead_to_files_and_headings_that_exist(page: Path) -> Non
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target}: {resolved.name} has no heading #{anchor}")
     assert not broken, broken
+
+
+def test_the_api_route_table_lists_every_route(server) -> None:
+    """docs/api.md's route table names every operation of the OpenAPI document and the routes
+    outside it (metrics, the docs pages), as ``METHOD /path``."""
+    page = (ROOT / "docs" / "api.md").read_text()
+    table = page[page.index("| route | what |"):page.index("\n\n", page.index("| route | what |"))]
+    listed = {(m, p) for m, p in re.findall(r"`(GET|POST|PUT|DELETE) (/[^`?\s]*)", table)}
+    document = server.app.openapi()
+    routes = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+    routes |= {("GET", "/metrics"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.json")}
+    assert routes - listed == set()
+    assert listed - routes == {("GET", "/v1/metrics/targets")}  # Ray mode's own route

@@ -221,6 +221,7 @@ def test_a_second_signal_stops_at_once(second: signal.Signals) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert httpx.post(url + "/score", json=SMALL, timeout=30).status_code == 200  # still serving
+        assert "\nreward_ready 0.0\n" in httpx.get(url + "/metrics", timeout=30).text  # as /readyz says
         started = time.monotonic()
         proc.send_signal(second)
         proc.wait(timeout=20)

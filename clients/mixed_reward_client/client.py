@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
@@ -62,6 +62,14 @@ def _describe(exc: BaseException) -> str:
 
 #: The top-level ``/score`` fields that say whom a request is for (SPEC §15), in the order sent.
 TENANCY_FIELDS: tuple[str, ...] = ("model", "job", "priority", "deadline_seconds")
+#: Ray Serve's model-multiplexing header: a Serve proxy sends the request to a replica holding it.
+MULTIPLEXED_MODEL_HEADER = "serve_multiplexed_model_id"
+
+
+def path_model(path: str) -> str | None:
+    """The ``model`` of a request path's query string (``/score?model=b``), if any."""
+    _, _, query = path.partition("?")
+    return next((value for key, value in parse_qsl(query) if key == "model" and value), None)
 
 
 def tenancy_fields(
@@ -106,6 +114,13 @@ class _Prepared:
 
     def body(self, chunk: list[int]) -> bytes:
         return b'{"items":[' + b",".join(self.parts[i] for i in chunk) + b"]" + self._tail
+
+    @property
+    def path(self) -> str:
+        """``/score``, with ``?model=`` when the call names a table: the body's ``model`` decides,
+        the query lets a Ray Serve deployment route the request to a replica holding the table."""
+        model = self.tenancy.get("model")
+        return "/score" + ("?" + urlencode({"model": model}) if model else "")
 
     @property
     def overhead(self) -> int:
@@ -214,10 +229,18 @@ class _ClientBase:
             raise exc
         return self._chunks(prepared, chunk, max_items=(len(chunk) + 1) // 2)
 
-    def _attempt_headers(self, state: RetryState) -> dict[str, str]:
-        """The headers of one attempt: the client's, plus its request's idempotency key."""
+    def _attempt_headers(self, state: RetryState, path: str = "") -> dict[str, str]:
+        """The headers of one attempt: the client's, its request's idempotency key, and the table
+        a ``?model=`` in the path names as Serve's multiplexed model id (a Ray Serve proxy routes by
+        that header only; a single-process server ignores it)."""
+        headers = self._headers
         key = state.idempotency_key
-        return self._headers if key is None else {**self._headers, IDEMPOTENCY_HEADER: key}
+        if key is not None:
+            headers = {**headers, IDEMPOTENCY_HEADER: key}
+        model = path_model(path)
+        if model is not None:
+            headers = {**headers, MULTIPLEXED_MODEL_HEADER: model}
+        return headers
 
     def _timeout_for(self, state: RetryState) -> httpx.Timeout:
         """The configured timeouts, cut to the time left before the call's deadline."""
@@ -305,7 +328,7 @@ class RewardClient(_ClientBase):
 
     def _score_chunk(self, prepared: _Prepared, chunk: list[int], deadline_at: float | None, split: bool) -> list[Piece]:
         try:
-            return [(chunk, self._send("POST", "/score", prepared.body(chunk), "results", deadline_at))]
+            return [(chunk, self._send("POST", prepared.path, prepared.body(chunk), "results", deadline_at))]
         except BadRequest as exc:
             halves = self._resplit(prepared, chunk, exc, split)
         return [piece for half in halves for piece in self._score_chunk(prepared, half, deadline_at, split=False)]
@@ -337,7 +360,7 @@ class RewardClient(_ClientBase):
         """One attempt on one endpoint: (status, headers, body). Raises one of ``_transport_errors``
         when the endpoint, not the request, failed. The Ray client overrides only this."""
         response = self._http.request(
-            method, url + path, content=body, headers=self._attempt_headers(state), timeout=self._timeout_for(state)
+            method, url + path, content=body, headers=self._attempt_headers(state, path), timeout=self._timeout_for(state)
         )
         return response.status_code, response.headers, response.content
 
@@ -426,7 +449,7 @@ class AsyncRewardClient(_ClientBase):
         async def one(chunk: list[int], split: bool) -> list[Piece]:
             try:
                 async with gate:
-                    answer = await self._send("POST", "/score", prepared.body(chunk), "results", deadline_at)
+                    answer = await self._send("POST", prepared.path, prepared.body(chunk), "results", deadline_at)
                 return [(chunk, answer)]
             except BadRequest as exc:
                 halves = self._resplit(prepared, chunk, exc, split)
@@ -463,7 +486,7 @@ class AsyncRewardClient(_ClientBase):
         # The deadline bounds the request through its timeouts, not asyncio.wait_for, which
         # before Python 3.12 can swallow a cancellation (and a cancelled chunk would go on).
         response = await self._http.request(
-            method, url + path, content=body, headers=self._attempt_headers(state), timeout=self._timeout_for(state)
+            method, url + path, content=body, headers=self._attempt_headers(state, path), timeout=self._timeout_for(state)
         )
         return response.status_code, response.headers, response.content
 

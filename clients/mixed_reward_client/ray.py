@@ -20,8 +20,8 @@ difficulty-state update the dead replica had committed is not applied again.
 Tables (SPEC §15): ``model=`` names the table the calls are scored with. It travels as Serve's
 *multiplexed model id* (``handle.options(multiplexed_model_id=...)``), so Serve routes the calls to
 a replica that already holds that table (each replica holds at most ``--max-resident-tables``),
-and the replica scores with it (reward_server/ray_serve/multiplex.py). A ``?model=`` in a request's
-path is used the same way when the client has no ``model``.
+and the replica scores with it (reward_server/ray_serve/multiplex.py). A call's own ``model=``
+wins over the client's, for the routing as for the scoring.
 
 ``ray`` is imported only when a client is made, so this module imports without Ray installed; the
 client then raises :class:`RewardClientError` saying how to install it.
@@ -32,12 +32,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Any
-from urllib.parse import parse_qsl
 
 from mixed_reward_client._coalesce import DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH, Coalescer
 from mixed_reward_client._config import per_loop
 from mixed_reward_client._policy import Endpoints, RetryState
-from mixed_reward_client.client import AsyncRewardClient, Exchanged, RewardClient, _ClientBase
+from mixed_reward_client.client import AsyncRewardClient, Exchanged, RewardClient, _ClientBase, path_model
 from mixed_reward_client.errors import RewardClientError
 
 DEFAULT_APP = "mixed-reward"
@@ -76,12 +75,6 @@ class _HandleEndpoints(Endpoints):
         self._lock = threading.Lock()
 
 
-def _query_model(path: str) -> str | None:
-    """The ``model`` of a path's query string (``/score?model=b``), if any."""
-    _, _, query = path.partition("?")
-    return next((value for key, value in parse_qsl(query) if key == "model" and value), None)
-
-
 class _HandleBase:
     """What both Ray clients share: the handle, its label, the table, and the per-attempt timeout."""
 
@@ -91,7 +84,7 @@ class _HandleBase:
     def _attach(self, app_name: str, deployment: str, handle: Any | None, model: str | None) -> None:
         serve = _serve()
         self.app_name = app_name
-        self.multiplexed_model_id = model or None  # not `model`: RewardClient may grow its own
+        self.multiplexed_model_id = model or None  # the client's table; a call's own model wins
         self.label = f"serve://{app_name}/{deployment}" + (f"?model={model}" if model else "")
         self._endpoints = _HandleEndpoints(self.label)
         base = handle if handle is not None else serve.get_deployment_handle(deployment, app_name=app_name)
@@ -101,8 +94,9 @@ class _HandleBase:
 
     def _handle_for(self, path: str) -> Any:
         """The handle for one request: routed by its table (Serve's multiplexed model id), so
-        that Serve sends it to a replica holding that table; one handle per table, made once."""
-        model = self.multiplexed_model_id or _query_model(path)
+        that Serve sends it to a replica holding that table; one handle per table, made once. The
+        table is the request path's ``?model=`` (the call's, or the client's, ``model``)."""
+        model = path_model(path) or self.multiplexed_model_id
         if model is None:
             return self._handle
         handle = self._by_model.get(model)
@@ -128,7 +122,7 @@ class RayRewardClient(_HandleBase, RewardClient):
         self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
         model: str | None = None, **kwargs: Any,
     ) -> None:
-        _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
+        _ClientBase.__init__(self, _PLACEHOLDER_URL, model=model, **kwargs)
         self._attach(app_name, deployment, handle, model)
 
     def close(self) -> None:
@@ -146,7 +140,7 @@ class AsyncRayRewardClient(_HandleBase, AsyncRewardClient):
         self, app_name: str = DEFAULT_APP, *, deployment: str = DEFAULT_DEPLOYMENT, handle: Any | None = None,
         model: str | None = None, max_concurrency: int = 4, **kwargs: Any,
     ) -> None:
-        _ClientBase.__init__(self, _PLACEHOLDER_URL, **kwargs)
+        _ClientBase.__init__(self, _PLACEHOLDER_URL, model=model, **kwargs)
         self.max_concurrency = max(1, max_concurrency)
         self._attach(app_name, deployment, handle, model)
 

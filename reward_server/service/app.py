@@ -117,6 +117,11 @@ class ServiceState:
         self.draining = True
 
     @property
+    def answers_ready(self) -> bool:
+        """What ``/readyz`` answers (200 or not): loaded, not draining, its device working."""
+        return self.ready and not self.draining and self.batcher.device_error is None
+
+    @property
     def tables(self) -> TableRegistry:
         return self.batcher.tables
 

@@ -376,7 +376,7 @@ class ServiceMetrics:
             lambda: state.batcher.queued_items
         )
         Gauge("reward_ready", "1 while the service is ready to score (/readyz answers 200).", registry=r).set_function(
-            lambda: 1.0 if state.ready else 0.0
+            lambda: 1.0 if state.answers_ready else 0.0
         )
         r.register(TableInfoCollector(state))
         r.register(JobQueueCollector(state, self.jobs))
