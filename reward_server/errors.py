@@ -74,6 +74,10 @@ class RewardServerError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def body(self) -> dict[str, Any]:
+        """The JSON body every answer of this error has, whoever sends it."""
+        return {"error": {"type": self.type, "message": self.message, "details": self.details}}
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by state, not by constructor arguments (refinements take other ones): a family's
         error raised in a worker process arrives in the server as the same error."""

@@ -88,7 +88,7 @@ def test_dashboard_is_self_contained() -> None:
 def test_dashboard_and_alerts_query_only_metrics_the_service_exposes() -> None:
     metrics = ServiceMetrics(default_registry().families())
     state = SimpleNamespace(
-        batcher=SimpleNamespace(queued_items=0, queued_by_job=dict), ready=True,
+        batcher=SimpleNamespace(queued_items=0, queued_by_job=dict), ready=True, answers_ready=True,
         tables=SimpleNamespace(entries={"default": SimpleNamespace(
             engine=SimpleNamespace(table=SimpleNamespace(info=lambda: {"content_hash": "x"})))}),
     )

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp
 from reward_server.embeddings.loader import TableLoadError, load_table
 from reward_server.engine.idf import IdfFileError
 from reward_server.engine.tables import DEFAULT_TABLE
-from reward_server.errors import RewardServerError
+from reward_server.errors import NotFound, NotReady, RewardServerError
 from reward_server.items.settings import Settings
 from reward_server.ray_serve import IDF_UNUSABLE, TABLE_UNLOADABLE
 from reward_server.ray_serve.inprocess import asgi_request
@@ -79,9 +79,9 @@ def replica_port_address(host: str, node_ip: str) -> tuple[str, str]:
     return host, host
 
 
-def _error_body(type_: str, message: str) -> bytes:
-    """The service's error body (service/errors.py), for the few answers the port gives itself."""
-    return json.dumps({"error": {"type": type_, "message": message, "details": []}}).encode()
+def _error_body(error: RewardServerError) -> bytes:
+    """The service's error body, for the few answers the port gives itself."""
+    return json.dumps(error.body()).encode()
 
 
 def _hostport(host: str, port: int) -> str:
@@ -108,8 +108,8 @@ class _ReplicaPort:
                 elif path == "/metrics":
                     status, body, content_type = 200, generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
                 else:
-                    status, body, content_type = 404, _error_body("not_found", "/metrics, /readyz or /healthz"), \
-                        "application/json"
+                    missing = NotFound("/metrics, /readyz or /healthz")
+                    status, body, content_type = missing.status, _error_body(missing), "application/json"
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -278,7 +278,8 @@ class RewardReplica:
             if future is not None:
                 future.cancel()
             # a wedged or closed event loop is not ready, whatever the cause
-            return 503, _error_body("not_ready", f"the replica did not answer ({type(exc).__name__})")
+            silent = NotReady(f"the replica did not answer ({type(exc).__name__})")
+            return silent.status, _error_body(silent)
         return status, body
 
     # --- the registry ------------------------------------------------------------------------

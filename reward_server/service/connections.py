@@ -30,7 +30,7 @@ from reward_server.errors import RequestTimeout, ServerBusy
 
 
 def _answer(transport: asyncio.Transport, error: Any) -> None:
-    body = json.dumps({"error": {"type": error.type, "message": error.message, "details": []}}).encode()
+    body = json.dumps(error.body()).encode()
     head = [
         f"HTTP/1.1 {error.status} {'Request Timeout' if error.status == 408 else 'Service Unavailable'}",
         "content-type: application/json",

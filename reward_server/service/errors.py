@@ -53,8 +53,7 @@ def error_type_of(scope: Scope) -> str | None:
 def render(exc: RewardServerError, scope: Scope | None = None) -> JSONResponse:
     """The JSON error response of ``exc``, with its status and headers."""
     note_error_type(scope, exc.type)
-    body = {"error": {"type": exc.type, "message": exc.message, "details": exc.details}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers or None)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 def _from_framework(exc: StarletteHTTPException) -> RewardServerError:
