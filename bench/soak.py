@@ -1,11 +1,14 @@
 """Soak test: N aiohttp clients post mixed batches to a real server for M minutes.
 
-    python bench/soak.py                           # 8 clients, 1 minute, its own server
+    python bench/soak.py                           # 8 clients, 1 minute, its own server, every family
+    python bench/soak.py --families paper          # only Mixed-R1's five task types
     python bench/soak.py --clients 64 --minutes 5  # the figures of issue 10
     python bench/soak.py --url http://127.0.0.1:8000 --pid 1234   # a server you started
 
 Prints requests, items, errors (by kind), lost items, latency p50/p99 and the server's resident
-memory (RSS) at the start, middle and end: a leak shows as RSS that keeps growing after warm-up.
+memory (RSS, its child processes included: the math workers) at the start, middle and end: a leak
+shows as RSS that keeps growing after warm-up. Requests alternate between two jobs (``soak-a``,
+``soak-b``), so the per-job queues, metrics and state are part of what is soaked.
 Bounded by time (``--minutes``) and by count (``--max-requests``), whichever comes first, and only
 ever talks to 127.0.0.1. Each response is checked: 200, one finite reward per item.
 """
@@ -37,15 +40,41 @@ import aiohttp
 import workloads
 
 
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of ``pid`` from /proc (Linux); None where that is not readable."""
+def _own_rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (the math pool's workers, a resource tracker), from /proc."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its descendants from /proc (Linux); None where unreadable."""
+    own = _own_rss_kib(pid)
+    if own is None:
+        return None
+    return (own + sum(_own_rss_kib(child) or 0 for child in _children(pid))) / 1024
 
 
 @contextlib.contextmanager
@@ -75,12 +104,14 @@ def own_server(extra: list[str]) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=60)
 
 
-def bodies(count: int, items: int) -> list[tuple[bytes, int]]:
-    """Pre-built request bodies (mixed task types, GRPO groups), so the client measures the server."""
+def bodies(count: int, items: int, families: str) -> list[tuple[bytes, int]]:
+    """Pre-built request bodies (mixed task types, GRPO groups, two jobs taking turns), so the
+    client measures the server."""
     out = []
     for salt in range(count):
-        batch = workloads.mixed(items=items, seed=7, salt=salt)
-        payload = {"items": [{"id": f"{salt}-{i}", "response": it.response, "ground_truth": it.ground_truth,
+        batch = workloads.mixed(items=items, seed=7, salt=salt, families=families)
+        payload = {"job": ("soak-a", "soak-b")[salt % 2],
+                   "items": [{"id": f"{salt}-{i}", "response": it.response, "ground_truth": it.ground_truth,
                               "task_type": it.task_type, "group_id": it.group_id} for i, it in enumerate(batch)]}
         out.append((json.dumps(payload).encode(), items))
     return out
@@ -177,13 +208,15 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many requests")
     parser.add_argument("--items", type=int, default=16, help="items per request")
     parser.add_argument("--bodies", type=int, default=64, help="distinct pre-built request bodies")
+    parser.add_argument("--families", choices=("all", "paper"), default="all",
+                        help="every registered family (math needs the [math] extra) or the paper's five")
     parser.add_argument("--url", help="a running server on 127.0.0.1 (default: start one)")
     parser.add_argument("--pid", type=int, help="its process id, for RSS (with --url)")
     parser.add_argument("serve_args", nargs="*", help="extra `reward-server serve` flags (after --)")
     args = parser.parse_args()
     if not (1 <= args.clients <= 1024 and 0 < args.minutes <= 24 * 60 and args.max_requests >= 1):
         parser.error("--clients 1..1024, --minutes > 0 (at most a day), --max-requests >= 1")
-    pool = bodies(args.bodies, args.items)
+    pool = bodies(args.bodies, args.items, args.families)
     with contextlib.ExitStack() as stack:
         if args.url:
             if urlparse(args.url).hostname not in ("127.0.0.1", "localhost"):

@@ -8,6 +8,7 @@ the ground truths repeat, as they do across GRPO epochs.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -154,15 +155,21 @@ def _grounding(rng: random.Random) -> tuple[str, str]:
     return f"<think>The object is here.</think> <answer>{said}</answer>", truth
 
 
-def mixed(*, items: int = 512, seed: int = 2, salt: int = 0) -> list[Item]:
-    """All five task types, in equal shares, interleaved; open-ended ones are GRPO-shaped (8 per truth)."""
+def mixed(*, items: int = 512, seed: int = 2, salt: int = 0, families: str = "paper") -> list[Item]:
+    """Every task type in equal shares, interleaved; open-ended ones are GRPO-shaped (8 per truth).
+    ``families="paper"``: Mixed-R1's five; ``"all"``: and SPEC §13's (math, temporal grounding,
+    OCR, counting, GUI point; math needs the ``[math]`` extra on the server)."""
     rng = random.Random(f"{seed}/{salt}")
     truth_rng = random.Random(seed)
     truths = [caption(truth_rng, truth_rng.randint(100, 1000)) for _ in range(max(1, items // 40))]
     makers = {"yes_no": _yes_no, "mcq": _mcq, "chart": _chart, "grounding": _grounding}
+    if families == "all":
+        makers.update({"math": _math, "temporal_grounding": _temporal, "ocr": _ocr, "counting": _counting,
+                       "point": _point})
+    tasks = (*makers, "open_ended")
     out = []
     for index in range(items):
-        task = ("yes_no", "mcq", "chart", "grounding", "open_ended")[index % 5]
+        task = tasks[index % len(tasks)]
         if task == "open_ended":
             p = (index // 40) % len(truths)
             truth = truths[p]
@@ -171,3 +178,35 @@ def mixed(*, items: int = 512, seed: int = 2, salt: int = 0) -> list[Item]:
             response, truth = makers[task](rng)
             out.append(Item(response, truth, task, f"{task}{index // 8}"))
     return out
+
+
+def _math(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(1, 9), rng.randint(2, 12)
+    said = rng.choice([f"{a}/{b}", f"\\frac{{{a}}}{{{b}}}", f"{a + 1}/{b}"])
+    return f"<think>Dividing.</think> <answer>\\boxed{{{said}}}</answer>", f"\\frac{{{a}}}{{{b}}}"
+
+
+def _temporal(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(0, 100)
+    end = start + rng.randint(2, 30)
+    shift = rng.randint(-3, 3)
+    return (f"<think>Watching.</think> <answer>{start + shift} to {end + shift} seconds</answer>",
+            json.dumps({"segment": [start, end], "duration": end + 40}))
+
+
+def _ocr(rng: random.Random) -> tuple[str, str]:
+    truth = rng.choice(["INVOICE 2024-118", "Total: $1,204.50", "Route 66 Diner", "Exit 12B"])
+    said = truth if rng.random() < 0.5 else truth.replace("1", "l")
+    return f"<think>Reading.</think> <answer>{said}</answer>", truth
+
+
+def _counting(rng: random.Random) -> tuple[str, str]:
+    truth = rng.randint(0, 20)
+    said = truth if rng.random() < 0.5 else truth + rng.choice([-1, 1, 2])
+    return f"<think>Counting.</think> <answer>{said}</answer>", str(truth)
+
+
+def _point(rng: random.Random) -> tuple[str, str]:
+    x, y = rng.randint(0, 900), rng.randint(0, 900)
+    px, py = x + rng.randint(-40, 80), y + rng.randint(-40, 80)
+    return f"<think>The button.</think> <answer>({px}, {py})</answer>", json.dumps({"bbox": [x, y, x + 60, y + 40]})
