@@ -1,7 +1,8 @@
 """The worker pool's deadlines and chunks (reward_server/engine/pool.py), with a pooled plug-in
 family whose answers say how to misbehave: ``fast``, ``slow`` (a Python loop past the deadline:
 the worker's alarm stops it), ``stuck`` (signals blocked, as in a C call no signal reaches: pebble
-kills the worker), ``pid`` (the worker's process id) and ``bad`` (a client error from the worker)."""
+kills the worker), ``crash`` (the worker dies), ``pid`` (the worker's process id) and ``bad`` (a
+client error from the worker)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ FAMILY = textwrap.dedent('''
             if span == "stuck":
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
                 time.sleep(60)
+            if span == "crash":
+                os._exit(3)
             if span == "bad":
                 raise InvalidGroundTruth("this truth cannot be read")
             if span == "pid":
@@ -94,6 +97,16 @@ def test_the_alarm_keeps_the_worker_and_a_stuck_one_is_killed_and_replaced(tmp_p
         assert worker_pid() != first  # a worker no signal reached was killed and replaced
     finally:
         scorer.close()
+
+
+def test_a_worker_that_dies_under_an_item_costs_that_item_only(pool) -> None:
+    """A crash in the verifier is a response like any other: it scores 0 (timed_out), never a
+    failed request, and the pool serves on with a new worker."""
+    before = pool.timeouts
+    scores = pool.score_blocking(_items(pool.registry, ["fast", "crash", "fast", "x"]))
+    assert [(s.accuracy, s.timed_out) for s in scores] == [(1.0, False), (0.0, True), (1.0, False), (0.0, False)]
+    assert pool.timeouts == before + 1
+    assert pool.score_blocking(_items(pool.registry, ["fast"]))[0].accuracy == 1.0
 
 
 def test_a_client_error_belongs_to_its_item(pool) -> None:

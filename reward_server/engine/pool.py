@@ -16,7 +16,10 @@ Why these choices:
   #65 is Python code and stops at once; the worker stays, warm); the exception is a
   ``BaseException`` so that no ``except Exception`` in a library swallows it. A verification stuck
   where a signal cannot reach it (inside one C call) is caught by pebble's own timeout, which kills
-  the worker and starts another.
+  the worker and starts another. A worker that dies under an item (a crash in the verifier) is
+  treated the same way: a response is model output and always gets a finite score (SPEC §13), so
+  the item scores 0 with ``timed_out`` (its verification did not finish) instead of failing the
+  request.
 * Items travel in chunks (up to ``CHUNK_ITEMS``, spread over the workers), not one task each: a
   pebble task costs about a millisecond of pickling and pipe traffic in the server process, as
   much as a verification. Each item of a chunk has its own deadline; a chunk stops after an item
@@ -191,11 +194,16 @@ class ScorerPool:
             return
 
         def settle(done: Future[list[Score | Exception]]) -> None:
+            from pebble import ProcessExpired
+
             try:
                 scores = done.result()
-            except FutureTimeout:  # stuck where no signal reaches; pebble replaced the worker
+            except (FutureTimeout, ProcessExpired) as exc:  # stuck where no signal reaches, or the
+                # worker died (a crash in the verifier); either way pebble starts another
                 if len(work) == 1:
-                    self._overran(work[0][0], "its worker was killed and replaced")
+                    what = ("its worker was killed and replaced" if isinstance(exc, FutureTimeout)
+                            else f"its worker died ({exc}) and was replaced")
+                    self._overran(work[0][0], what)
                     futures[0].set_result(Score(0.0, timed_out=True))
                 else:  # which one? each again alone
                     for entry, future in zip(work, futures):

@@ -330,7 +330,7 @@ class ServiceMetrics:
             ("task_type",), buckets=GROUP_STD_BUCKETS, registry=r,
         )
         self.timeouts = Counter(
-            "reward_item_timeouts", "Items of a pooled family (math) whose scorer overran its deadline (scored 0).",
+            "reward_item_timeouts", "Items of a pooled family (math) whose scorer overran its deadline or whose worker died (scored 0).",
             ("task_type",), registry=r,
         )
         self.reward_values = RewardValueHistograms(families)
