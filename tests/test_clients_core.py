@@ -65,6 +65,21 @@ def test_options_are_sent(server):
         assert client.score([OPEN], format_weight=0.5).rewards == [pytest.approx(1.5)]
 
 
+def test_profile_and_tiou_penalty_are_sent_and_unset_means_the_servers_default(server):
+    temporal = {"response": "<answer>10 to 20</answer>", "ground_truth": '{"segment": [10, 30], "duration": 100}',
+                "task_type": "temporal_grounding"}
+    with RewardClient(server.url, profile="robust", format_weight=0.0) as client:
+        plain = client.score([temporal])
+        assert plain.profile == "robust"
+        assert plain.results[0]["accuracy"] == pytest.approx(0.5)  # tIoU 10/20, no penalty by default
+        penalised = client.score([temporal], tiou_boundary_penalty=True, profile="mixed-r1")
+    assert penalised.profile == "mixed-r1"
+    assert penalised.results[0]["boundary_penalty"] == pytest.approx(0.9)  # (1 - 0/100) * (1 - 10/100)
+    assert penalised.results[0]["accuracy"] == pytest.approx(0.45)
+    with RewardClient(server.url) as client:
+        assert client.score([temporal]).profile == "mixed-r1"
+
+
 def test_async_scores_exact_values(server):
     async def main():
         async with AsyncRewardClient(server.url, retry=FAST) as client:

@@ -19,16 +19,20 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def without_fences(text: str) -> str:
+    """``text`` without fenced code blocks (whose ``#`` lines are comments, not headings)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+
+
 def prose(text: str) -> str:
     """``text`` without fenced code blocks and inline code, where brackets are not links."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", without_fences(text))
 
 
 def anchors(page: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2 for repeats."""
     seen: dict[str, int] = {}
-    for line in prose(page.read_text()).splitlines():
+    for line in without_fences(page.read_text()).splitlines():  # inline code stays: GitHub keeps its text
         match = re.match(r"#{1,6} (.+)", line)
         if match:
             slug = re.sub(r"[^\w\- ]", "", match[1].strip().lower()).replace(" ", "-")

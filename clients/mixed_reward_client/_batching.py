@@ -90,7 +90,8 @@ class ScoreBatch:
     entry per group: the server's statistics, or for a group split across requests the same
     statistics recomputed here over all its results. ``requests`` says how many HTTP requests it took.
     ``table`` names the table that scored the batch (``name``, ``content_hash``, ...) and ``job`` the
-    training job the service counted it under: what it made of the call's ``model`` and ``job``.
+    training job the service counted it under: what it made of the call's ``model`` and ``job``;
+    ``profile`` the reward profile that scored it.
     """
 
     results: list[dict[str, Any]]
@@ -98,6 +99,7 @@ class ScoreBatch:
     table: dict[str, Any] = field(default_factory=dict)
     requests: int = 0
     job: str | None = None
+    profile: str | None = None
 
     @property
     def rewards(self) -> list[float]:
@@ -124,6 +126,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
     results: list[dict[str, Any] | None] = [None] * count
     table: dict[str, Any] = {}
     job: str | None = None
+    profile: str | None = None
     chunks_of: dict[Any, set[int]] = {}
     for number, (indices, answer) in enumerate(zip(chunks, answers)):
         rows = answer.get("results")
@@ -136,6 +139,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
                 chunks_of.setdefault(_key(row["group_id"]), set()).add(number)
         table = answer.get("table") or table
         job = answer.get("job") or job
+        profile = answer.get("profile") or profile
     split = {key for key, numbers in chunks_of.items() if len(numbers) > 1}
     members: dict[Any, list[float]] = {}
     for row in results:
@@ -152,7 +156,7 @@ def merge(count: int, chunks: list[list[int]], answers: list[dict[str, Any]]) ->
                 done.add(key)
                 groups.append(group_stats(entry["group_id"], members[key]))
     return ScoreBatch(results=[r for r in results if r is not None], groups=groups, table=table,
-                      requests=len(chunks), job=job)
+                      requests=len(chunks), job=job, profile=profile)
 
 
 #: The item fields ``POST /score`` reads (the server's ``RequestItem``), and so the whole wire form of

@@ -11,8 +11,9 @@ come from the environment of the trainer process:
     MIXED_REWARD_MODEL        the service's table (policy) for open-ended items (default: its default)
     MIXED_REWARD_JOB          the training job (the service's fair share and difficulty state)
     MIXED_REWARD_EXPLAIN      1/true: ask for ``parsed`` (what each rule read) on every result
+    MIXED_REWARD_PROFILE      the reward profile (``mixed-r1``, ``robust``; default: the service's)
 
-``model`` and ``job`` belong to a training run, not to a sample: a run sets them once (an argument
+``model``, ``job`` and ``profile`` belong to a training run, not to a sample: a run sets them once (an argument
 or the environment of its trainer processes) and every request of the run carries them.
 """
 
@@ -36,6 +37,7 @@ ENV_DEADLINE = "MIXED_REWARD_DEADLINE"
 ENV_MODEL = "MIXED_REWARD_MODEL"
 ENV_JOB = "MIXED_REWARD_JOB"
 ENV_EXPLAIN = "MIXED_REWARD_EXPLAIN"
+ENV_PROFILE = "MIXED_REWARD_PROFILE"
 TRUE_WORDS = ("1", "true", "yes", "on")
 
 OnFailure = Literal["raise", "zero", "none"]
@@ -54,6 +56,7 @@ class ClientSettings:
     model: str | None = None
     job: str | None = None
     explain: bool = False
+    profile: str | None = None
 
     def client_kwargs(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class ClientSettings:
             "explain": self.explain or None,
             "model": self.model,
             "job": self.job,
+            "profile": self.profile,
         }
 
 
@@ -81,6 +85,7 @@ def resolve(
     model: str | None = None,
     job: str | None = None,
     explain: bool | None = None,
+    profile: str | None = None,
 ) -> ClientSettings:
     raw = urls if urls else os.environ.get(ENV_URL) or os.environ.get("MIXED_REWARD_URLS")
     if not raw:
@@ -100,6 +105,7 @@ def resolve(
         model=_text(model, ENV_MODEL),
         job=_text(job, ENV_JOB),
         explain=bool(explain) if explain is not None else os.environ.get(ENV_EXPLAIN, "").lower() in TRUE_WORDS,
+        profile=_text(profile, ENV_PROFILE),
     )
 
 

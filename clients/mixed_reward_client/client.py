@@ -10,7 +10,8 @@ A call may name the table (policy) that scores its open-ended items (``model``),
 it belongs to (``job``: the service's fair scheduling and per-job difficulty state), its
 ``priority`` and its batch's ``deadline_seconds``: set once on the client, overridden per call.
 ``/score`` gets them as top-level body fields; ``/get_reward``, whose body is OpenRLHF's, as query
-parameters. ``explain=True`` asks for ``parsed`` on every result: what the rule read.
+parameters. ``explain=True`` asks for ``parsed`` on every result: what the rule read; ``profile``
+and ``tiou_boundary_penalty`` choose how items are scored (unset: the server's defaults).
 
 Every POST carries an ``Idempotency-Key`` header: a fresh random key per request (one chunk of a
 split batch), the same on every retry and failover of it. A retry after a lost answer (the server
@@ -137,6 +138,21 @@ def encode_item(item: Mapping[str, Any], label: str) -> tuple[dict[str, Any], by
         raise RewardClientError(f"{label} cannot be sent as JSON: {exc}") from exc
 
 
+def _options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's ``options`` from keyword values, the unset (None) ones left out so that the
+    server's defaults apply."""
+    out: dict[str, Any] = {}
+    if values.get("format_weight") is not None:
+        out["format_weight"] = float(values["format_weight"])
+    for key in ("bmas_reduction", "profile"):
+        if values.get(key) is not None:
+            out[key] = str(values[key])
+    for key in ("explain", "tiou_boundary_penalty"):
+        if values.get(key) is not None:
+            out[key] = bool(values[key])
+    return out
+
+
 class _ClientBase:
     """Configuration shared by the sync and the async client."""
 
@@ -160,18 +176,18 @@ class _ClientBase:
         job: str | None = None,
         priority: int | None = None,
         deadline_seconds: float | None = None,
+        profile: str | None = None,
+        tiou_boundary_penalty: bool | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._endpoints = Endpoints(urls, self.retry.failback_after)
         self.max_batch_items = max_batch_items
         self.max_batch_bytes = max_batch_bytes
-        self.options: dict[str, Any] = {}
-        if format_weight is not None:
-            self.options["format_weight"] = float(format_weight)
-        if bmas_reduction is not None:
-            self.options["bmas_reduction"] = bmas_reduction
-        if explain is not None:
-            self.options["explain"] = bool(explain)
+        #: the body's ``options`` sent with every call unless the call overrides them
+        self.options: dict[str, Any] = _options({
+            "format_weight": format_weight, "bmas_reduction": bmas_reduction, "explain": explain,
+            "profile": profile, "tiou_boundary_penalty": tiou_boundary_penalty,
+        })
         #: model/job/priority/deadline_seconds sent with every call unless the call overrides them
         self.tenancy: dict[str, Any] = tenancy_fields(model, job, priority, deadline_seconds)
         self._read_timeout = float(timeout)
@@ -195,13 +211,7 @@ class _ClientBase:
         """The call's body parts: the client's options and tenancy, with ``overrides`` (one call's
         keyword arguments; None leaves the client's setting) on top."""
         overrides = overrides or {}
-        options = dict(self.options)
-        if overrides.get("format_weight") is not None:
-            options["format_weight"] = float(overrides["format_weight"])
-        if overrides.get("bmas_reduction") is not None:
-            options["bmas_reduction"] = overrides["bmas_reduction"]
-        if overrides.get("explain") is not None:
-            options["explain"] = bool(overrides["explain"])
+        options = {**self.options, **_options(overrides)}
         tenancy = {**self.tenancy, **tenancy_fields(**{k: overrides.get(k) for k in TENANCY_FIELDS})}
         return _Prepared(wire, parts, options, tenancy)
 
@@ -305,6 +315,8 @@ class RewardClient(_ClientBase):
         job: str | None = None,
         priority: int | None = None,
         deadline_seconds: float | None = None,
+        profile: str | None = None,
+        tiou_boundary_penalty: bool | None = None,
     ) -> ScoreBatch:
         """Score items ``{"response", "ground_truth", "task_type", "id"?, "group_id"?, "prompt_id"?}``
         (``prompt_id`` feeds the service's difficulty posterior); one result per item, in order.
@@ -312,13 +324,16 @@ class RewardClient(_ClientBase):
         requests; a request the server refuses as too large (413) is split in two once. The whole
         call, retries included, ends within the retry policy's ``deadline``.
 
-        Each keyword overrides the client's setting for this call (None keeps it): ``explain``
-        adds ``parsed`` to every result; ``model`` names the table, ``job`` the training job;
-        ``priority`` and ``deadline_seconds`` order this job's work on the service. Every request
-        of a split call carries the same ones."""
+        Each keyword overrides the client's setting for this call (None keeps it, and an option
+        set nowhere is the server's default): ``explain`` adds ``parsed`` to every result;
+        ``profile`` picks the reward profile (``mixed-r1``, ``robust``), ``tiou_boundary_penalty``
+        Time-R1's penalty for temporal grounding; ``model`` names the table, ``job`` the training
+        job; ``priority`` and ``deadline_seconds`` order this job's work on the service. Every
+        request of a split call carries the same ones."""
         prepared = self._prepare(items, {
             "format_weight": format_weight, "bmas_reduction": bmas_reduction, "explain": explain, "model": model,
-            "job": job, "priority": priority, "deadline_seconds": deadline_seconds,
+            "job": job, "priority": priority, "deadline_seconds": deadline_seconds, "profile": profile,
+            "tiou_boundary_penalty": tiou_boundary_penalty,
         })
         deadline_at = self.retry.deadline_at()
         pieces: list[Piece] = []
@@ -435,11 +450,14 @@ class AsyncRewardClient(_ClientBase):
         job: str | None = None,
         priority: int | None = None,
         deadline_seconds: float | None = None,
+        profile: str | None = None,
+        tiou_boundary_penalty: bool | None = None,
     ) -> ScoreBatch:
         """See :meth:`RewardClient.score`."""
         return await self._score_prepared(self._prepare(items, {
             "format_weight": format_weight, "bmas_reduction": bmas_reduction, "explain": explain, "model": model,
-            "job": job, "priority": priority, "deadline_seconds": deadline_seconds,
+            "job": job, "priority": priority, "deadline_seconds": deadline_seconds, "profile": profile,
+            "tiou_boundary_penalty": tiou_boundary_penalty,
         }))
 
     async def _score_prepared(self, prepared: _Prepared) -> ScoreBatch:
