@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,53 @@ def test_a_job_token_acts_only_as_its_job(default_table, tmp_path: Path) -> None
         bad = httpx.post(url, json={"items": [item], "job": "no spaces"},
                          headers={"authorization": "Bearer token-of-job-a"}).json()["error"]
         assert bad["type"] == "invalid_request" and bad["details"][0]["field"] == "job"
+
+
+def test_pinned_tables_load_at_start_evicted_ones_stay_listed_and_any_table_reloads(
+    checkpoints: dict[str, Path], default_table,
+) -> None:
+    """--pin loads a table as the service starts and never evicts it; an evicted table keeps its
+    hash, source and bytes in /v1/info; /admin/reload works on a table out of memory (and says
+    what it replaced); a request's table_load_seconds is the load, not the batch wait after it."""
+    flags = [f"a={checkpoints['a']}", f"b={checkpoints['b']}"]
+    with running_server(default_table, table=flags, max_resident_tables=2, pin=["a"], admin_token="adm",
+                        batch_max_wait_ms=1000.0) as server:
+        def tables() -> dict[str, dict[str, Any]]:
+            return {t["name"]: t for t in httpx.get(server.url + "/v1/info").json()["tables"]}
+
+        for _ in range(300):
+            if tables()["a"]["resident"]:
+                break
+            time.sleep(0.1)
+        listed = tables()
+        assert listed["a"]["resident"] and listed["a"]["pinned"] and listed["a"]["loads"] == 1  # before any request
+        default_hash = listed["default"]["content_hash"]
+
+        item = open_items(random.Random(3), 1)[0]
+        answer = httpx.post(server.url + "/score", json={"items": [item], "model": "b"}, timeout=60).json()
+        listed = tables()
+        assert answer["table"]["name"] == "b" and listed["b"]["resident"]
+        assert 0 < answer["timing"]["table_load_seconds"] < 0.8  # the load, not the 1 s batch wait after it
+        assert listed["a"]["resident"]  # pinned: the least recently used *unpinned* table went
+        evicted = listed["default"]
+        assert not evicted["resident"] and evicted["content_hash"] == default_hash
+        assert evicted["bytes"] == 30522 * 384 * 4 and evicted["source"]
+
+        admin = {"authorization": "Bearer adm"}
+        reloaded = httpx.post(server.url + "/admin/reload", json={}, headers=admin, timeout=120)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["previous"]["content_hash"] == default_hash  # as when last in memory
+        assert reloaded.json()["current"]["content_hash"] == default_hash
+        assert tables()["default"]["resident"]
+        again = httpx.post(server.url + "/admin/reload", json={"model": "b", "model_path": str(checkpoints["a"])},
+                           headers=admin, timeout=120).json()
+        assert again["previous"]["content_hash"] == listed["b"]["content_hash"] != again["current"]["content_hash"]
+
+
+def test_more_pins_than_resident_tables_is_a_start_up_error(checkpoints: dict[str, Path], default_table) -> None:
+    from reward_server.errors import UsageError
+
+    flags = [f"a={checkpoints['a']}", f"b={checkpoints['b']}"]
+    with (pytest.raises(UsageError, match=r"--pin names 2 tables \(a, b\) but --max-resident-tables is 1"),
+          running_server(default_table, table=flags, max_resident_tables=1, pin=["a", "b"])):
+        pass

@@ -460,7 +460,7 @@ class Batcher:
         for index, request in enumerate(scoring.batch):
             results, table = scoring.results[index]
             if not request.future.done():
-                load = started - request.load_started if request.load_started is not None else 0.0
+                load = self._waited_for_table(request, started)
                 request.future.set_result(RequestOutcome(
                     results=results, table=table, queue_seconds=started - request.enqueued, batch_items=total,
                     report=scoring.report, table_load_seconds=load,
@@ -470,6 +470,16 @@ class Batcher:
                 self._on_batch(scoring.report, total, elapsed)
             except Exception:  # a metrics bug must not stop the scoring worker
                 log.exception("batch listener failed")
+
+    def _waited_for_table(self, request: _Request, started: float) -> float:
+        """How long ``request`` waited for its table's load: from when it found the table out of
+        memory to when the load finished (not to when its batch started: the coalescing wait
+        after the load is queue time, not load time)."""
+        if request.load_started is None or request.table is None:
+            return 0.0
+        ready_at = self.tables.entries[request.table].ready_at
+        end = started if ready_at is None or ready_at < request.load_started else min(ready_at, started)
+        return max(0.0, end - request.load_started)
 
     def _requeue(self, request: _Request) -> None:
         queue = self._jobs.get(request.job)

@@ -8,8 +8,10 @@ unloads them, and reloads one by name.
 * The unnamed table (``--model-path``, else the embedded default) is ``default``; ``--table
   NAME=PATH`` adds others. A request without ``model`` uses ``default``.
 * At most ``--max-resident-tables`` are in memory. A table loads on first use, off the event loop
-  (a thread); the least recently used unpinned resident table is evicted to make room (``--pin``
-  keeps one). A request for an evicted table waits for its load, and its timing says how long.
+  (a thread); the least recently used unpinned resident table is evicted to make room. ``--pin``
+  keeps a table in memory: pinned tables load as the service starts (in the background) and are
+  never evicted. A request for a table out of memory waits for its load, and its timing says how
+  long.
 * Tables are loaded one at a time: two loads of multi-GB checkpoints side by side would double the
   peak memory and gain nothing on one disk.
 * One memory budget for the kernels, not one per table: the scoring worker runs one table's kernel
@@ -55,22 +57,31 @@ class TableEntry:
     error: str | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # the load in progress
+    #: what the table was when last in memory (source, hash, shape, bytes): kept after an eviction,
+    #: so /v1/info still says what a load would bring back
+    known: dict[str, Any] | None = None
+    ready_at: float | None = None  # time.perf_counter() when its last load finished
 
     @property
     def resident(self) -> bool:
         return self.engine is not None
 
+    def remember(self) -> None:
+        """Record the resident table's facts (called under the registry's lock after a load)."""
+        if self.engine is not None:
+            table = self.engine.table
+            self.known = {**table.info(), "bytes": int(table.weight.numel() * table.weight.element_size()),
+                          "token_weights": "idf" if self.idf_applies else "uniform"}
+
     def info(self) -> dict[str, Any]:
-        """``/v1/info``'s entry: resident or not, source, hash, bytes, pinned, last load."""
+        """``/v1/info``'s entry: resident or not, source, hash, bytes, pinned, last load (an evicted
+        table's facts are those it had when last in memory)."""
         out: dict[str, Any] = {
             "name": self.name, "resident": self.resident, "pinned": self.pinned,
             "path": self.path, "loads": self.loads, "load_seconds": self.load_seconds,
         }
-        if self.engine is not None:
-            table = self.engine.table
-            out.update(table.info())
-            out["bytes"] = int(table.weight.numel() * table.weight.element_size())
-            out["token_weights"] = "idf" if self.idf_applies else "uniform"
+        if self.known is not None:
+            out.update(self.known)
         if self.error:
             out["error"] = self.error
         return out
@@ -113,6 +124,10 @@ class TableRegistry:
         unknown = [name for name in pinned if name != DEFAULT_TABLE and name not in named]
         if unknown:
             raise UsageError(f"--pin {unknown[0]}: no such table (tables: {', '.join([DEFAULT_TABLE, *named])})")
+        if len(set(pinned)) > max_resident:
+            raise UsageError(f"--pin names {len(set(pinned))} tables ({', '.join(dict.fromkeys(pinned))}) but "
+                             f"--max-resident-tables is {max_resident}: pinned tables are never evicted, so at "
+                             "most that many can be pinned")
         self._build = build
         self.device, self.dtype = device, dtype
         self.idf, self.idf_path = idf, idf_path
@@ -124,6 +139,7 @@ class TableRegistry:
         first = self.entries[DEFAULT_TABLE]
         first.engine, first.loads, first.last_used = default, 1, time.monotonic()
         first.idf_applies = default.idf is not None
+        first.remember()
         first.loaded.set()
         self._load_lock = asyncio.Lock()
         self._lock = threading.Lock()  # residency, read by the scoring worker's thread
@@ -185,8 +201,10 @@ class TableRegistry:
                 with self._lock:
                     entry.engine, entry.idf_applies, entry.error = engine, idf_applies, None
                     entry.loads += 1
-                    entry.load_seconds = time.perf_counter() - started
+                    entry.ready_at = time.perf_counter()
+                    entry.load_seconds = entry.ready_at - started
                     entry.last_used = time.monotonic()
+                    entry.remember()
                     evicted = self._evict_beyond_limit(keep=entry.name)
                 if evicted:
                     await asyncio.to_thread(_release_memory)
@@ -197,6 +215,17 @@ class TableRegistry:
             entry.loaded.set()
             if self.on_loaded is not None:
                 self.on_loaded()
+
+    async def load_pinned(self) -> None:
+        """Load every pinned table that is not in memory, one after another (started with the
+        service, in the background): a table pinned because it is in steady use should not make
+        its first request wait for the load."""
+        for entry in self.entries.values():
+            if entry.pinned and not entry.resident:
+                if entry.task is None:
+                    entry.loaded.clear()
+                    entry.task = asyncio.get_running_loop().create_task(self._load(entry))
+                await entry.loaded.wait()
 
     def _build_entry(self, path: str | None, device: str | None, dtype: str | None) -> tuple[RewardEngine, bool]:
         """Load a checkpoint's table and build its engine (a thread): the idf file applies when it was
@@ -231,18 +260,25 @@ class TableRegistry:
 
     # --- reloads and listing ------------------------------------------------------------------
 
-    async def reload(self, name: str, path: str | None, device: str | None, dtype: str | None) -> tuple[dict, dict]:
+    async def reload(
+        self, name: str, path: str | None, device: str | None, dtype: str | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Load ``path`` as table ``name`` (off the event loop) and swap it in: the batch in flight
-        finishes on the old table, every later batch uses the new one, the old one is freed."""
+        finishes on the old table, every later batch uses the new one, the old one is freed.
+        Returns (the table it replaces, as when last in memory, or None if it never was; the new one)."""
         entry = self.resolve(name)
         async with self._load_lock:
-            old = entry.engine.table.info() if entry.engine is not None else {"name": name, "resident": False}
+            old = entry.engine.table.info() if entry.engine is not None else _table_fields(entry.known)
+            started = time.perf_counter()
             engine, idf_applies = await asyncio.to_thread(self._build_entry, path, device, dtype)
             with self._lock:
                 self._retire(entry.engine)
                 entry.path, entry.engine, entry.idf_applies, entry.error = path, engine, idf_applies, None
                 entry.loads += 1
+                entry.ready_at = time.perf_counter()
+                entry.load_seconds = entry.ready_at - started
                 entry.last_used = time.monotonic()
+                entry.remember()
                 evicted = self._evict_beyond_limit(keep=entry.name)
             entry.loaded.set()
         await asyncio.to_thread(_release_memory)
@@ -255,6 +291,13 @@ class TableRegistry:
 
     def info(self) -> list[dict[str, Any]]:
         return [entry.info() for entry in self.entries.values()]
+
+
+def _table_fields(known: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The table facts of a remembered entry (what ``EmbeddingTable.info`` gives), or None."""
+    if known is None:
+        return None
+    return {key: value for key, value in known.items() if key not in ("bytes", "token_weights")}
 
 
 def _release_memory() -> None:

@@ -36,8 +36,9 @@ class Settings(BaseSettings):
         "one is evicted to load another.",
     )
     pin: list[str] = Field(
-        default_factory=list, description="A table name that is never evicted (repeat for several); 'default' "
-        "is the unnamed table.",
+        default_factory=list, description="A table name kept in memory: loaded as the service starts (in the "
+        "background) and never evicted (repeat for several; at most --max-resident-tables); 'default' is the "
+        "unnamed table.",
     )
     device: str | None = Field(None, description="torch device: cuda, cuda:1, cpu. Unset: cuda if available.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(

@@ -151,7 +151,7 @@ class ServiceHooks:
 
 async def swap_table(
     state: ServiceState, model_path: str | None, device: str | None, dtype: str | None, name: str = DEFAULT_TABLE,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Load a table and swap it in as ``name`` under the reload lock: the batch in flight finishes
     on the old table, every later batch uses the new one, the old one is freed. Returns (previous
     info, current info); raises :class:`InvalidTable` naming ``model_path`` when it cannot be used."""
@@ -162,7 +162,7 @@ async def swap_table(
             raise InvalidTable.for_field("model_path", str(exc), prefix=False) from exc
         gc.unfreeze()  # let the old table's objects be collected, then freeze the new set
         _freeze_heap()
-        log.info("table %s reloaded: %s -> %s", name, old.get("content_hash"), current["content_hash"])
+        log.info("table %s reloaded: %s -> %s", name, (old or {}).get("content_hash"), current["content_hash"])
         return old, current
 
 
@@ -181,7 +181,9 @@ class ReloadRequest(BaseModel):
 class ReloadResponse(BaseModel):
     model_config = ConfigDict(extra="allow")  # Ray mode adds "replicas": which replica serves which table
 
-    previous: TableInfo
+    previous: TableInfo | None = Field(
+        description="The table replaced, as it was when last in memory; null: it had never been loaded."
+    )
     current: TableInfo
 
 
@@ -239,6 +241,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.batcher.start()
+        preload = asyncio.create_task(tables.load_pinned())  # in the background: rule items need no table
         refresher = asyncio.create_task(difficulty.refresh_metrics(app))
         _freeze_heap()
         state.ready = True
@@ -248,6 +251,7 @@ def create_app(
             state.ready = False
             await state.batcher.stop()
             await asyncio.to_thread(pool.close)
+            preload.cancel()
             refresher.cancel()
             if app.state.difficulty is not None:
                 await app.state.difficulty.close()  # commits what is queued
