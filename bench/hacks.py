@@ -131,6 +131,7 @@ TIOU_HACKS = {
     "tIoU: the middle half 'D/4 to 3D/4'": lambda t, c, w: f"{t['duration'] / 4} to {3 * t['duration'] / 4}",
     "tIoU: one-second segments over the video": lambda t, c, w: ", ".join(
         f"{i} to {i + 1}" for i in range(int(t["duration"]))),
+    "tIoU: the right segment, then a wrong one": lambda t, c, w: f"{c} or {w}",
 }
 ANLS = [("Paris", "Paris", "London"), ('["12.50", "$12.50"]', "$12.50", "15.00"), ("STOP", "stop", "yield"),
         ('["Main Street", "Main St."]', "main st.", "Oak Avenue"), ("ACME Corporation", "Acme Corporation", "Globex Inc."),
@@ -157,6 +158,7 @@ POINT_HACKS = {
     "point: the image centre": lambda t, c, w: "(500, 500)",
     "point: a grid of 100 points": lambda t, c, w: ", ".join(
         f"({x}, {y})" for x in range(50, 1000, 100) for y in range(50, 1000, 100)),
+    "point: the right click, then a wrong one": lambda t, c, w: f"{c} or {w}",
 }
 DETECTION = [([{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}],
               '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [20, 20, 30, 30], "label": "cat"}]',

@@ -59,7 +59,10 @@ def test_no_point(span: str) -> None:
         ("(15, 25)", "[30, 40, 10, 20]", 1.0),  # truth corners re-ordered
         ("(5, 5)", "[10, 20, 30, 40]", 0.0),
         ("(55, 55)", "[[10, 20, 30, 40], [50, 50, 60, 60]]", 1.0),  # any acceptable box
-        ("(5, 5) or (15, 25)", "[10, 20, 30, 40]", 0.0),  # only the first point counts
+        ("(5, 5) or (15, 25)", "[10, 20, 30, 40]", 0.0),  # several different points: a hedge
+        ("(15, 25) or (5, 5)", "[10, 20, 30, 40]", 0.0),  # ... whichever comes first
+        ("(15, 25), i.e. x=15, y=25", "[10, 20, 30, 40]", 1.0),  # the same point twice: one answer
+        ("[12, 22, 28, 38] [0, 0, 1000, 1000]", "[10, 20, 30, 40]", 0.0),  # boxes with different centres
         ("[0, 0, 1000, 1000]", "[10, 20, 30, 40]", 0.0),  # a box covering the image: its centre
         ("[12, 22, 28, 38]", "[10, 20, 30, 40]", 1.0),  # a box on the target: its centre
         ("no idea", "[10, 20, 30, 40]", 0.0),

@@ -101,8 +101,10 @@ ONE = "[10, 20]"
         ("30 to 40", 0.0),
         ("20 to 30", 0.0),  # touching: no overlap
         ("12 to 12", 0.0),  # zero length: 0 (never a division by zero)
-        ("30 to 40, 10 to 20", 0.0),  # only the first segment counts
-        ("10 to 20, 30 to 40", 1.0),
+        ("30 to 40, 10 to 20", 0.0),  # several different segments: a hedge
+        ("10 to 20, 30 to 40", 0.0),  # ... whichever comes first
+        ("10 to 20 or 30 to 40", 0.0),
+        ("00:10 to 00:20 (10 to 20 seconds)", 1.0),  # the same segment twice: one answer
         ("1:75 to 2:00, 10 to 20", 0.0),  # a broken first segment is still the first
         ("", 0.0),
         ("nothing", 0.0),

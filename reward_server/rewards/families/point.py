@@ -2,10 +2,11 @@
 
 GUI agents and pointing models write a click in many dialects: ``(x, y)``, ``[x, y]``,
 ``<point>x, y</point>``, ``{"point_2d": [x, y]}``, ``x=…, y=…`` (Molmo's ``<point x="…" y="…">``
-too). The earliest one in the span is the prediction: like grounding's first box, counting only
-the first makes a list of guesses worth exactly its first guess, so spraying points earns nothing.
-A span holding no point but a box ``[x1, y1, x2, y2]`` is read as the box's centre (models trained
-on grounding answer with a box). Coordinates are compared as given: no rescaling (SPEC §5).
+too). The first one in the span is the prediction. A span naming several *different* points hedges
+between clicks and scores 0 (SPEC §13: a hedge scores 0 in every family; a GUI agent clicks once),
+and the same point written twice is one answer. A span holding no point but a box ``[x1, y1, x2,
+y2]`` is read as the box's centre (models trained on grounding answer with a box); boxes with
+different centres are a hedge too. Coordinates are compared as given: no rescaling (SPEC §5).
 """
 
 from __future__ import annotations
@@ -39,22 +40,33 @@ class Point:
     y: float
 
 
-def first_point(text: str) -> Point | None:
-    """The earliest point written in ``text``; else the centre of its first box; else None.
+MAX_POINTS = 256  # points read from one span; a hedge shows within the first two different ones
 
-    A point with a non-finite coordinate (``1e999``) is no point."""
-    for match in _POINT.finditer(text):
+
+def points_of(text: str) -> list[Point]:
+    """The distinct points written in ``text``, in order (the first ``MAX_POINTS``); with none,
+    the distinct centres of its boxes. A point with a non-finite coordinate (``1e999``) is no point."""
+    points: dict[Point, None] = {}
+    for count, match in enumerate(_POINT.finditer(text)):
+        if count >= MAX_POINTS:
+            break
         x, y = (value for value in match.groups() if value is not None)
         point = Point(float(x), float(y))
         if math.isfinite(point.x) and math.isfinite(point.y):
-            return point
-    boxes = parse_shapes(text, limit=1)
-    if boxes and isinstance(boxes[0], Box):
-        box = boxes[0]
-        centre = Point((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
-        if math.isfinite(centre.x) and math.isfinite(centre.y):
-            return centre
-    return None
+            points[point] = None
+    if not points:
+        for shape in parse_shapes(text, limit=MAX_POINTS):
+            if isinstance(shape, Box):
+                centre = Point((shape.x1 + shape.x2) / 2, (shape.y1 + shape.y2) / 2)
+                if math.isfinite(centre.x) and math.isfinite(centre.y):
+                    points[centre] = None
+    return list(points)
+
+
+def first_point(text: str) -> Point | None:
+    """The first point written in ``text`` (else the centre of its first box), or None."""
+    points = points_of(text)
+    return points[0] if points else None
 
 
 def inside(point: Point, box: Box) -> bool:
@@ -84,12 +96,15 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
 class PointInBox(RewardFamily):
     name = "point"
     aliases = ("click", "pointing", "gui_click")
-    summary = "point in box: the answer's first point lies inside a truth box (edges included)"
+    summary = "point in box: the answer's point lies inside a truth box (edges included); several points: 0"
 
     def parse_truth(self, text: str) -> tuple[Box, ...]:
         return parse_boxes(text)
 
     def score(self, span: str, truth: tuple[Box, ...], options: ResolvedOptions) -> Score:
-        point = first_point(span)
+        points = points_of(span)
+        if len(points) > 1:  # several different clicks: a hedge
+            return Score(0.0, parsed=[[point.x, point.y] for point in points])
+        point = points[0] if points else None
         hit = point is not None and any(inside(point, box) for box in truth)
         return Score(1.0 if hit else 0.0, parsed=[point.x, point.y] if point is not None else None)

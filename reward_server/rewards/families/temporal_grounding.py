@@ -6,8 +6,10 @@ Video grounding models write a segment in many ways: ``12.5 to 17.3``, ``from 12
 ``(\\d+\\.?\\d*) (to|and) (\\d+\\.?\\d*)`` needs exactly one space on each side of ``to``). A reversed
 pair is re-ordered; a zero-length predicted segment scores 0.
 
-One truth segment: the *first* predicted segment's tIoU (the best of several would reward spraying
-segments). Several: every predicted segment counts, and the score is the IoU of the two unions
+One truth segment: the predicted segment's tIoU. A span that names several *different* segments
+hedges between answers and scores 0 (SPEC §13: a hedge scores 0 in every family; the best of
+several would reward spraying segments, and even the first of several would pay a list); the same
+segment written twice (``00:10 to 00:20 (10 to 20 s)``) is one answer. Several truth segments: every predicted segment counts, and the score is the IoU of the two unions
 (overlap of the unions over the length they cover together), so both a missed moment and an extra
 one cost. The truth always has positive length, so no union is ever 0 (a peer's ``iou`` is unbound
 there).
@@ -281,7 +283,7 @@ def boundary_penalty(predictions: list[Segment], truths: tuple[Segment, ...], du
 class TemporalGrounding(RewardFamily):
     name = "temporal_grounding"
     aliases = ("tiou", "tvg", "video_grounding", "moment")
-    summary = "tIoU of time segments (first segment; IoU of the unions for several truth segments)"
+    summary = "tIoU of time segments (several different ones against one truth: 0; IoU of the unions for several truth segments)"
     binary = False
     sub_scores = (TIOU, PENALTY)
 
@@ -296,10 +298,13 @@ class TemporalGrounding(RewardFamily):
             )
 
     def score(self, span: str, truth: TemporalTruth, options: ResolvedOptions) -> Score:
+        hedge = False
         if len(truth.segments) == 1:
-            read = predicted_segments(span, limit=1)
-            predictions = [s for s in read if s is not None]  # the first, when it is usable
-            value = tiou(predictions[0], truth.segments[0]) if predictions else 0.0
+            read = predicted_segments(span, limit=MAX_PREDICTED_SEGMENTS)
+            first = read[0] if read else None  # a broken first segment is still the answer: 0
+            hedge = any(other != first for other in read[1:])  # several different segments
+            predictions = [first] if first is not None else []
+            value = tiou(first, truth.segments[0]) if first is not None and not hedge else 0.0
         else:
             predictions = [s for s in predicted_segments(span, limit=MAX_PREDICTED_SEGMENTS) if s is not None]
             value = union_iou(predictions, truth.segments)
@@ -310,4 +315,6 @@ class TemporalGrounding(RewardFamily):
         if options.tiou_boundary_penalty and truth.duration is not None:
             penalty = boundary_penalty(predictions, truth.segments, truth.duration) if predictions else 0.0
         parsed = [[s.start, s.end] for s in predictions] or None
+        if hedge:
+            parsed = [[s.start, s.end] if s is not None else None for s in dict.fromkeys(read)]
         return Score(value * penalty, parsed=parsed, sub_scores={TIOU: value, PENALTY: penalty})
