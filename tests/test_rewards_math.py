@@ -6,11 +6,13 @@ in-process; the server tests send real requests, which the service scores in its
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
-from serving import running_server
+from serving import running_server, server_process
 
 from reward_server.rewards.errors import InvalidGroundTruth
 from reward_server.rewards.families import math as math_family
@@ -194,6 +196,25 @@ def test_missing_extra_is_a_422_naming_the_pip_install(server, monkeypatch: pyte
     error = r.json()["error"]
     assert error["type"] == "missing_extra"
     assert 'pip install "mixed-reward[math]"' in error["message"] and "math_verify" in error["message"]
+
+
+def test_an_extra_that_is_installed_but_cannot_be_imported_is_a_422_saying_why(tmp_path: Path) -> None:
+    """math-verify present but broken (say, an antlr4 runtime of another version): the server only
+    checks that the modules exist, the worker's import fails, and the item is a 422 missing_extra
+    with the import error, never a 500."""
+    broken = tmp_path / "site" / "math_verify"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("antlr4 runtime 4.13 does not match 4.9.3")\n')
+    path = os.pathsep.join(filter(None, [str(broken.parent), os.environ.get("PYTHONPATH")]))
+    with server_process("--device", "cpu", env={"PYTHONPATH": path}) as server:
+        items = [{"response": "<answer>\\boxed{7}</answer>", "ground_truth": "7", "task_type": "math"},
+                 {"response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no"}]
+        r = httpx.post(server.url + "/score", json={"items": items}, timeout=120)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "missing_extra"
+    assert "installed but cannot be imported (ImportError: antlr4 runtime 4.13 does not match 4.9.3)" in error["message"]
+    assert 'pip install "mixed-reward[math]"' in error["message"]
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ def score(span: str, truth: str) -> float:
         ("Paris.", '["Paris", "Paris, France"]', 1 - 1 / 6),
         ("paris france", '["Paris", "Paris, France"]', 1 - 1 / 13),  # the best of the answers
         ("12.50", '"12.50"', 1.0),  # a JSON string is unwrapped once
+        ('"quoted"', '"quoted"', 1.0),  # ... and is also the text as written, quotes included
         ("2019", "2019", 1.0),
     ],
 )
@@ -60,7 +61,7 @@ def test_normalise_is_the_docvqa_one() -> None:
     [
         ("Paris", ("paris",)),
         ('["Paris", "PARIS ", "paris, france"]', ("paris", "paris, france")),  # folded, de-duplicated
-        ('"Paris"', ("paris",)),
+        ('"Paris"', ("paris", '"paris"')),  # JSON-encoded, or a sign that reads "Paris" with its quotes
         ("[Not a JSON list", ("[not a json list",)),
         ("42", ("42",)),  # a JSON number is read as written
     ],

@@ -329,8 +329,9 @@ def _describe_result(result: Any) -> str:
     lines = [head]
     if result.rejected:
         lines.append(f"skipped {result.rejected:,} bad rows -> {result.rejected_path}")
+    width = max((len(task) for task in result.by_task), default=0)
     for task, t in result.by_task.items():
-        lines.append(f"  {task:<11} {t['items']:>9,} responses  mean reward {t['mean_reward']:.4f}")
+        lines.append(f"  {task:<{width}} {t['items']:>9,} responses  mean reward {t['mean_reward']:.4f}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ The rule, per group (a row holding a list of responses, or the rows sharing a gr
   ``max(reward) - min(reward) <= tolerance`` (default: the service's ``zero_variance_tolerance``,
   1e-6). Dropped with the reason ``all_correct`` / ``all_wrong`` (every accuracy 1 / 0) or
   ``all_equal`` (otherwise, e.g. equal IoUs or identical captions).
-* continuous task types (``grounding``, ``open_ended``) are also dropped when the group's sample
+* continuous task types (every non-binary family of the registry: ``grounding``, ``open_ended``,
+  ``temporal_grounding``, ``ocr``, a plug-in's) are also dropped when the group's sample
   std (n-1) is ``<= min_std`` (default 0.01, reason ``low_std``): rewards that differ in the third
   decimal give GRPO noise, not signal. Binary task types use the zero-variance rule only.
 * a group of one response (``single_response``) carries no signal either and is dropped.

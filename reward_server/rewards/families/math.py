@@ -95,10 +95,19 @@ class _DropDisabledTimeoutWarning(logging.Filter):
 @functools.cache
 def _math_verify() -> Any:
     """math_verify, imported on first use in a worker (a server that scores no math never loads
-    sympy), its timeout warning filtered."""
-    import math_verify
-    import math_verify.grader
-    import math_verify.parser
+    sympy), its timeout warning filtered. Installed but broken (an antlr4 runtime of another
+    version, a half-installed dependency): the item is a 422 ``missing_extra`` saying why, not a
+    server error (``parse_truth`` only checks that the modules exist: importing them there would
+    load sympy into the server)."""
+    try:
+        import math_verify
+        import math_verify.grader
+        import math_verify.parser
+    except Exception as exc:  # noqa: BLE001 - any import failure means the extra is unusable
+        raise MissingExtra(
+            f"task type math needs the optional extra [math], which is installed but cannot be imported "
+            f"({type(exc).__name__}: {exc}): {INSTALL_HINT}"
+        ) from None
 
     for name in ("math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_DropDisabledTimeoutWarning())

@@ -48,13 +48,15 @@ def parse_answers(text: str) -> tuple[str, ...]:
     """The acceptable answers: a JSON list of strings, a JSON string, else the text itself.
 
     A list is how DocVQA and TextVQA ship their several annotators' answers; each must be a
-    non-empty string (an empty answer would pay an empty response)."""
+    non-empty string (an empty answer would pay an empty response). A JSON string is also the text
+    as written: ``"STOP"`` may be a JSON-encoded STOP or a sign that reads "STOP" with its quotes,
+    and either reading of the truth is a correct answer."""
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
         value = text
     if isinstance(value, str):
-        values: list[object] = [value]
+        values: list[object] = [value] if value == text else [value, text]
     elif isinstance(value, list):
         values = value
     else:
