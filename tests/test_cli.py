@@ -21,6 +21,9 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.Po
 def test_bad_settings_and_a_busy_port_are_one_line_and_an_exit_code(tmp_path) -> None:
     rollouts = tmp_path / "in.jsonl"
     rollouts.write_text('{"response": "yes", "ground_truth": "yes", "task_type": "yes_no"}\n')
+    not_a_db = tmp_path / "state.db"
+    not_a_db.write_text("these bytes are not SQLite\n")
+    under_a_file = tmp_path / "in.jsonl" / "out.jsonl"  # a path whose "directory" is a file
     taken = socket.create_server(("127.0.0.1", 0))
     port = taken.getsockname()[1]
     cases = {
@@ -37,6 +40,13 @@ def test_bad_settings_and_a_busy_port_are_one_line_and_an_exit_code(tmp_path) ->
                            "invalid setting format_weight (--format-weight / REWARD_FORMAT_WEIGHT) = 'heavy'"),
         "busy port": (["serve", "--host", "127.0.0.1", "--port", str(port)], None, EXIT_ADDRESS_IN_USE,
                       f"127.0.0.1:{port} is already in use by another process"),
+        "state not a database": (["serve", "--log-level", "warning", "--port", "0", "--state-path", str(not_a_db)],
+                                 None, EXIT_USAGE,
+                                 f"--state-path {not_a_db}: cannot use it as the state store (file is not a database)"),
+        "state in no directory": (["serve", "--log-level", "warning", "--port", "0", "--state-path", str(under_a_file)],
+                                  None, EXIT_USAGE, f"--state-path {under_a_file}: cannot use it as the state store"),
+        "output in no directory": (["score", str(rollouts), str(under_a_file)], None, EXIT_USAGE,
+                                   f"{under_a_file}: cannot write the output there ({rollouts} is not a directory)"),
     }
     runs = {name: run_cli(args, env) for name, (args, env, _, _) in cases.items()}
     try:

@@ -13,6 +13,7 @@ CUDA variants (skipped without a GPU) run the table in bf16 with a bf16-aware to
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -23,9 +24,31 @@ from reward_server.engine.bmas import (
     GroupInput,
     bmas_reference,
     prepare_truth,
-    score_groups,
     weighted_reference,
 )
+
+
+def score_groups(
+    weight: torch.Tensor,
+    nonzero_rows: torch.Tensor,
+    groups: Sequence[GroupInput],
+    *,
+    budget_bytes: int = 256 << 20,
+    chunk_bytes: int | None = None,
+    token_weights: torch.Tensor | None = None,
+    slices: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward terms (float32) of every response of ``groups``, in order, from a
+    kernel built for this call (the engine keeps one kernel per table)."""
+    kernel = BmasKernel(weight, nonzero_rows, token_weights, budget_bytes=budget_bytes,
+                        chunk_bytes=chunk_bytes, slices=slices)
+    ids = np.concatenate([np.asarray(g.response_ids, dtype=np.int64) for g in groups]) if groups else np.zeros(0)
+    lengths = (np.concatenate([np.asarray(g.response_lengths, dtype=np.int64) for g in groups])
+               if groups else np.zeros(0, dtype=np.int64))
+    batch = kernel.prepare(ids, lengths, [len(g.response_lengths) for g in groups], [g.truth for g in groups],
+                           [g.weighted for g in groups])
+    return kernel.run(batch)
+
 
 VOCAB, DIM = 300, 16
 BUDGETS = [256 << 20, 8 << 10, 1 << 10, 64]

@@ -261,11 +261,15 @@ def test_open_ended_scores_fit_dynamic_filtering_range(server):
 def test_a_bad_query_option_is_an_invalid_request_naming_it(server) -> None:
     """An option in the URL is the request's, not an item's: ``invalid_request`` naming the option."""
     body = {"query": ["Is it? yes"], "prompts": ["Is it?"], "labels": [{"ground_truth": "yes", "task_type": "yes_no"}]}
+    unlabelled = {"query": ["Is it? yes"], "prompts": ["Is it?"], "labels": ["B"]}  # items that fail too
     for query, field in (("format_weight=heavy", "format_weight"), ("bmas_reduction=median", "bmas_reduction"),
-                         ("profile=fast", "options.profile"), ("task_type=yesno", "task_type")):
-        error = httpx.post(f"{server.url}/get_reward?{query}", json=body).json()["error"]
-        assert error["type"] == "invalid_request", (query, error)
-        assert error["details"][0]["field"] == field, (query, error)
+                         ("profile=fast", "profile"), ("task_type=yesno", "task_type")):
+        for payload in (body, unlabelled):  # the option is named first, whatever the items say
+            error = httpx.post(f"{server.url}/get_reward?{query}", json=payload).json()["error"]
+            assert error["type"] == "invalid_request", (query, error)
+            assert error["details"][0]["field"] == field, (query, error)
+    error = httpx.post(f"{server.url}/get_reward?profile=fast", json=body).json()["error"]
+    assert "unknown profile 'fast'; valid profiles: mixed-r1, robust" in error["message"]
 
 
 FAMILIES = [  # the new families' labels as OpenRLHF's label column holds them: JSON text

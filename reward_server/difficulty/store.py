@@ -58,7 +58,7 @@ from typing import Any, Literal
 from reward_server.difficulty import posterior
 from reward_server.difficulty.posterior import DecayParams, PromptState
 from reward_server.difficulty.sampler import thompson_select
-from reward_server.errors import StateUnavailable, UnknownPool
+from reward_server.errors import StateUnavailable, UnknownPool, UsageError
 
 log = logging.getLogger("reward_server.difficulty")
 
@@ -108,8 +108,9 @@ class StoreClosed(StateUnavailable):
     """The store was closed; no further updates are accepted."""
 
 
-class NewerSchema(RuntimeError):
-    """The state file was written by a newer version of the service; this one will not guess."""
+class NewerSchema(UsageError):
+    """The state file was written by a newer version of the service; this one will not guess
+    (a start-up error naming the file: exit 2)."""
 
 
 @dataclass(frozen=True)

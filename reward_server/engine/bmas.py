@@ -654,31 +654,7 @@ def _to_host(tensor: torch.Tensor) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def score_groups(
-    weight: torch.Tensor,
-    nonzero_rows: torch.Tensor,
-    groups: Sequence[GroupInput],
-    *,
-    budget_bytes: int = 256 << 20,
-    chunk_bytes: int | None = None,
-    token_weights: torch.Tensor | None = None,
-    slices: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and backward terms (float32) of every response of ``groups``, in order.
-
-    A convenience over :class:`BmasKernel` for tests and tools; the engine keeps one kernel.
-    """
-    kernel = BmasKernel(weight, nonzero_rows, token_weights, budget_bytes=budget_bytes,
-                        chunk_bytes=chunk_bytes, slices=slices)
-    ids = np.concatenate([np.asarray(g.response_ids, dtype=np.int64) for g in groups]) if groups else np.zeros(0)
-    lengths = (np.concatenate([np.asarray(g.response_lengths, dtype=np.int64) for g in groups])
-               if groups else np.zeros(0, dtype=np.int64))
-    batch = kernel.prepare(ids, lengths, [len(g.response_lengths) for g in groups], [g.truth for g in groups],
-                           [g.weighted for g in groups])
-    return kernel.run(batch)
-
-
 __all__ = [
     "FLOAT_BYTES", "BmasKernel", "FlatBatch", "GroupInput", "TruthState", "bmas_reference", "prepare_truth",
-    "score_groups", "weighted_reference",
+    "weighted_reference",
 ]

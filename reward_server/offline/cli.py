@@ -19,7 +19,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from reward_server.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RewardServerError
+from reward_server.errors import (
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RewardServerError,
+    UsageError,
+)
 from reward_server.offline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_STD
 from reward_server.rewards.profiles import PROFILE_NAMES
 
@@ -351,19 +358,16 @@ def filter_command(args: argparse.Namespace) -> int:
     """``filter`` holds ``OUT``'s lock from its first check to its last write: two runs on one output
     would otherwise both pass the "OUT exists" check, and the loser would crash on the winner's file
     (its scoring step into ``OUT.scored.jsonl`` takes that file's own lock, as ``score`` does)."""
-    from reward_server.offline.sink import OutputBusy, output_lock
+    from reward_server.offline.sink import output_lock
 
     if not _check_input(args.input):
         return EXIT_USAGE
     with ExitStack() as held:
         try:
             held.enter_context(output_lock(args.output, "filter"))
-        except OutputBusy as exc:
+        except UsageError as exc:  # another run holds it (OutputBusy), or it cannot be written there
             _err(str(exc))
             return EXIT_USAGE
-        except OSError as exc:  # the lock file cannot be created: an unwritable directory, as for score
-            _err(str(exc))
-            return EXIT_DATA
         return _filter_locked(args)
 
 

@@ -51,6 +51,10 @@ class OutputBusy(UsageError):
     """Another live process is writing the same ``OUT`` (it holds ``OUT.lock``)."""
 
 
+class OutputUnusable(UsageError):
+    """``OUT`` cannot be written where it is asked for (its directory cannot be made, read-only)."""
+
+
 def sidecar(out: Path, suffix: str) -> Path:
     """``scored.jsonl`` + ``.meta.json`` -> ``scored.jsonl.meta.json`` (names stay greppable)."""
     return out.with_name(out.name + suffix)
@@ -136,9 +140,14 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
     none) and starts over, so two runs can never hold "the" lock through two different files.
     """
     path = sidecar(out, ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:  # no such directory and none can be made, read-only, not a directory
+            reason = (f"{exc.filename} is not a directory" if isinstance(exc, FileExistsError)
+                      else f"{exc.strerror or exc}: {exc.filename or path.parent}")
+            raise OutputUnusable(f"{out}: cannot write the output there ({reason})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -355,6 +364,7 @@ __all__ = [
     "Checkpoint",
     "OutputBusy",
     "OutputExists",
+    "OutputUnusable",
     "ResumableSink",
     "ResumeRefused",
     "atomic_output",

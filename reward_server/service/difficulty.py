@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Annotated, Any
 
@@ -52,6 +53,7 @@ from reward_server.errors import (
     Unauthorized,
     UnknownPool,
     UnknownPrompt,
+    UsageError,
 )
 from reward_server.items.models import PromptId
 from reward_server.items.settings import Settings
@@ -118,7 +120,11 @@ def open_backend(settings: Settings) -> DifficultyBackend | None:
         )
         return RayBackend(actor)
     if settings.state_path:
-        return LocalBackend(DifficultyStore(settings.state_path, decay_params(settings), settings.state_synchronous))
+        try:
+            store = DifficultyStore(settings.state_path, decay_params(settings), settings.state_synchronous)
+        except (sqlite3.Error, OSError, RuntimeError) as exc:  # not a database, no such directory, ...
+            raise UsageError(f"--state-path {settings.state_path}: cannot use it as the state store ({exc})") from None
+        return LocalBackend(store)
     return None
 
 

@@ -47,6 +47,7 @@ from reward_server.difficulty.ids import prompt_id_problem
 from reward_server.errors import InvalidItem, InvalidRequest, ItemFieldError, RewardServerError, summarise
 from reward_server.items.json_values import loads_lenient
 from reward_server.items.models import RequestItem, RequestOptions
+from reward_server.items.validation import resolve_profile
 from reward_server.rewards.scoring import PreparedItem
 from reward_server.service.json_body import read_json_body
 from reward_server.service.openapi import SCORING_ERRORS, error_responses, route_doc
@@ -252,10 +253,13 @@ def request_options(
         except ValueError:
             raise InvalidRequest.for_field("format_weight", f"must be a number, got {text[:64]!r}") from None
     try:
-        return RequestOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
+        options = RequestOptions.model_validate({k: v for k, v in options_in.items() if v is not None})
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0]) if exc.errors() else "options"
         raise InvalidRequest.for_field(field, str(exc.errors()[0]["msg"])) from exc
+    if options.profile is not None:  # named as the URL and the body name it, before any item is read
+        resolve_profile(options.profile, request.app.state.service.settings, field="profile")
+    return options
 
 
 @router.post(
@@ -268,6 +272,7 @@ async def get_reward(request: Request) -> JSONResponse:
     body = await read_json_body(
         request, GetRewardRequest, count=("query", request.app.state.service.settings.max_items_per_request)
     )
+    options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)  # a bad one first
     count = len(body.query)
     errors: list[dict[str, Any]] = []
     for name, values in (("prompts", body.prompts), ("labels", body.labels)):
@@ -317,7 +322,6 @@ async def get_reward(request: Request) -> JSONResponse:
     if errors:
         raise reject(errors)
 
-    options = request_options(request, body.format_weight, body.bmas_reduction, body.profile)
     try:
         scored = await request.app.state.scoring.score(items, options, tenancy_of(request, principal))
     except RewardServerError as exc:

@@ -125,6 +125,7 @@ async def slime_reward(request: Request) -> JSONResponse:
     samples, grouped = await asyncio.to_thread(_samples, raw) if len(raw) > OFFLOAD_BYTES else _samples(raw)
     url_task = checked_task_type(request, request.query_params.get("task_type"))
     eos = eos_list(request)
+    options = request_options(request)  # a bad ?profile= or ?format_weight= first, named as in the URL
     items: list[RequestItem] = []
     errors: list[dict[str, Any]] = []
     for index, sample in enumerate(samples):
@@ -148,7 +149,6 @@ async def slime_reward(request: Request) -> JSONResponse:
             errors = [{**e, "item": None} for e in errors]
         raise reject(errors)
 
-    options = request_options(request)
     try:
         scored = await request.app.state.scoring.score(items, options, tenancy_of(request, principal))
     except RewardServerError as exc:
