@@ -212,3 +212,24 @@ def test_more_pins_than_resident_tables_is_a_start_up_error(checkpoints: dict[st
     with (pytest.raises(UsageError, match=r"--pin names 2 tables \(a, b\) but --max-resident-tables is 1"),
           running_server(default_table, table=flags, max_resident_tables=1, pin=["a", "b"])):
         pass
+
+
+def test_the_job_label_is_bounded_and_the_rest_count_as_other(default_table) -> None:
+    """--max-job-labels 2: `default` and the first job seen keep their own series; every later job
+    is counted, under `other`, so a client inventing job names cannot grow the metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    item = {"response": "<answer>yes</answer>", "ground_truth": "yes", "task_type": "yes_no"}
+    with running_server(default_table, max_job_labels=2) as server:
+        for job, count in (("j1", 1), ("j2", 2), ("j3", 3), ("j1", 4)):
+            assert httpx.post(server.url + "/score", json={"items": [item] * count, "job": job}).status_code == 200
+        text = httpx.get(server.url + "/metrics").text
+    scored: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "reward_items":
+            for sample in family.samples:
+                if sample.name == "reward_items_total" and sample.labels["outcome"] == "scored":
+                    job = sample.labels["job"]
+                    scored[job] = scored.get(job, 0.0) + sample.value
+    assert {job: value for job, value in scored.items() if value} == {"j1": 5.0, "other": 5.0}
+    assert set(scored) <= {"default", "j1", "other"}
