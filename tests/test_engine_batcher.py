@@ -75,3 +75,26 @@ def test_a_device_error_stops_scoring_and_says_so(default_table) -> None:
     assert isinstance(first, BatcherStopped) and "the scoring device failed: CUDA error" in str(first)
     assert isinstance(later, BatcherStopped) and (first.status, first.type) == (503, "not_ready")
     assert isinstance(error, DeviceError)
+
+
+def test_after_a_device_error_the_service_says_it_is_not_ready(default_table) -> None:
+    """Through HTTP: the request that met the error is a 503 not_ready (a trainer's client retries
+    it on another replica), and /readyz and the reward_ready gauge turn to not ready, so a load
+    balancer or Kubernetes takes the broken replica out instead of sending it more work."""
+    import httpx
+    from serving import running_server
+
+    def broken_device(scoring):  # type: ignore[no-untyped-def]
+        raise DeviceError("CUDA error: an illegal memory access was encountered")
+
+    item = {"response": "<answer>a dog</answer>", "ground_truth": "a small dog", "task_type": "open_ended"}
+    with running_server(default_table) as server:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        server.app.state.service.batcher.engine.finish = broken_device  # the device fails from now on
+        failed = httpx.post(server.url + "/score", json={"items": [item]}, timeout=60)
+        assert failed.status_code == 503 and failed.json()["error"]["type"] == "not_ready"
+        assert "the scoring device failed: CUDA error" in failed.json()["error"]["message"]
+        ready = httpx.get(server.url + "/readyz")
+        metrics = httpx.get(server.url + "/metrics").text
+    assert ready.status_code == 503 and ready.json()["error"]["type"] == "not_ready"
+    assert "reward_ready 0.0" in metrics
