@@ -1,4 +1,5 @@
-"""``point`` (SPEC §13e): the first point of the span lies inside a truth box (edges included).
+"""``point`` (SPEC §13e): the span's point lies inside a truth box (edges included); several
+different points are a hedge.
 
 GUI agents and pointing models write a click in many dialects: ``(x, y)``, ``[x, y]``,
 ``<point>x, y</point>``, ``{"point_2d": [x, y]}``, ``x=…, y=…`` (Molmo's ``<point x="…" y="…">``
