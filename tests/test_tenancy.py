@@ -193,6 +193,9 @@ def test_pinned_tables_load_at_start_evicted_ones_stay_listed_and_any_table_relo
         evicted = listed["default"]
         assert not evicted["resident"] and evicted["content_hash"] == default_hash
         assert evicted["bytes"] == 30522 * 384 * 4 and evicted["source"]
+        ready = httpx.get(server.url + "/readyz")  # still ready: it answers for the tables it holds
+        assert ready.status_code == 200 and ready.json()["table"]["resident"] is False
+        assert ready.json()["table"]["content_hash"] == default_hash
 
         admin = {"authorization": "Bearer adm"}
         reloaded = httpx.post(server.url + "/admin/reload", json={}, headers=admin, timeout=120)

@@ -190,8 +190,10 @@ class ReloadResponse(BaseModel):
 class Readiness(BaseModel):
     status: str
     # The default table may be evicted for named ones (--max-resident-tables): then its entry
-    # (name, resident false, path, loads), not a 500 from the response check.
-    table: TableInfo | dict[str, Any]
+    # (name, resident false, path, loads, and the table's facts as when last loaded), not a 500
+    # from the response check. The dict comes first: a union tried the other way round would read
+    # an evicted entry as a TableInfo and drop its "resident": false.
+    table: dict[str, Any] | TableInfo
 
 
 def _placement(field: str, resolve: Any, *args: Any) -> Any:
