@@ -57,21 +57,28 @@ class TableEntry:
     error: str | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # the load in progress
-    #: what the table was when last in memory (source, hash, shape, bytes): kept after an eviction,
-    #: so /v1/info still says what a load would bring back
-    known: dict[str, Any] | None = None
+    #: the table as it was when last in memory (``EmbeddingTable.info()``) and its size: kept after
+    #: an eviction, so /v1/info still says what a load would bring back
+    table_info: dict[str, Any] | None = None
+    table_bytes: int | None = None
     ready_at: float | None = None  # time.perf_counter() when its last load finished
 
     @property
     def resident(self) -> bool:
         return self.engine is not None
 
-    def remember(self) -> None:
-        """Record the resident table's facts (called under the registry's lock after a load)."""
-        if self.engine is not None:
-            table = self.engine.table
-            self.known = {**table.info(), "bytes": int(table.weight.numel() * table.weight.element_size()),
-                          "token_weights": "idf" if self.idf_applies else "uniform"}
+    def install(self, engine: RewardEngine, idf_applies: bool, started: float | None) -> None:
+        """Make ``engine`` this table's, as loaded now (``started``: when its load began; None for
+        the table the service started with). Under the registry's lock."""
+        self.engine, self.idf_applies, self.error = engine, idf_applies, None
+        self.loads += 1
+        self.ready_at = time.perf_counter()
+        if started is not None:
+            self.load_seconds = self.ready_at - started
+        self.last_used = time.monotonic()
+        table = engine.table
+        self.table_info = table.info()
+        self.table_bytes = int(table.weight.numel() * table.weight.element_size())
 
     def info(self) -> dict[str, Any]:
         """``/v1/info``'s entry: resident or not, source, hash, bytes, pinned, last load (an evicted
@@ -80,8 +87,9 @@ class TableEntry:
             "name": self.name, "resident": self.resident, "pinned": self.pinned,
             "path": self.path, "loads": self.loads, "load_seconds": self.load_seconds,
         }
-        if self.known is not None:
-            out.update(self.known)
+        if self.table_info is not None:
+            out.update(self.table_info, bytes=self.table_bytes,
+                       token_weights="idf" if self.idf_applies else "uniform")
         if self.error:
             out["error"] = self.error
         return out
@@ -137,9 +145,7 @@ class TableRegistry:
             **{name: TableEntry(name, path, name in pinned) for name, path in named.items()},
         }
         first = self.entries[DEFAULT_TABLE]
-        first.engine, first.loads, first.last_used = default, 1, time.monotonic()
-        first.idf_applies = default.idf is not None
-        first.remember()
+        first.install(default, default.idf is not None, started=None)
         first.loaded.set()
         self._load_lock = asyncio.Lock()
         self._lock = threading.Lock()  # residency, read by the scoring worker's thread
@@ -199,12 +205,7 @@ class TableRegistry:
                     log.error("table %s: cannot load %s: %s", entry.name, entry.path, exc)
                     return
                 with self._lock:
-                    entry.engine, entry.idf_applies, entry.error = engine, idf_applies, None
-                    entry.loads += 1
-                    entry.ready_at = time.perf_counter()
-                    entry.load_seconds = entry.ready_at - started
-                    entry.last_used = time.monotonic()
-                    entry.remember()
+                    entry.install(engine, idf_applies, started)
                     evicted = self._evict_beyond_limit(keep=entry.name)
                 if evicted:
                     await asyncio.to_thread(_release_memory)
@@ -268,17 +269,13 @@ class TableRegistry:
         Returns (the table it replaces, as when last in memory, or None if it never was; the new one)."""
         entry = self.resolve(name)
         async with self._load_lock:
-            old = entry.engine.table.info() if entry.engine is not None else _table_fields(entry.known)
+            old = entry.table_info  # the one in memory, else as when it last was (None: never loaded)
             started = time.perf_counter()
             engine, idf_applies = await asyncio.to_thread(self._build_entry, path, device, dtype)
             with self._lock:
                 self._retire(entry.engine)
-                entry.path, entry.engine, entry.idf_applies, entry.error = path, engine, idf_applies, None
-                entry.loads += 1
-                entry.ready_at = time.perf_counter()
-                entry.load_seconds = entry.ready_at - started
-                entry.last_used = time.monotonic()
-                entry.remember()
+                entry.path = path
+                entry.install(engine, idf_applies, started)
                 evicted = self._evict_beyond_limit(keep=entry.name)
             entry.loaded.set()
         await asyncio.to_thread(_release_memory)
@@ -291,13 +288,6 @@ class TableRegistry:
 
     def info(self) -> list[dict[str, Any]]:
         return [entry.info() for entry in self.entries.values()]
-
-
-def _table_fields(known: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The table facts of a remembered entry (what ``EmbeddingTable.info`` gives), or None."""
-    if known is None:
-        return None
-    return {key: value for key, value in known.items() if key not in ("bytes", "token_weights")}
 
 
 def _release_memory() -> None:
