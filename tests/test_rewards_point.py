@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from reward_server.rewards.errors import InvalidGroundTruth
-from reward_server.rewards.families.point import Point, PointInBox, first_point
+from reward_server.rewards.families.point import Point, PointInBox, points_of
 from reward_server.rewards.options import ResolvedOptions
 
 FAMILY = PointInBox()
@@ -41,12 +41,12 @@ def score(span: str, truth: str) -> float:
     ],
 )
 def test_first_point(span: str, point: tuple[float, float]) -> None:
-    assert first_point(span) == Point(*map(float, point))
+    assert points_of(span)[0] == Point(*map(float, point))
 
 
 @pytest.mark.parametrize("span", ["", "the OK button", "(12)", "[1, 2, 3]", "(nan, 3)", "x=12", "(1e999, 5)"])
 def test_no_point(span: str) -> None:
-    assert first_point(span) is None
+    assert points_of(span) == []
 
 
 @pytest.mark.parametrize(

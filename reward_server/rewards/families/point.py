@@ -64,12 +64,6 @@ def points_of(text: str) -> list[Point]:
     return list(points)
 
 
-def first_point(text: str) -> Point | None:
-    """The first point written in ``text`` (else the centre of its first box), or None."""
-    points = points_of(text)
-    return points[0] if points else None
-
-
 def inside(point: Point, box: Box) -> bool:
     return box.x1 <= point.x <= box.x2 and box.y1 <= point.y <= box.y2
 

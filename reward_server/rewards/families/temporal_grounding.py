@@ -9,10 +9,10 @@ pair is re-ordered; a zero-length predicted segment scores 0.
 One truth segment: the predicted segment's tIoU. A span that names several *different* segments
 hedges between answers and scores 0 (SPEC §13: a hedge scores 0 in every family; the best of
 several would reward spraying segments, and even the first of several would pay a list); the same
-segment written twice (``00:10 to 00:20 (10 to 20 s)``) is one answer. Several truth segments: every predicted segment counts, and the score is the IoU of the two unions
-(overlap of the unions over the length they cover together), so both a missed moment and an extra
-one cost. The truth always has positive length, so no union is ever 0 (a peer's ``iou`` is unbound
-there).
+segment written twice (``00:10 to 00:20 (10 to 20 s)``) is one answer. Several truth segments:
+every predicted segment counts, and the score is the IoU of the two unions (overlap of the unions
+over the length they cover together), so both a missed moment and an extra one cost. The truth
+always has positive length, so no union is ever 0 (a peer's ``iou`` is unbound there).
 
 With ``tiou_boundary_penalty`` (Time-R1's ``iou_v2``) the tIoU is multiplied by
 ``(1 - |s - ŝ| / D) · (1 - |e - ê| / D)``, each factor clipped at 0 (unclipped, two factors below 0
@@ -298,15 +298,15 @@ class TemporalGrounding(RewardFamily):
             )
 
     def score(self, span: str, truth: TemporalTruth, options: ResolvedOptions) -> Score:
+        read = predicted_segments(span, limit=MAX_PREDICTED_SEGMENTS)
         hedge = False
         if len(truth.segments) == 1:
-            read = predicted_segments(span, limit=MAX_PREDICTED_SEGMENTS)
             first = read[0] if read else None  # a broken first segment is still the answer: 0
             hedge = any(other != first for other in read[1:])  # several different segments
             predictions = [first] if first is not None else []
             value = tiou(first, truth.segments[0]) if first is not None and not hedge else 0.0
         else:
-            predictions = [s for s in predicted_segments(span, limit=MAX_PREDICTED_SEGMENTS) if s is not None]
+            predictions = [s for s in read if s is not None]
             value = union_iou(predictions, truth.segments)
         # ``boundary_penalty`` is the factor applied: 1 without the option, 0 with nothing to place.
         # Validation guarantees a duration whenever the option is on (check_options); a direct
