@@ -13,8 +13,8 @@ come from the environment of the trainer process:
     MIXED_REWARD_EXPLAIN      1/true: ask for ``parsed`` (what each rule read) on every result
     MIXED_REWARD_PROFILE      the reward profile (``mixed-r1``, ``robust``; default: the service's)
 
-``model``, ``job`` and ``profile`` belong to a training run, not to a sample: a run sets them once (an argument
-or the environment of its trainer processes) and every request of the run carries them.
+``model``, ``job`` and ``profile`` belong to a training run, not to a sample: a run sets them once
+(an argument or the environment of its trainer processes) and every request of the run carries them.
 """
 
 from __future__ import annotations
